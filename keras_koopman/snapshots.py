@@ -1,0 +1,286 @@
+"""On-device snapshot ring buffers with a streaming float64 Gram matrix."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import tensorflow as tf
+
+from keras_koopman.dmd import (
+    assemble_gram,
+    check_dt,
+    check_method,
+    floor_epsilon,
+    gram_solve,
+    guard_finite,
+    form_modes,
+    parse_rank,
+    unit_modes,
+    result_from,
+)
+
+__all__ = ["SnapshotBuffer"]
+
+
+def _check_positive_int(value, name, minimum):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int; got {value!r} of type {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def _check_dtype(dtype):
+    try:
+        dtype = tf.as_dtype(dtype)
+    except TypeError as error:
+        raise TypeError(f"dtype must be 'float32' or 'float64'; got {dtype!r}") from error
+    if dtype not in (tf.float32, tf.float64):
+        raise ValueError(f"dtype must be 'float32' or 'float64'; got {dtype.name!r}")
+    return dtype
+
+
+class SnapshotBuffer:
+    """A ring buffer of the last ``window`` snapshots of ``n_features`` numbers, on device.
+
+    The snapshots live in a ``tf.Variable`` ``[window, n_features]`` on the device where the
+    buffer is created (inside a ``tf.distribute`` scope or ``tf.device`` block, where you create
+    it). Next to them a ``[window, window]`` float64 Gram matrix is kept up to date: each
+    :meth:`append` costs one matrix-vector product with the buffer, ``O(n_features * window)``.
+    :meth:`dmd` then gets eigenvalues and residuals from the Gram matrix alone (method of
+    snapshots) and reads the stored snapshots once, to form the modes.
+
+    For precision the buffer stores each snapshot minus the first one ever appended (the
+    reference), and the Gram matrix is assembled from the centred parts in float64: weight
+    vectors of size ~1 that move by ~1e-3 per step keep the digits of their motion.
+
+    Snapshots are time-major: :meth:`snapshots` returns ``[count, n_features]``, oldest first.
+
+    Args:
+      n_features: length of one snapshot vector.
+      window: how many of the latest snapshots are kept (at least 2).
+      dtype: ``"float32"`` (default) or ``"float64"``: storage of the snapshots.
+      name: name scope for the variables.
+
+    Example:
+
+    >>> import numpy as np, keras_koopman as kk
+    >>> buffer = kk.SnapshotBuffer(n_features=3, window=8)
+    >>> for k in range(12):                       # x_k = 0.8**k * [1, 2, 3]
+    ...     buffer.append(0.8 ** k * np.array([1.0, 2.0, 3.0], np.float32))
+    >>> buffer.count, buffer.snapshots().shape    # the 8 newest are kept
+    (12, TensorShape([8, 3]))
+    >>> round(float(buffer.dmd(rank=1).eigenvalues.numpy()[0].real), 4)
+    0.8
+    """
+
+    def __init__(self, n_features, window, dtype="float32", name="snapshot_buffer"):
+        self._n = _check_positive_int(n_features, "n_features", 1)
+        self._window = _check_positive_int(window, "window", 2)
+        self._dtype = _check_dtype(dtype)
+        with tf.name_scope(name):
+            self._buffer = tf.Variable(
+                tf.zeros([self._window, self._n], self._dtype), trainable=False, name="snapshots"
+            )
+            self._reference = tf.Variable(
+                tf.zeros([self._n], self._dtype), trainable=False, name="reference"
+            )
+            self._centred_gram = tf.Variable(
+                tf.zeros([self._window, self._window], tf.float64), trainable=False, name="gram"
+            )
+            self._cross = tf.Variable(
+                tf.zeros([self._window], tf.float64), trainable=False, name="cross"
+            )
+            self._reference_sq = tf.Variable(
+                tf.constant(0.0, tf.float64), trainable=False, name="reference_sq"
+            )
+            self._count = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="count")
+        # XLA updates the buffer in place; a plain scatter into a variable would make TensorFlow
+        # copy the whole buffer on every later read.
+        self._append_function = tf.function(
+            self.append_op,
+            input_signature=[tf.TensorSpec([self._n], self._dtype)],
+            autograph=False,
+            jit_compile=True,
+        )
+        self._dmd_functions = {}
+
+    # ----------------------------------------------------------------------------------------
+    # properties
+    @property
+    def n_features(self):
+        return self._n
+
+    @property
+    def window(self):
+        return self._window
+
+    @property
+    def dtype(self):
+        return self._dtype
+
+    @property
+    def count(self):
+        """How many snapshots were appended in total (not capped at ``window``)."""
+        return int(self._count.numpy())
+
+    def __len__(self):
+        return min(self.count, self._window)
+
+    @property
+    def variables(self):
+        """Every ``tf.Variable`` of the buffer (for checkpoints)."""
+        return [
+            self._buffer,
+            self._reference,
+            self._centred_gram,
+            self._cross,
+            self._reference_sq,
+            self._count,
+        ]
+
+    def __repr__(self):
+        return (
+            f"SnapshotBuffer(n_features={self._n}, window={self._window}, "
+            f"dtype={self._dtype.name!r}, count={self.count})"
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # appending
+    def append(self, x):
+        """Appends one snapshot ``x`` of shape ``[n_features]``; the oldest drops out when full.
+
+        Raises:
+          ValueError: wrong shape, or ``x`` holds NaN or Inf (the buffer is left unchanged).
+        """
+        x = tf.convert_to_tensor(x)
+        if x.shape.rank == 2 and x.shape[0] == 1:
+            x = tf.reshape(x, [-1])
+        if x.shape.rank != 1 or x.shape[0] != self._n:
+            raise ValueError(
+                f"x must be a vector of shape [n_features] = [{self._n}]; got {tuple(x.shape)}"
+            )
+        if not (x.dtype.is_floating or x.dtype.is_integer):
+            raise TypeError(f"x must be real numbers; got dtype {x.dtype.name}")
+        if x.dtype != self._dtype:
+            x = tf.cast(x, self._dtype)
+        if not bool(self._append_function(x)):
+            raise ValueError("x contains NaN or Inf; the snapshot was not appended")
+
+    def append_op(self, x):
+        """Graph-mode append for use inside a ``tf.function`` (no Python-side checks).
+
+        ``x`` must be a ``[n_features]`` tensor of the buffer's dtype. Returns a boolean tensor:
+        ``False`` when ``x`` holds NaN or Inf, in which case nothing is written. Compile the
+        calling function with ``jit_compile=True`` so that the buffer is updated in place.
+        """
+        finite = tf.reduce_all(tf.math.is_finite(x))
+        tf.cond(finite, lambda: self._write(x), tf.no_op)
+        return finite
+
+    def _write(self, x):
+        first = tf.equal(self._count, 0)
+        x64 = tf.cast(x, tf.float64)
+        reference = tf.where(first, x, self._reference.read_value())
+        reference_sq = tf.where(first, tf.reduce_sum(x64 * x64), self._reference_sq.read_value())
+        head = tf.math.floormod(self._count, self._window)
+        index = head[tf.newaxis, tf.newaxis]
+        centred = x - reference
+        snapshots = tf.tensor_scatter_nd_update(
+            self._buffer.read_value(), index, centred[tf.newaxis]
+        )
+        row = tf.cast(tf.linalg.matvec(snapshots, centred), tf.float64)
+        cross = tf.cast(tf.reduce_sum(centred * reference), tf.float64)
+        gram = tf.tensor_scatter_nd_update(self._centred_gram.read_value(), index, row[None])
+        gram = tf.tensor_scatter_nd_update(tf.transpose(gram), index, row[tf.newaxis])
+        self._buffer.assign(snapshots)
+        self._reference.assign(reference)
+        self._reference_sq.assign(reference_sq)
+        self._centred_gram.assign(gram)
+        self._cross.assign(tf.tensor_scatter_nd_update(self._cross.read_value(), index, cross[None]))
+        self._count.assign_add(1)
+        return tf.no_op()
+
+    def reset(self):
+        """Forgets every snapshot (the next append sets a new reference)."""
+        for variable in self.variables:
+            variable.assign(tf.zeros_like(variable))
+
+    # ----------------------------------------------------------------------------------------
+    # reading
+    def _order(self):
+        """Slots of the stored snapshots, oldest first (graph-friendly)."""
+        stored = tf.minimum(self._count, self._window)
+        start = self._count - stored
+        return tf.math.floormod(start + tf.range(stored), self._window)
+
+    def snapshots(self):
+        """The stored snapshots ``[len(self), n_features]``, oldest first (time-major)."""
+        order = self._order()
+        # Gather from a read tensor: a gather on the variable itself would switch it to
+        # copy-on-read, making every later read copy the whole buffer.
+        return tf.gather(self._buffer.read_value(), order) + self._reference[tf.newaxis, :]
+
+    def gram_op(self):
+        """Float64 Gram matrix of :meth:`snapshots`, oldest first (graph-friendly)."""
+        order = self._order()
+        centred = tf.gather(tf.gather(self._centred_gram.read_value(), order), order, axis=1)
+        cross = tf.gather(self._cross.read_value(), order)
+        return assemble_gram(centred, cross, self._reference_sq.read_value())
+
+    def gram(self):
+        """Float64 Gram matrix ``S S^T`` of ``S = snapshots()``, ``[len(self), len(self)]``."""
+        return self.gram_op()
+
+    def dmd(self, rank=None, method="exact", dt=1.0):
+        """DMD of the stored snapshots through the streaming Gram matrix.
+
+        Same result as ``kk.dmd(self.snapshots(), rank, method, dt, solver="gram")``, but the
+        Gram matrix is already there: only ``[window, window]`` eigenproblems run, and the
+        snapshots are read once to form the modes.
+
+        Args:
+          rank, method, dt: as in :func:`keras_koopman.dmd`.
+
+        Returns:
+          A :class:`keras_koopman.DMDResult`.
+
+        Raises:
+          ValueError: fewer than 2 snapshots stored, or bad arguments.
+        """
+        code, value = parse_rank(rank)
+        check_method(method)
+        dt = check_dt(dt)
+        stored = len(self)
+        if stored < 2:
+            raise ValueError(
+                f"SnapshotBuffer.dmd needs at least 2 snapshots; {stored} stored so far"
+            )
+        function = self._dmd_function(method)
+        outputs = function(tf.constant(code, tf.int32), tf.constant(value, tf.float64))
+        return result_from(outputs, dt, method, "the stored snapshots")
+
+    def dmd_op(self, code, value, method="exact"):
+        """Graph-mode DMD (see :meth:`dmd`); ``code, value`` from the rank encoding."""
+        floor = floor_epsilon(self._dtype, "gram")
+        finite, gram = guard_finite(self.gram_op())
+        outputs = gram_solve(gram, self._n, code, value, floor, method)
+        eigenvalues, combination, residuals, amplitudes, singular, k = outputs
+        combination, amplitudes = unit_modes(combination, amplitudes, gram)
+        slots = tf.scatter_nd(
+            self._order()[:, tf.newaxis],
+            combination,
+            tf.stack([tf.constant(self._window, tf.int64), tf.shape(combination, tf.int64)[1]]),
+        )
+        modes = form_modes(self._buffer.read_value(), slots, self._reference.read_value())
+        return finite, eigenvalues, modes, amplitudes, residuals, singular, k
+
+    def _dmd_function(self, method):
+        if method not in self._dmd_functions:
+            self._dmd_functions[method] = tf.function(
+                lambda code, value: self.dmd_op(code, value, method),
+                input_signature=[tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float64)],
+                autograph=False,
+            )
+        return self._dmd_functions[method]

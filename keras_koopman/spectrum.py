@@ -1,0 +1,115 @@
+"""Metrics of a Koopman spectrum: the numbers the callbacks decide on and log.
+
+Every function takes a :class:`keras_koopman.DMDResult` or a plain array of eigenvalues and returns
+a scalar tensor (so it also runs inside a ``tf.function``); ``float(...)`` gives a Python number.
+
+Example:
+
+>>> import numpy as np, keras_koopman as kk
+>>> eigenvalues = np.array([1.0, 0.999, 0.5 + 0.5j, 1.2])
+>>> float(kk.spectrum.spectral_radius(eigenvalues))
+1.2
+>>> float(kk.spectrum.near_one_fraction(eigenvalues, tolerance=0.01))
+0.5
+>>> int(kk.spectrum.unstable_count(eigenvalues))
+1
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import tensorflow as tf
+
+__all__ = [
+    "spectral_radius",
+    "near_one_fraction",
+    "unstable_count",
+    "max_residual",
+    "summary",
+]
+
+
+def _eigenvalues(result_or_eigenvalues):
+    values = getattr(result_or_eigenvalues, "eigenvalues", result_or_eigenvalues)
+    values = tf.convert_to_tensor(values)
+    if not values.dtype.is_complex:
+        values = tf.complex(tf.cast(values, tf.float64), tf.zeros_like(values, tf.float64))
+    return tf.reshape(tf.cast(values, tf.complex128), [-1])
+
+
+def _check_tolerance(tolerance, name="tolerance"):
+    if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or tolerance < 0:
+        raise ValueError(f"{name} must be a non-negative number; got {tolerance!r}")
+    return float(tolerance)
+
+
+def spectral_radius(result_or_eigenvalues):
+    """Largest eigenvalue modulus ``max |lambda|`` (0 for an empty spectrum)."""
+    moduli = tf.abs(_eigenvalues(result_or_eigenvalues))
+    return tf.reduce_max(tf.concat([moduli, tf.zeros([1], tf.float64)], 0))
+
+
+def near_one_fraction(result_or_eigenvalues, tolerance=0.01, amplitudes=None):
+    """Fraction of eigenvalues with ``|lambda - 1| <= tolerance``.
+
+    Args:
+      result_or_eigenvalues: a ``DMDResult`` or eigenvalues.
+      tolerance: distance to 1 counted as "at 1".
+      amplitudes: optional weights; each eigenvalue then counts with ``|amplitude|`` (pass
+        ``result.amplitudes`` to ask "how much of the motion sits at 1").
+
+    Returns:
+      float64 scalar in [0, 1]; 0 for an empty spectrum or zero total weight.
+    """
+    tolerance = _check_tolerance(tolerance)
+    eigenvalues = _eigenvalues(result_or_eigenvalues)
+    near = tf.cast(tf.abs(eigenvalues - 1.0) <= tolerance, tf.float64)
+    if amplitudes is None:
+        weights = tf.ones_like(near)
+    else:
+        weights = tf.reshape(tf.abs(tf.convert_to_tensor(amplitudes)), [-1])
+        weights = tf.cast(weights, tf.float64)
+        if weights.shape[0] is not None and near.shape[0] is not None:
+            if weights.shape[0] != near.shape[0]:
+                raise ValueError(
+                    f"amplitudes must have one entry per eigenvalue ({near.shape[0]}); "
+                    f"got {weights.shape[0]}"
+                )
+    total = tf.reduce_sum(weights)
+    return tf.math.divide_no_nan(tf.reduce_sum(near * weights), total)
+
+
+def unstable_count(result_or_eigenvalues, tolerance=1e-3):
+    """Number of eigenvalues outside the unit circle: ``|lambda| > 1 + tolerance``."""
+    tolerance = _check_tolerance(tolerance)
+    moduli = tf.abs(_eigenvalues(result_or_eigenvalues))
+    return tf.reduce_sum(tf.cast(moduli > 1.0 + tolerance, tf.int32))
+
+
+def max_residual(result_or_residuals):
+    """Largest data-driven residual, NaN where none is known."""
+    residuals = getattr(result_or_residuals, "residuals", result_or_residuals)
+    residuals = tf.reshape(tf.cast(tf.convert_to_tensor(residuals), tf.float64), [-1])
+    finite = tf.boolean_mask(residuals, tf.math.is_finite(residuals))
+    return tf.cond(
+        tf.size(finite) > 0,
+        lambda: tf.reduce_max(finite),
+        lambda: tf.constant(float("nan"), tf.float64),
+    )
+
+
+def summary(result, tolerance=0.01, weighted=True):
+    """The four scalars the callbacks log, as a dict of float64/int32 tensors.
+
+    Keys: ``spectral_radius``, ``near_one_fraction`` (amplitude-weighted when ``weighted``),
+    ``unstable_count``, ``max_residual``.
+    """
+    return {
+        "spectral_radius": spectral_radius(result),
+        "near_one_fraction": near_one_fraction(
+            result, tolerance, amplitudes=result.amplitudes if weighted else None
+        ),
+        "unstable_count": unstable_count(result),
+        "max_residual": max_residual(result),
+    }
