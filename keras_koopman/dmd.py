@@ -15,8 +15,11 @@ Two solvers compute the same decomposition:
 * ``"gram"``: the method of snapshots. The ``[m, m]`` Gram matrix of the snapshots, centred on
   the first snapshot so that a large common offset (weights ``~1`` moving by ``1e-3``) keeps its
   precision, is formed with one matrix product and assembled in float64; every other step works on
-  ``[m, m]`` matrices, and the modes touch the snapshots once more. It resolves singular values
-  down to about ``1e-8 * sigma_max``, below the precision of float32 data.
+  ``[m, m]`` matrices, and the modes touch the snapshots once more. The centred products run in
+  the data's precision, so the solver resolves singular values of the centred snapshots down to
+  about ``sqrt(eps)`` of the largest one: ``1e-8`` for float64 data, ``3e-4`` for float32.
+  Dynamics that decay faster than that over the window lose digits in their fastest modes; pass
+  float64 snapshots (or ``solver="svd"``) where those matter.
 
 ``solver="auto"`` (the default) takes ``"gram"`` when ``n * m > 2**20`` and ``"svd"`` otherwise.
 
@@ -318,7 +321,9 @@ def unit_modes(combination, amplitudes, gram):
 
 
 def modes_from(x, combination, reference=None):
-    """``(X + 1 reference^T)^T K`` for real ``x [m, n]`` and complex ``K [m, r]``.
+    """Unit columns of ``(X + 1 reference^T)^T K`` (real ``x [m, n]``, complex ``K [m, r]``).
+
+    Returns the modes and the norms they were divided by.
 
     One matrix product reads ``x`` once; ``reference`` (``[n]``, optional) adds the rank-one
     term of a centred buffer. Call it through :data:`form_modes`, where XLA fuses the
@@ -332,7 +337,11 @@ def modes_from(x, combination, reference=None):
     if reference is not None:
         product += tf.reduce_sum(stacked, axis=1)[:, tf.newaxis] * reference[tf.newaxis, :]
     product = tf.cast(product, tf.float64)
-    return tf.transpose(tf.complex(product[:r], product[r:]))
+    # Renormalise: in float32 the product can lose digits to cancellation when K is large.
+    norms = tf.sqrt(tf.reduce_sum(product[:r] ** 2 + product[r:] ** 2, axis=1))
+    safe = tf.where(norms > 0, norms, 1.0)
+    modes = tf.complex(product[:r] / safe[:, tf.newaxis], product[r:] / safe[:, tf.newaxis])
+    return tf.transpose(modes), safe
 
 
 form_modes = tf.function(modes_from, jit_compile=True, autograph=False)
@@ -494,7 +503,8 @@ class _Engine:
                     x64 = tf.cast(x, tf.float64)
                     gram = tf.matmul(x64, x64, transpose_b=True)
                 combination, amplitudes = unit_modes(combination, amplitudes, gram)
-                modes = form_modes(x, combination)
+                modes, norms = form_modes(x, combination)
+                amplitudes *= tf.cast(norms, tf.complex128)
                 return finite, eigenvalues, modes, amplitudes, residuals, singular, k
 
             signature = [

@@ -273,7 +273,8 @@ class SnapshotBuffer:
             combination,
             tf.stack([tf.constant(self._window, tf.int64), tf.shape(combination, tf.int64)[1]]),
         )
-        modes = form_modes(self._buffer.read_value(), slots, self._reference.read_value())
+        modes, norms = form_modes(self._buffer.read_value(), slots, self._reference.read_value())
+        amplitudes *= tf.cast(norms, tf.complex128)
         return finite, eigenvalues, modes, amplitudes, residuals, singular, k
 
     def _dmd_function(self, method):

@@ -1,0 +1,92 @@
+"""Linear systems with a known spectrum, and comparisons that ignore ordering and phase."""
+
+import numpy as np
+
+
+def block_matrix(eigenvalues):
+    """Real block-diagonal matrix with the given eigenvalues.
+
+    Real eigenvalues give 1x1 blocks; a complex value ``a+bi`` (give only the one with b > 0)
+    gives the 2x2 block ``[[a, -b], [b, a]]`` with eigenvalues ``a +- bi``.
+    """
+    blocks = []
+    for value in eigenvalues:
+        value = complex(value)
+        if value.imag == 0:
+            blocks.append(np.array([[value.real]]))
+        else:
+            a, b = value.real, abs(value.imag)
+            blocks.append(np.array([[a, -b], [b, a]]))
+    size = sum(len(b) for b in blocks)
+    out = np.zeros((size, size))
+    i = 0
+    for b in blocks:
+        out[i : i + len(b), i : i + len(b)] = b
+        i += len(b)
+    return out
+
+
+def full_spectrum(eigenvalues):
+    out = []
+    for value in eigenvalues:
+        value = complex(value)
+        out.append(value)
+        if value.imag != 0:
+            out.append(value.conjugate())
+    return np.array(out)
+
+
+def linear_system(eigenvalues, n, m, rng, orthonormal=False):
+    """Trajectory ``x_{k+1} = A x_k`` in R^n, time-major ``[m, n]``.
+
+    ``A = Q T Q^+`` with ``T`` from :func:`block_matrix` and a random ``Q [n, d]`` (``n >= d``),
+    with orthonormal columns if ``orthonormal`` (then the data is well conditioned). ``A`` is
+    never formed: ``x_k = Q T^k z``.
+    Returns ``(snapshots, true_eigenvalues, true_eigenvectors)``.
+    """
+    t = block_matrix(eigenvalues)
+    d = len(t)
+    q = rng.standard_normal((n, d))
+    if orthonormal:
+        q = np.linalg.qr(q)[0]
+    # Every eigen-direction starts with weight 0.5..1.5, so none is lost in rounding.
+    z = rng.uniform(0.5, 1.5, d) * rng.choice([-1.0, 1.0], d)
+    latent = [z]
+    for _ in range(m - 1):
+        latent.append(t @ latent[-1])
+    x = np.stack(latent) @ q.T
+    values, vectors = np.linalg.eig(t)
+    vectors = q @ vectors
+    vectors /= np.linalg.norm(vectors, axis=0)
+    return x, values, vectors
+
+
+def match(reference, values):
+    """Permutation of ``values`` closest to ``reference`` (greedy; fine for separated values)."""
+    reference = np.asarray(reference)
+    values = np.asarray(values)
+    order = []
+    free = list(range(len(values)))
+    for value in reference:
+        j = min(free, key=lambda i: abs(values[i] - value))
+        order.append(j)
+        free.remove(j)
+    return np.array(order)
+
+
+def assert_same_spectrum(reference, values, rtol):
+    reference = np.asarray(reference)
+    values = np.asarray(values)
+    assert len(reference) == len(values), (reference, values)
+    order = match(reference, values)
+    error = np.abs(values[order] - reference) / np.maximum(np.abs(reference), 1e-300)
+    assert np.max(error) <= rtol, (reference, values[order], error)
+    return order
+
+
+def phase_alignment(a, b):
+    """``|<a_j, b_j>| / (|a_j| |b_j|)`` per column: 1 when equal up to a complex scale."""
+    a = np.asarray(a)
+    b = np.asarray(b)
+    inner = np.abs(np.sum(np.conj(a) * b, axis=0))
+    return inner / (np.linalg.norm(a, axis=0) * np.linalg.norm(b, axis=0))
