@@ -216,7 +216,11 @@ class SnapshotBuffer:
         return tf.math.floormod(start + tf.range(stored), self._window)
 
     def snapshots(self):
-        """The stored snapshots ``[len(self), n_features]``, oldest first (time-major)."""
+        """The stored snapshots ``[len(self), n_features]``, oldest first (time-major).
+
+        They are stored relative to the first snapshot ever appended, so each comes back equal to
+        what was appended up to one rounding in the buffer's dtype.
+        """
         order = self._order()
         # Gather from a read tensor: a gather on the variable itself would switch it to
         # copy-on-read, making every later read copy the whole buffer.

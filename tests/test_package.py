@@ -1,0 +1,72 @@
+"""Packaging promises: import hygiene, the backend check, the public API, runnable docstrings."""
+
+import doctest
+import os
+import subprocess
+import sys
+
+import pytest
+
+import keras_koopman as kk
+
+
+def run_python(code, **env):
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **env)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=300
+    )
+
+
+def test_import_adds_no_matplotlib_and_runs_no_tensorflow_work():
+    # Keras itself imports matplotlib when it is installed; keras_koopman must add nothing.
+    done = run_python(
+        "import sys, keras, tensorflow as tf\n"
+        "before = set(sys.modules)\n"
+        "import keras_koopman\n"
+        "new = set(sys.modules) - before\n"
+        "print(any(m.split('.')[0] == 'matplotlib' for m in new), tf.executing_eagerly())"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]
+
+
+def test_import_works_without_matplotlib():
+    blocker = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'matplotlib':\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import keras_koopman as kk\n"
+        "print(kk.dmd([[1.0], [0.5], [0.25]]).rank)"
+    )
+    done = run_python(blocker)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_a_non_tensorflow_keras_backend_raises_a_clear_error(backend):
+    done = run_python("import keras_koopman", KERAS_BACKEND=backend)
+    assert done.returncode != 0
+    assert "ImportError" in done.stderr
+    assert "KERAS_BACKEND" in done.stderr and "tensorflow" in done.stderr
+
+
+def test_public_api_names():
+    for name in ("dmd", "DMDResult", "SnapshotBuffer", "spectrum"):
+        assert hasattr(kk, name), name
+    for name in ("spectral_radius", "near_one_fraction", "unstable_count", "max_residual"):
+        assert callable(getattr(kk.spectrum, name))
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["keras_koopman", "keras_koopman.dmd", "keras_koopman.snapshots", "keras_koopman.spectrum"],
+)
+def test_docstring_examples_run(module):
+    __import__(module)
+    outcome = doctest.testmod(sys.modules[module], optionflags=doctest.ELLIPSIS)
+    assert outcome.attempted > 0, f"{module} has no runnable example"
+    assert outcome.failed == 0

@@ -1,0 +1,186 @@
+"""SnapshotBuffer: ring order, streaming Gram against NumPy, DMD against kk.dmd, bad input."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import assert_same_spectrum, linear_system, phase_alignment
+
+import keras_koopman as kk
+
+
+def fill(buffer, rows):
+    for row in rows:
+        buffer.append(row)
+    return buffer
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_ring_order_and_count_after_wrapping(rng, dtype):
+    rows = rng.standard_normal((7, 5))
+    buffer = fill(kk.SnapshotBuffer(5, window=4, dtype=dtype), rows)
+    assert buffer.count == 7 and len(buffer) == 4
+    np.testing.assert_allclose(buffer.snapshots().numpy(), rows[-4:], rtol=1e-6, atol=1e-6)
+    assert buffer.snapshots().dtype == tf.as_dtype(dtype)
+
+
+def test_partially_filled_buffer_returns_only_what_was_appended(rng):
+    rows = rng.standard_normal((2, 3))
+    buffer = fill(kk.SnapshotBuffer(3, window=6, dtype="float64"), rows)
+    assert len(buffer) == 2
+    # Stored relative to the first snapshot: equal up to one rounding.
+    np.testing.assert_allclose(buffer.snapshots().numpy(), rows, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("appended", [3, 6, 11, 25])
+def test_streaming_gram_equals_numpy_in_float64(rng, appended):
+    rows = rng.standard_normal((appended, 40)) + 5.0
+    buffer = fill(kk.SnapshotBuffer(40, window=6, dtype="float64"), rows)
+    stored = rows[-6:]
+    np.testing.assert_allclose(buffer.gram().numpy(), stored @ stored.T, rtol=1e-12)
+
+
+def test_streaming_gram_in_float32_is_float64_accurate_for_weight_like_data(rng):
+    """Vectors ~3 that move by ~1e-3: the Gram keeps the motion (centred accumulation)."""
+    base = 3.0 + rng.standard_normal(2000)
+    rows = (base + 1e-3 * rng.standard_normal((9, 2000))).astype(np.float32)
+    buffer = fill(kk.SnapshotBuffer(2000, window=9), rows)
+    exact = rows.astype(np.float64) @ rows.astype(np.float64).T
+    # The part of the Gram that carries the motion, after removing the common offset:
+    centred = rows.astype(np.float64) - rows[0].astype(np.float64)
+    motion_scale = np.abs(centred @ centred.T).max()
+    error = np.abs(buffer.gram().numpy() - exact).max()
+    assert error < 1e-3 * motion_scale, (error, motion_scale)
+    # A plain float32 Gram is orders of magnitude worse on the same data.
+    naive = np.abs((rows @ rows.T).astype(np.float64) - exact).max()
+    assert naive > 10 * error
+
+
+@pytest.mark.parametrize("method", ["exact", "rrr"])
+def test_buffer_dmd_equals_kk_dmd_on_the_stored_snapshots(rng, method):
+    x, values, _ = linear_system([0.95, 0.7, 0.9 * np.exp(0.5j)], 120, 30, rng)
+    buffer = fill(kk.SnapshotBuffer(120, window=16, dtype="float64"), x)
+    streamed = buffer.dmd(rank=4, method=method).numpy()
+    one_shot = kk.dmd(x[-16:], rank=4, method=method, solver="svd").numpy()
+
+    order = assert_same_spectrum(one_shot.eigenvalues, streamed.eigenvalues, 1e-8)
+    assert_same_spectrum(values, streamed.eigenvalues, 1e-7)
+    np.testing.assert_allclose(
+        phase_alignment(one_shot.modes, streamed.modes[:, order]), 1.0, atol=1e-8
+    )
+    np.testing.assert_allclose(np.linalg.norm(streamed.modes, axis=0), 1.0, atol=1e-12)
+    np.testing.assert_allclose(
+        streamed.modes[:, order] * streamed.amplitudes[order],
+        one_shot.modes * one_shot.amplitudes,
+        atol=1e-7 * np.abs(x).max(),
+    )
+    # Amplitudes fit the oldest stored snapshot.
+    np.testing.assert_allclose(
+        (streamed.modes @ streamed.amplitudes).real, x[-16], atol=1e-7 * np.abs(x).max()
+    )
+
+
+def test_float32_buffer_of_weight_like_trajectory_recovers_the_spectrum(rng):
+    n = 5000
+    motion, values, _ = linear_system([0.96, 0.9 * np.exp(0.4j)], n, 40, rng, orthonormal=True)
+    motion *= 1e-3 / np.abs(motion).max()
+    x = (1.0 + rng.standard_normal(n) + motion).astype(np.float32)
+    buffer = fill(kk.SnapshotBuffer(n, window=20), x)
+    result = buffer.dmd(rank=4)
+    assert_same_spectrum(np.append(values, 1.0), result.eigenvalues.numpy(), 1e-4)
+
+
+def test_non_finite_snapshots_are_refused_and_leave_the_buffer_unchanged(rng):
+    rows = rng.standard_normal((5, 8))
+    buffer = fill(kk.SnapshotBuffer(8, window=4, dtype="float64"), rows)
+    before = (buffer.snapshots().numpy(), buffer.gram().numpy(), buffer.count)
+    for bad in (np.nan, np.inf):
+        x = rng.standard_normal(8)
+        x[2] = bad
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            buffer.append(x)
+    np.testing.assert_array_equal(buffer.snapshots().numpy(), before[0])
+    np.testing.assert_array_equal(buffer.gram().numpy(), before[1])
+    assert buffer.count == before[2]
+
+
+def test_a_first_non_finite_snapshot_does_not_become_the_reference(rng):
+    buffer = kk.SnapshotBuffer(3, window=4, dtype="float64")
+    with pytest.raises(ValueError):
+        buffer.append([np.nan, 1.0, 2.0])
+    rows = rng.standard_normal((3, 3))
+    fill(buffer, rows)
+    np.testing.assert_allclose(buffer.snapshots().numpy(), rows, rtol=1e-12)
+
+
+def test_append_accepts_other_dtypes_and_row_vectors(rng):
+    buffer = kk.SnapshotBuffer(3, window=4)
+    buffer.append(np.array([1, 2, 3]))  # ints
+    buffer.append(tf.constant([[1.5, 2.5, 3.5]], tf.float64))  # [1, n] float64
+    np.testing.assert_allclose(buffer.snapshots().numpy(), [[1, 2, 3], [1.5, 2.5, 3.5]])
+
+
+@pytest.mark.parametrize("x", [np.ones(4), np.ones((2, 3)), np.ones((3, 1))])
+def test_append_of_the_wrong_shape_raises(x):
+    with pytest.raises(ValueError, match="n_features"):
+        kk.SnapshotBuffer(3, window=4).append(x)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,words",
+    [
+        ({"n_features": 0, "window": 4}, ValueError, "n_features"),
+        ({"n_features": 3.0, "window": 4}, TypeError, "n_features"),
+        ({"n_features": 3, "window": 1}, ValueError, "window"),
+        ({"n_features": 3, "window": "8"}, TypeError, "window"),
+        ({"n_features": 3, "window": 4, "dtype": "int32"}, ValueError, "dtype"),
+        ({"n_features": 3, "window": 4, "dtype": "nonsense"}, TypeError, "dtype"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        kk.SnapshotBuffer(**kwargs)
+
+
+def test_dmd_needs_two_snapshots_and_checks_its_arguments(rng):
+    buffer = kk.SnapshotBuffer(3, window=4)
+    buffer.append(rng.standard_normal(3))
+    with pytest.raises(ValueError, match="at least 2 snapshots"):
+        buffer.dmd()
+    buffer.append(rng.standard_normal(3))
+    with pytest.raises(ValueError, match="rank"):
+        buffer.dmd(rank=0)
+    with pytest.raises(ValueError, match="method"):
+        buffer.dmd(method="svd")
+
+
+def test_reset_forgets_everything(rng):
+    buffer = fill(kk.SnapshotBuffer(4, window=3, dtype="float64"), rng.standard_normal((5, 4)))
+    buffer.reset()
+    assert buffer.count == 0 and len(buffer) == 0
+    rows = rng.standard_normal((2, 4)) + 10
+    fill(buffer, rows)
+    np.testing.assert_allclose(buffer.gram().numpy(), rows @ rows.T, rtol=1e-12)
+
+
+def test_appends_never_retrace_and_graph_append_works_inside_a_user_function(rng):
+    buffer = kk.SnapshotBuffer(6, window=5)
+    fill(buffer, rng.standard_normal((12, 6)).astype(np.float32))
+    assert buffer._append_function.experimental_get_tracing_count() == 1
+
+    @tf.function(jit_compile=True)
+    def gather_and_append(variable):
+        return buffer.append_op(tf.reshape(variable, [-1]))
+
+    weights = tf.Variable(rng.standard_normal((2, 3)).astype(np.float32))
+    assert bool(gather_and_append(weights))
+    np.testing.assert_allclose(buffer.snapshots().numpy()[-1], weights.numpy().ravel(), rtol=1e-6)
+    weights.assign(tf.fill([2, 3], np.nan))
+    assert not bool(gather_and_append(weights))
+    assert buffer.count == 13
+
+
+def test_repr_and_variables():
+    buffer = kk.SnapshotBuffer(3, window=4, dtype="float64")
+    assert "n_features=3" in repr(buffer) and "window=4" in repr(buffer)
+    assert all(isinstance(v, tf.Variable) for v in buffer.variables)
+    assert not any(v.trainable for v in buffer.variables)
