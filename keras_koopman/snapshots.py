@@ -237,7 +237,7 @@ class SnapshotBuffer:
         """Float64 Gram matrix ``S S^T`` of ``S = snapshots()``, ``[len(self), len(self)]``."""
         return self.gram_op()
 
-    def dmd(self, rank=None, method="exact", dt=1.0):
+    def dmd(self, rank=None, method="exact", dt=1.0, modes=True):
         """DMD of the stored snapshots through the streaming Gram matrix.
 
         Same result as ``kk.dmd(self.snapshots(), rank, method, dt, solver="gram")``, but the
@@ -246,6 +246,8 @@ class SnapshotBuffer:
 
         Args:
           rank, method, dt: as in :func:`keras_koopman.dmd`.
+          modes: ``False`` skips the one pass over the snapshots (``result.modes`` is ``None``):
+            the spectrum, amplitudes and residuals then cost only ``[window, window]`` work.
 
         Returns:
           A :class:`keras_koopman.DMDResult`.
@@ -261,17 +263,19 @@ class SnapshotBuffer:
             raise ValueError(
                 f"SnapshotBuffer.dmd needs at least 2 snapshots; {stored} stored so far"
             )
-        function = self._dmd_function(method)
+        function = self._dmd_function(method, bool(modes))
         outputs = function(tf.constant(code, tf.int32), tf.constant(value, tf.float64))
         return result_from(outputs, dt, method, "the stored snapshots")
 
-    def dmd_op(self, code, value, method="exact"):
+    def dmd_op(self, code, value, method="exact", with_modes=True):
         """Graph-mode DMD (see :meth:`dmd`); ``code, value`` from the rank encoding."""
         floor = floor_epsilon(self._dtype, "gram")
         finite, gram = guard_finite(self.gram_op())
         outputs = gram_solve(gram, self._n, code, value, floor, method)
         eigenvalues, combination, residuals, amplitudes, singular, k = outputs
         combination, amplitudes = unit_modes(combination, amplitudes, gram)
+        if not with_modes:
+            return finite, eigenvalues, None, amplitudes, residuals, singular, k
         slots = tf.scatter_nd(
             self._order()[:, tf.newaxis],
             combination,
@@ -281,11 +285,12 @@ class SnapshotBuffer:
         amplitudes *= tf.cast(norms, tf.complex128)
         return finite, eigenvalues, modes, amplitudes, residuals, singular, k
 
-    def _dmd_function(self, method):
-        if method not in self._dmd_functions:
-            self._dmd_functions[method] = tf.function(
-                lambda code, value: self.dmd_op(code, value, method),
+    def _dmd_function(self, method, with_modes):
+        key = (method, with_modes)
+        if key not in self._dmd_functions:
+            self._dmd_functions[key] = tf.function(
+                lambda code, value: self.dmd_op(code, value, method, with_modes),
                 input_signature=[tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float64)],
                 autograph=False,
             )
-        return self._dmd_functions[method]
+        return self._dmd_functions[key]

@@ -335,3 +335,15 @@ def test_match_helper_is_a_permutation():
     # The comparisons above rely on it; make sure it can fail.
     order = match([1.0, 2.0, 3.0], [3.1, 0.9, 2.05])
     assert list(order) == [1, 2, 0]
+
+
+def test_modes_false_skips_the_modes_and_keeps_the_spectrum(rng):
+    x, values, _ = linear_system(SPECTRUM, 50, 20, rng)
+    full = kk.dmd(x, rank=6).numpy()
+    spectrum_only = kk.dmd(x, rank=6, modes=False).numpy()
+    assert spectrum_only.modes is None
+    np.testing.assert_allclose(spectrum_only.eigenvalues, full.eigenvalues, rtol=1e-12)
+    np.testing.assert_allclose(spectrum_only.residuals, full.residuals, rtol=1e-8, atol=1e-14)
+    np.testing.assert_allclose(np.abs(spectrum_only.amplitudes), np.abs(full.amplitudes), rtol=1e-8)
+    with pytest.raises(ValueError, match="modes=True"):
+        kk.dmd(x, rank=6, modes=False).predict([1])

@@ -184,3 +184,15 @@ def test_repr_and_variables():
     assert "n_features=3" in repr(buffer) and "window=4" in repr(buffer)
     assert all(isinstance(v, tf.Variable) for v in buffer.variables)
     assert not any(v.trainable for v in buffer.variables)
+
+
+def test_buffer_dmd_without_modes(rng):
+    x, values, _ = linear_system([0.9, 0.6 * np.exp(0.3j)], 40, 12, rng)
+    buffer = fill(kk.SnapshotBuffer(40, window=12, dtype="float64"), x)
+    result = buffer.dmd(rank=3, modes=False)
+    assert result.modes is None
+    assert_same_spectrum(values, result.eigenvalues.numpy(), 1e-7)
+    full = buffer.dmd(rank=3)
+    np.testing.assert_allclose(
+        np.abs(result.amplitudes.numpy()), np.abs(full.amplitudes.numpy()), rtol=1e-8
+    )

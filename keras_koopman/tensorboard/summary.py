@@ -1,0 +1,60 @@
+"""The ``koopman`` summary op: a Koopman spectrum as one ``[r, 4]`` float32 tensor."""
+
+import numpy as np
+import tensorflow as tf
+
+from keras_koopman.tensorboard import metadata
+
+
+def spectrum(name, eigenvalues, step=None, amplitudes=None, residuals=None, description=None):
+    """Writes a Koopman spectrum summary for the "Koopman" TensorBoard dashboard.
+
+    Writes one tensor ``[r, 4]`` (float32 columns: real part, imaginary part, |amplitude|,
+    residual; NaN where a column is not given) under the tag ``name`` with plugin name
+    ``koopman``. Use it like any ``tf.summary`` op, inside a default writer.
+
+    Args:
+      name: tag, e.g. ``"koopman/dense_1"``.
+      eigenvalues: ``[r]`` complex (or real) eigenvalues, e.g. ``DMDResult.eigenvalues``.
+      step: int64 step; defaults to ``tf.summary.experimental.get_step()``.
+      amplitudes: optional ``[r]`` amplitudes (complex or real; their modulus is stored).
+      residuals: optional ``[r]`` residuals.
+      description: optional Markdown description of the summary.
+
+    Returns:
+      True on success, False if no default writer is active (as ``tf.summary.write``).
+
+    Raises:
+      ValueError: when ``amplitudes`` or ``residuals`` do not have one entry per eigenvalue.
+
+    Example:
+
+    >>> import tempfile, numpy as np, tensorflow as tf, keras_koopman as kk
+    >>> writer = tf.summary.create_file_writer(tempfile.mkdtemp())
+    >>> with writer.as_default():
+    ...     ok = kk.tensorboard.spectrum("koopman/dense", np.array([1.0, 0.5 + 0.2j]), step=3)
+    >>> bool(ok)
+    True
+    """
+    values = tf.reshape(tf.convert_to_tensor(eigenvalues), [-1])
+    if not values.dtype.is_complex:
+        values = tf.complex(tf.cast(values, tf.float64), tf.zeros_like(values, tf.float64))
+    count = values.shape[0]
+    columns = [tf.cast(tf.math.real(values), tf.float32), tf.cast(tf.math.imag(values), tf.float32)]
+    for label, extra in (("amplitudes", amplitudes), ("residuals", residuals)):
+        if extra is None:
+            columns.append(tf.fill(tf.shape(columns[0]), np.float32(np.nan)))
+            continue
+        extra = tf.reshape(tf.convert_to_tensor(extra), [-1])
+        if count is not None and extra.shape[0] is not None and extra.shape[0] != count:
+            raise ValueError(
+                f"{label} must have one entry per eigenvalue ({count}); got {extra.shape[0]}"
+            )
+        columns.append(tf.cast(tf.abs(extra), tf.float32) if label == "amplitudes" else tf.cast(extra, tf.float32))
+    tensor = tf.stack(columns, axis=1)
+    summary_metadata = metadata.create_summary_metadata(description)
+    with tf.summary.experimental.summary_scope(name, "koopman_spectrum_summary", values=[tensor]) as (
+        tag,
+        _,
+    ):
+        return tf.summary.write(tag=tag, tensor=tensor, step=step, metadata=summary_metadata)
