@@ -18,10 +18,18 @@ from keras_koopman._backend import check_backend as _check_backend
 
 _check_backend()
 
-from keras_koopman import spectrum  # noqa: E402
+from keras_koopman import callbacks, spectrum, tensorboard  # noqa: E402
 from keras_koopman.dmd import DMDResult, dmd  # noqa: E402
 from keras_koopman.snapshots import SnapshotBuffer  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["DMDResult", "SnapshotBuffer", "dmd", "spectrum", "__version__"]
+__all__ = [
+    "DMDResult",
+    "SnapshotBuffer",
+    "callbacks",
+    "dmd",
+    "spectrum",
+    "tensorboard",
+    "__version__",
+]

@@ -104,7 +104,6 @@ class SnapshotBuffer:
             autograph=False,
             jit_compile=True,
         )
-        self._dmd_functions = {}
 
     # ----------------------------------------------------------------------------------------
     # properties
@@ -209,11 +208,15 @@ class SnapshotBuffer:
 
     # ----------------------------------------------------------------------------------------
     # reading
-    def _order(self):
-        """Slots of the stored snapshots, oldest first (graph-friendly)."""
-        stored = tf.minimum(self._count, self._window)
-        start = self._count - stored
-        return tf.math.floormod(start + tf.range(stored), self._window)
+    def _state(self):
+        return (
+            self._buffer.read_value(),
+            self._reference.read_value(),
+            self._centred_gram.read_value(),
+            self._cross.read_value(),
+            self._reference_sq.read_value(),
+            self._count.read_value(),
+        )
 
     def snapshots(self):
         """The stored snapshots ``[len(self), n_features]``, oldest first (time-major).
@@ -221,17 +224,15 @@ class SnapshotBuffer:
         They are stored relative to the first snapshot ever appended, so each comes back equal to
         what was appended up to one rounding in the buffer's dtype.
         """
-        order = self._order()
         # Gather from a read tensor: a gather on the variable itself would switch it to
         # copy-on-read, making every later read copy the whole buffer.
+        order = _order(self._count.read_value(), self._window)
         return tf.gather(self._buffer.read_value(), order) + self._reference[tf.newaxis, :]
 
     def gram_op(self):
         """Float64 Gram matrix of :meth:`snapshots`, oldest first (graph-friendly)."""
-        order = self._order()
-        centred = tf.gather(tf.gather(self._centred_gram.read_value(), order), order, axis=1)
-        cross = tf.gather(self._cross.read_value(), order)
-        return assemble_gram(centred, cross, self._reference_sq.read_value())
+        _, _, centred, cross, reference_sq, count = self._state()
+        return _chronological_gram(centred, cross, reference_sq, count)
 
     def gram(self):
         """Float64 Gram matrix ``S S^T`` of ``S = snapshots()``, ``[len(self), len(self)]``."""
@@ -263,34 +264,70 @@ class SnapshotBuffer:
             raise ValueError(
                 f"SnapshotBuffer.dmd needs at least 2 snapshots; {stored} stored so far"
             )
-        function = self._dmd_function(method, bool(modes))
-        outputs = function(tf.constant(code, tf.int32), tf.constant(value, tf.float64))
+        function = _dmd_function(method, bool(modes), self._dtype)
+        code = tf.constant(code, tf.int32)
+        outputs = function(*self._state(), code, tf.constant(value, tf.float64))
         return result_from(outputs, dt, method, "the stored snapshots")
 
     def dmd_op(self, code, value, method="exact", with_modes=True):
         """Graph-mode DMD (see :meth:`dmd`); ``code, value`` from the rank encoding."""
-        floor = floor_epsilon(self._dtype, "gram")
-        finite, gram = guard_finite(self.gram_op())
-        outputs = gram_solve(gram, self._n, code, value, floor, method)
-        eigenvalues, combination, residuals, amplitudes, singular, k = outputs
-        combination, amplitudes = unit_modes(combination, amplitudes, gram)
-        if not with_modes:
-            return finite, eigenvalues, None, amplitudes, residuals, singular, k
-        slots = tf.scatter_nd(
-            self._order()[:, tf.newaxis],
-            combination,
-            tf.stack([tf.constant(self._window, tf.int64), tf.shape(combination, tf.int64)[1]]),
-        )
-        modes, norms = form_modes(self._buffer.read_value(), slots, self._reference.read_value())
-        amplitudes *= tf.cast(norms, tf.complex128)
-        return finite, eigenvalues, modes, amplitudes, residuals, singular, k
+        return _buffer_dmd(*self._state(), code, value, method, with_modes)
 
-    def _dmd_function(self, method, with_modes):
-        key = (method, with_modes)
-        if key not in self._dmd_functions:
-            self._dmd_functions[key] = tf.function(
-                lambda code, value: self.dmd_op(code, value, method, with_modes),
-                input_signature=[tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float64)],
-                autograph=False,
-            )
-        return self._dmd_functions[key]
+
+def _order(count, window):
+    """Slots of the stored snapshots, oldest first."""
+    stored = tf.minimum(count, window)
+    return tf.math.floormod(count - stored + tf.range(stored), window)
+
+
+def _chronological_gram(centred, cross, reference_sq, count):
+    order = _order(count, tf.shape(centred, tf.int64)[0])
+    centred = tf.gather(tf.gather(centred, order), order, axis=1)
+    return assemble_gram(centred, tf.gather(cross, order), reference_sq)
+
+
+def _buffer_dmd(buffer, reference, centred, cross, reference_sq, count, code, value, method,
+                with_modes):
+    """DMD of a buffer's state; shape-polymorphic so one trace serves every buffer."""
+    floor = floor_epsilon(buffer.dtype, "gram")
+    finite, gram = guard_finite(_chronological_gram(centred, cross, reference_sq, count))
+    outputs = gram_solve(gram, tf.shape(buffer)[1], code, value, floor, method)
+    eigenvalues, combination, residuals, amplitudes, singular, k = outputs
+    combination, amplitudes = unit_modes(combination, amplitudes, gram)
+    if not with_modes:
+        return finite, eigenvalues, None, amplitudes, residuals, singular, k
+    window = tf.shape(buffer, tf.int64)[0]
+    slots = tf.scatter_nd(
+        _order(count, window)[:, tf.newaxis],
+        combination,
+        tf.stack([window, tf.shape(combination, tf.int64)[1]]),
+    )
+    modes, norms = form_modes(buffer, slots, reference)
+    amplitudes *= tf.cast(norms, tf.complex128)
+    return finite, eigenvalues, modes, amplitudes, residuals, singular, k
+
+
+_DMD_FUNCTIONS = {}
+
+
+def _dmd_function(method, with_modes, dtype):
+    """One traced function per (method, modes, dtype), shared by every buffer."""
+    key = (method, with_modes, dtype)
+    if key not in _DMD_FUNCTIONS:
+        signature = [
+            tf.TensorSpec([None, None], dtype),
+            tf.TensorSpec([None], dtype),
+            tf.TensorSpec([None, None], tf.float64),
+            tf.TensorSpec([None], tf.float64),
+            tf.TensorSpec([], tf.float64),
+            tf.TensorSpec([], tf.int64),
+            tf.TensorSpec([], tf.int32),
+            tf.TensorSpec([], tf.float64),
+        ]
+
+        def run(buffer, reference, centred, cross, reference_sq, count, code, value):
+            return _buffer_dmd(buffer, reference, centred, cross, reference_sq, count, code,
+                               value, method, with_modes)
+
+        _DMD_FUNCTIONS[key] = tf.function(run, input_signature=signature, autograph=False)
+    return _DMD_FUNCTIONS[key]

@@ -63,7 +63,13 @@ def test_public_api_names():
 
 @pytest.mark.parametrize(
     "module",
-    ["keras_koopman", "keras_koopman.dmd", "keras_koopman.snapshots", "keras_koopman.spectrum"],
+    [
+        "keras_koopman",
+        "keras_koopman.dmd",
+        "keras_koopman.snapshots",
+        "keras_koopman.spectrum",
+        "keras_koopman.tensorboard.summary",
+    ],
 )
 def test_docstring_examples_run(module):
     __import__(module)

@@ -1,0 +1,391 @@
+"""KoopmanMonitor: gathers weight snapshots during ``fit`` and analyses their Koopman spectrum."""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import os
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_koopman import spectrum as spectrum_metrics
+from keras_koopman.dmd import check_method, parse_rank
+from keras_koopman.snapshots import SnapshotBuffer
+from keras_koopman.tensorboard import summary as tb_summary
+
+__all__ = ["KoopmanMonitor", "SpectrumRecord"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectrumRecord:
+    """One analysis of one observable group.
+
+    Attributes:
+      epoch: the epoch (0-based, as Keras counts) during or after which the analysis ran.
+      step: index of the newest snapshot analysed; snapshot 0 is the weights at the start of
+        the first ``fit``, and each gathering adds one.
+      group: the observable group's name (a layer name, ``"model"``, ...).
+      eigenvalues: ``[r]`` complex128, sorted by modulus, largest first.
+      amplitudes: ``[r]`` complex128, coefficients of the oldest snapshot in the window.
+      residuals: ``[r]`` float64 data-driven residuals.
+      rank: ``r``.
+      snapshots: how many snapshots the window held.
+      metrics: ``spectral_radius``, ``near_one_fraction``, ``unstable_count``,
+        ``max_residual`` (see :mod:`keras_koopman.spectrum`), as Python numbers.
+    """
+
+    epoch: int
+    step: int
+    group: str
+    eigenvalues: np.ndarray
+    amplitudes: np.ndarray
+    residuals: np.ndarray
+    rank: int
+    snapshots: int
+    metrics: dict
+
+    def current_weights(self):
+        """``|amplitude| * |lambda|^(snapshots-1)``: each mode's weight in the newest snapshot."""
+        return np.abs(self.amplitudes) * np.abs(self.eigenvalues) ** (self.snapshots - 1)
+
+
+def _check_int(value, name, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}")
+    return int(value)
+
+
+class KoopmanMonitor(keras.callbacks.Callback):
+    """Watches training as a dynamical system: weight snapshots in, Koopman spectra out.
+
+    At the start of training and then every epoch (or every ``every`` batches) one compiled
+    ``tf.function`` copies the weights of each observable group into that group's
+    :class:`keras_koopman.SnapshotBuffer`, on the weights' device and without a host round trip.
+    Every ``analyze_every`` gatherings each group with at least 3 snapshots is analysed by DMD
+    over the last ``window`` snapshots; the result is appended to :attr:`history` as a
+    :class:`SpectrumRecord` and, with ``log_dir``, written to TensorBoard: the spectrum as a
+    ``koopman/<group>`` tensor summary (the "Koopman" dashboard) and the scalars
+    ``koopman/<group>/spectral_radius``, ``near_one_fraction``, ``unstable_count``,
+    ``max_residual`` (the Scalars dashboard).
+
+    Other Koopman callbacks take ``monitor=`` and read its history, so snapshots are gathered
+    once per step however many callbacks use them. Buffers survive repeated ``fit`` calls on the
+    same model. The monitor never stops training: a failure warns once, is recorded in
+    :attr:`errors`, and monitoring carries on (or, if the set-up failed, switches itself off).
+
+    Args:
+      observables: ``"layers"`` (one group per layer with trainable weights, named after the
+        layer), ``"model"`` (all trainable weights as one group), a list of layer names, or a
+        callable ``model -> {group_name: [variables]}``.
+      every: ``"epoch"`` or a positive number of training batches between snapshots.
+      window: how many of the latest snapshots each analysis uses (at least 3).
+      rank: DMD rank rule (``None``: Gavish-Donoho; int; float fraction of energy).
+      method: ``"exact"`` or ``"rrr"``.
+      analyze_every: analyse after every this many gatherings.
+      log_dir: directory for TensorBoard summaries (``None``: no logging).
+      tolerance: distance to 1 counted as "at 1" by ``near_one_fraction``.
+      verbose: 1 prints one line per analysis.
+
+    Example:
+
+    >>> import numpy as np, keras, keras_koopman as kk
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="dense")])
+    >>> model.compile("sgd", "mse")
+    >>> monitor = kk.callbacks.KoopmanMonitor(window=5)
+    >>> x, y = np.random.rand(32, 4), np.random.rand(32, 3)
+    >>> _ = model.fit(x, y, epochs=4, verbose=0, callbacks=[monitor])
+    >>> [(r.epoch, r.group, r.snapshots) for r in monitor.history]
+    [(1, 'dense', 3), (2, 'dense', 4), (3, 'dense', 5)]
+    """
+
+    def __init__(
+        self,
+        observables="layers",
+        every="epoch",
+        window=20,
+        rank=None,
+        method="exact",
+        analyze_every=1,
+        log_dir=None,
+        tolerance=0.01,
+        verbose=0,
+    ):
+        super().__init__()
+        if not (
+            observables in ("layers", "model")
+            or callable(observables)
+            or (
+                isinstance(observables, (list, tuple))
+                and observables
+                and all(isinstance(name, str) for name in observables)
+            )
+        ):
+            raise ValueError(
+                "observables must be 'layers', 'model', a non-empty list of layer names or a "
+                f"callable model -> {{name: [variables]}}; got {observables!r}"
+            )
+        if every != "epoch":
+            every = _check_int(every, "every (when not 'epoch')", 1)
+        self.observables = observables
+        self.every = every
+        self.window = _check_int(window, "window", 3)
+        parse_rank(rank)
+        self.rank = rank
+        self.method = check_method(method)
+        self.analyze_every = _check_int(analyze_every, "analyze_every", 1)
+        if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
+            raise ValueError(f"log_dir must be a path or None; got {log_dir!r}")
+        self.log_dir = None if log_dir is None else os.fspath(log_dir)
+        if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or tolerance < 0:
+            raise ValueError(f"tolerance must be a non-negative number; got {tolerance!r}")
+        self.tolerance = float(tolerance)
+        self.verbose = verbose
+
+        self.history = []
+        self.errors = []
+        self.buffers = {}
+        self.groups = {}
+        self.step = -1  # index of the newest snapshot
+        self.epoch = 0
+        self.disabled = False
+        self.nonfinite_groups = set()
+        self._model_id = None
+        self._gather = None
+        self._writer = None
+        self._warned = set()
+        self._in_fit = False
+        self._since_analysis = 0
+        self._pending_flags = []
+        self._batches = 0
+        self._next_batch_gather = every if every != "epoch" else 0
+        self._last_batch = -1
+        self._analysed_steps = set()
+
+    # ----------------------------------------------------------------------------------------
+    # results
+    def latest(self, group=None):
+        """The newest :class:`SpectrumRecord` of ``group`` (of any group if ``None``), or None."""
+        for record in reversed(self.history):
+            if group is None or record.group == group:
+                return record
+        return None
+
+    def records(self, group):
+        """Every :class:`SpectrumRecord` of ``group``, oldest first."""
+        return [record for record in self.history if record.group == group]
+
+    # ----------------------------------------------------------------------------------------
+    # failure handling: warn once per kind, record always, never raise into fit
+    def _fail(self, where, error, group=None):
+        message = f"{type(error).__name__}: {error}"
+        self.errors.append({"epoch": self.epoch, "step": self.step, "group": group,
+                            "where": where, "error": message})
+        key = (where, group, type(error).__name__)
+        if key not in self._warned:
+            self._warned.add(key)
+            target = f" for group {group!r}" if group else ""
+            warnings.warn(
+                f"KoopmanMonitor: {where} failed{target} ({message}); training goes on "
+                "(see monitor.errors)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    # ----------------------------------------------------------------------------------------
+    # set-up
+    def _resolve_groups(self, model):
+        observables = self.observables
+        if callable(observables):
+            groups = dict(observables(model))
+        elif observables == "model":
+            groups = {"model": list(model.trainable_weights)}
+        elif observables == "layers":
+            groups = {
+                layer.name: list(layer.trainable_weights)
+                for layer in model.layers
+                if layer.trainable_weights
+            }
+        else:
+            names = [layer.name for layer in model.layers]
+            unknown = [name for name in observables if name not in names]
+            if unknown:
+                raise ValueError(
+                    f"observables names layers {unknown} that the model does not have; "
+                    f"its layers are {names}"
+                )
+            groups = {name: list(model.get_layer(name).trainable_weights) for name in observables}
+        groups = {name: variables for name, variables in groups.items() if variables}
+        if not groups:
+            raise ValueError("no observable group has trainable weights to watch")
+        return groups
+
+    def _build(self):
+        self.groups = self._resolve_groups(self.model)
+        self.buffers = {}
+        for name, variables in self.groups.items():
+            size = sum(int(np.prod(v.shape)) for v in variables)
+            self.buffers[name] = SnapshotBuffer(size, self.window, name=f"koopman_{name}")
+        self._gather = self._make_gather(jit_compile=True)
+        self._model_id = id(self.model)
+        self.step = -1
+        self.history = []
+        self._analysed_steps = set()
+
+    def _make_gather(self, jit_compile):
+        groups = [(self.buffers[name], variables) for name, variables in self.groups.items()]
+
+        def gather():
+            flags = []
+            for buffer, variables in groups:
+                flat = [tf.reshape(tf.cast(_value(v), tf.float32), [-1]) for v in variables]
+                flags.append(buffer.append_op(tf.concat(flat, axis=0)))
+            return tf.stack(flags)
+
+        return tf.function(gather, jit_compile=jit_compile, autograph=False)
+
+    # ----------------------------------------------------------------------------------------
+    # Keras hooks
+    def on_train_begin(self, logs=None):
+        if self._in_fit:  # already started by a dependent callback in this fit
+            return
+        self._in_fit = True
+        if self.disabled:
+            return
+        try:
+            if self._model_id != id(self.model):
+                self._build()
+                self._take_snapshot()  # the weights training starts from
+            if self.log_dir and self._writer is None:
+                self._writer = tf.summary.create_file_writer(self.log_dir)
+        except Exception as error:  # noqa: BLE001 - never break fit
+            self.disabled = True
+            self._fail("set-up", error)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        self._last_batch = -1
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.disabled or self.every == "epoch":
+            return
+        # With steps_per_execution > 1 Keras reports only the last batch of each execution.
+        self._batches += batch - self._last_batch
+        self._last_batch = batch
+        if self._batches >= self._next_batch_gather:
+            self._next_batch_gather = (self._batches // self.every + 1) * self.every
+            self._take_snapshot()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch = epoch
+        if not self.disabled and self.every == "epoch":
+            self._take_snapshot()
+        if self._writer is not None:
+            self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        self._in_fit = False
+        if self._writer is not None:
+            self._writer.flush()
+
+    def ensure_started(self, model):
+        """Called by dependent callbacks: starts the monitor if it is not in the callback list."""
+        if self.model is None or self.model is not model:
+            self.set_model(model)
+        if not self._in_fit:
+            self.on_train_begin()
+
+    # ----------------------------------------------------------------------------------------
+    # gathering and analysis
+    def _take_snapshot(self):
+        try:
+            try:
+                flags = self._gather()
+            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
+                # XLA cannot compile this set-up (a device or dtype without XLA support): fall
+                # back to a plain graph, which copies the buffers instead of updating in place.
+                self._fail("XLA compilation of the snapshot step", error)
+                self._gather = self._make_gather(jit_compile=False)
+                flags = self._gather()
+        except Exception as error:  # noqa: BLE001
+            self._fail("snapshot", error)
+            return
+        self.step += 1
+        self._pending_flags.append(flags)
+        self._since_analysis += 1
+        if self._since_analysis >= self.analyze_every:
+            self._since_analysis = 0
+            self._check_flags()
+            self._analyze()
+
+    def _check_flags(self):
+        names = list(self.buffers)
+        for flags in self._pending_flags:
+            for name, ok in zip(names, np.asarray(flags)):
+                if not ok:
+                    self.nonfinite_groups.add(name)
+                    self._fail("snapshot", ValueError("weights hold NaN or Inf; not recorded"), name)
+        self._pending_flags = []
+
+    def _analyze(self):
+        if self.step in self._analysed_steps:
+            return
+        self._analysed_steps.add(self.step)
+        for name, buffer in self.buffers.items():
+            stored = len(buffer)
+            if stored < 3:
+                continue
+            try:
+                result = buffer.dmd(rank=self.rank, method=self.method, modes=False)
+                metrics = {
+                    key: value.numpy().item()
+                    for key, value in spectrum_metrics.summary(result, self.tolerance).items()
+                }
+                record = SpectrumRecord(
+                    epoch=self.epoch,
+                    step=self.step,
+                    group=name,
+                    eigenvalues=result.eigenvalues.numpy(),
+                    amplitudes=result.amplitudes.numpy(),
+                    residuals=result.residuals.numpy(),
+                    rank=result.rank,
+                    snapshots=stored,
+                    metrics=metrics,
+                )
+            except Exception as error:  # noqa: BLE001
+                self._fail("analysis", error, name)
+                continue
+            self.history.append(record)
+            self._log(record)
+            if self.verbose:
+                m = record.metrics
+                print(
+                    f"koopman {name}: step {record.step} rank {record.rank} "
+                    f"radius {m['spectral_radius']:.4f} near_1 {m['near_one_fraction']:.3f} "
+                    f"unstable {m['unstable_count']} max_residual {m['max_residual']:.2e}"
+                )
+
+    def _log(self, record):
+        if self._writer is None:
+            return
+        try:
+            with self._writer.as_default(step=record.step):
+                tb_summary.spectrum(
+                    f"koopman/{record.group}",
+                    record.eigenvalues,
+                    amplitudes=record.amplitudes,
+                    residuals=record.residuals,
+                )
+                for key, value in record.metrics.items():
+                    tf.summary.scalar(f"koopman/{record.group}/{key}", float(value))
+        except Exception as error:  # noqa: BLE001
+            self._fail("TensorBoard logging", error, record.group)
+
+
+def _value(variable):
+    """The tensor behind a Keras or TensorFlow variable."""
+    if isinstance(variable, tf.Variable):
+        return variable
+    return getattr(variable, "value", variable)

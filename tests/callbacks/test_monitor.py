@@ -1,0 +1,228 @@
+"""KoopmanMonitor inside real model.fit runs: records, summaries, gathering schedules, failures."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+import keras_koopman as kk
+
+
+def make_data(seed=0, samples=64):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((samples, 6)).astype(np.float32)
+    y = (x @ rng.standard_normal((6, 2)) + 0.1).astype(np.float32)
+    return x, y
+
+
+def make_model(seed=0, extra_layers=()):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(5, activation="tanh", name="hidden"), *extra_layers,
+         keras.layers.Dense(2, name="out")]
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    return model
+
+
+class WeightRecorder(keras.callbacks.Callback):
+    """Independent record of each layer's flattened weights, as NumPy, at chosen moments."""
+
+    def __init__(self, layers, per_batch=False):
+        super().__init__()
+        self.layers = layers
+        self.per_batch = per_batch
+        self.snapshots = {name: [] for name in layers}
+
+    def record(self):
+        for name in self.layers:
+            weights = self.model.get_layer(name).trainable_weights
+            self.snapshots[name].append(np.concatenate([w.numpy().ravel() for w in weights]))
+
+    def on_train_begin(self, logs=None):
+        if not any(self.snapshots.values()):
+            self.record()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.per_batch:
+            self.record()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.per_batch:
+            self.record()
+
+
+def test_records_match_an_independent_dmd_of_the_weight_trajectory():
+    x, y = make_data()
+    model = make_model()
+    monitor = kk.callbacks.KoopmanMonitor(window=6, rank=3)
+    recorder = WeightRecorder(["hidden", "out"])
+    model.fit(x, y, epochs=9, batch_size=16, verbose=0, callbacks=[monitor, recorder])
+
+    assert [r.epoch for r in monitor.records("hidden")] == list(range(1, 9))
+    assert [r.step for r in monitor.records("out")] == list(range(2, 10))
+    assert monitor.latest().step == 9 and monitor.latest("hidden").group == "hidden"
+    for name in ("hidden", "out"):
+        trajectory = np.stack(recorder.snapshots[name])  # 10 snapshots: start + 9 epochs
+        np.testing.assert_allclose(monitor.buffers[name].snapshots().numpy(), trajectory[-6:],
+                                   rtol=1e-6, atol=1e-7)
+        reference = kk.dmd(trajectory[-6:].astype(np.float64), rank=3, solver="svd").numpy()
+        record = monitor.latest(name)
+        assert record.snapshots == 6 and record.rank == 3
+        np.testing.assert_allclose(
+            np.sort_complex(record.eigenvalues), np.sort_complex(reference.eigenvalues),
+            rtol=2e-3, atol=2e-3,
+        )
+        assert record.metrics["spectral_radius"] == pytest.approx(
+            np.abs(record.eigenvalues).max()
+        )
+
+
+def test_summaries_for_each_group_are_written_and_readable(tmp_path):
+    x, y = make_data()
+    model = make_model()
+    monitor = kk.callbacks.KoopmanMonitor(window=5, log_dir=tmp_path / "run")
+    model.fit(x, y, epochs=5, verbose=0, callbacks=[monitor])
+
+    accumulator = event_accumulator.EventAccumulator(
+        str(tmp_path / "run"), size_guidance={"tensors": 0}
+    )
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["tensors"])
+    for group in ("hidden", "out"):
+        assert f"koopman/{group}" in tags
+        events = accumulator.Tensors(f"koopman/{group}")
+        records = monitor.records(group)
+        assert [e.step for e in events] == [r.step for r in records]
+        spectrum = tf.make_ndarray(events[-1].tensor_proto)
+        np.testing.assert_allclose(spectrum[:, 0], records[-1].eigenvalues.real, rtol=1e-5,
+                                   atol=1e-6)
+        assert accumulator.SummaryMetadata(f"koopman/{group}").plugin_data.plugin_name == "koopman"
+        for key in ("spectral_radius", "near_one_fraction", "unstable_count", "max_residual"):
+            scalars = accumulator.Tensors(f"koopman/{group}/{key}")
+            assert len(scalars) == len(records)
+            value = float(tf.make_ndarray(scalars[-1].tensor_proto))
+            expected = records[-1].metrics[key]
+            assert value == pytest.approx(expected, rel=1e-5, nan_ok=True)
+
+
+def test_every_n_batches_gathers_the_weights_of_those_batches():
+    x, y = make_data(samples=64)
+    model = make_model()
+    monitor = kk.callbacks.KoopmanMonitor(every=3, window=8)
+    recorder = WeightRecorder(["hidden"], per_batch=True)
+    model.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0,
+              callbacks=[recorder, monitor])
+    # 16 batches: snapshots at the start and after batches 3, 6, 9, 12, 15.
+    assert monitor.step == 5
+    trajectory = np.stack(recorder.snapshots["hidden"])  # start + 16 batches
+    expected = trajectory[[0, 3, 6, 9, 12, 15]]
+    np.testing.assert_allclose(monitor.buffers["hidden"].snapshots().numpy(), expected,
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_steps_per_execution_counts_every_batch():
+    x, y = make_data(samples=64)
+    model = make_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse", steps_per_execution=2)
+    monitor = kk.callbacks.KoopmanMonitor(every=4, window=8)
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[monitor])
+    assert monitor.step == 4  # 16 batches / 4
+
+
+def test_state_survives_two_fit_calls_without_a_duplicate_snapshot():
+    x, y = make_data()
+    model = make_model()
+    monitor = kk.callbacks.KoopmanMonitor(window=10)
+    recorder = WeightRecorder(["out"])
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[monitor, recorder])
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[monitor, recorder])
+    assert monitor.step == 6 and monitor.buffers["out"].count == 7
+    np.testing.assert_allclose(monitor.buffers["out"].snapshots().numpy(),
+                               np.stack(recorder.snapshots["out"]), rtol=1e-6, atol=1e-7)
+    assert [r.step for r in monitor.records("out")] == [2, 3, 4, 5, 6]
+
+
+def test_observables_model_names_and_callable():
+    x, y = make_data()
+    for observables, groups in [
+        ("model", {"model": 6 * 5 + 5 + 5 * 2 + 2}),
+        (["out"], {"out": 12}),
+        (lambda model: {"kernels": [model.get_layer("hidden").kernel]}, {"kernels": 30}),
+    ]:
+        model = make_model()
+        monitor = kk.callbacks.KoopmanMonitor(observables=observables, window=4)
+        model.fit(x, y, epochs=3, verbose=0, callbacks=[monitor])
+        assert {name: b.n_features for name, b in monitor.buffers.items()} == groups
+        assert {r.group for r in monitor.history} == set(groups)
+
+
+def test_frozen_and_weightless_layers_are_skipped_and_validation_and_mixed_precision_work():
+    x, y = make_data()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        frozen = keras.layers.Dense(5, name="frozen")
+        model = make_model(extra_layers=[keras.layers.Dropout(0.1, name="drop"), frozen])
+        frozen.trainable = False
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+        monitor = kk.callbacks.KoopmanMonitor(window=4)
+        model.fit(x, y, epochs=4, validation_data=(x, y), verbose=0, callbacks=[monitor])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert set(monitor.buffers) == {"hidden", "out"}
+    assert monitor.step == 4 and not monitor.errors
+    assert all(np.all(np.isfinite(r.eigenvalues)) for r in monitor.history)
+
+
+def test_nan_weights_mid_fit_warn_record_and_never_raise():
+    x, y = make_data()
+    model = make_model()
+    monitor = kk.callbacks.KoopmanMonitor(window=4)
+
+    class Poison(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:
+                kernel = self.model.get_layer("out").kernel
+                kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, epochs=5, verbose=0, callbacks=[Poison(), monitor])
+    assert "out" in monitor.nonfinite_groups
+    assert any(e["group"] == "out" and "NaN" in e["error"] for e in monitor.errors)
+    assert sum("KoopmanMonitor" in str(w.message) for w in caught) >= 1
+    # The healthy layer kept being recorded and analysed.
+    assert monitor.latest("hidden").step == 5
+
+
+def test_a_bad_layer_name_disables_the_monitor_but_not_training():
+    x, y = make_data()
+    model = make_model()
+    monitor = kk.callbacks.KoopmanMonitor(observables=["nope"], window=4)
+    with pytest.warns(RuntimeWarning, match="nope"):
+        history = model.fit(x, y, epochs=2, verbose=0, callbacks=[monitor])
+    assert len(history.history["loss"]) == 2
+    assert monitor.disabled and monitor.errors[0]["where"] == "set-up"
+
+
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        ({"observables": "weights"}, "observables"),
+        ({"observables": []}, "observables"),
+        ({"every": 0}, "every"),
+        ({"every": "batch"}, "every"),
+        ({"window": 2}, "window"),
+        ({"rank": 0}, "rank"),
+        ({"method": "svd"}, "method"),
+        ({"analyze_every": 0}, "analyze_every"),
+        ({"log_dir": 3}, "log_dir"),
+        ({"tolerance": -1}, "tolerance"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        kk.callbacks.KoopmanMonitor(**kwargs)
