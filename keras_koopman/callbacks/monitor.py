@@ -163,6 +163,8 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self._next_batch_gather = every if every != "epoch" else 0
         self._last_batch = -1
         self._analysed_steps = set()
+        self._fit_index = 0
+        self._epoch_done = None
 
     # ----------------------------------------------------------------------------------------
     # results
@@ -252,6 +254,7 @@ class KoopmanMonitor(keras.callbacks.Callback):
         if self._in_fit:  # already started by a dependent callback in this fit
             return
         self._in_fit = True
+        self._fit_index += 1
         if self.disabled:
             return
         try:
@@ -279,6 +282,10 @@ class KoopmanMonitor(keras.callbacks.Callback):
             self._take_snapshot()
 
     def on_epoch_end(self, epoch, logs=None):
+        # Idempotent per epoch: a dependent callback listed before the monitor calls it first.
+        if self._epoch_done == (self._fit_index, epoch):
+            return
+        self._epoch_done = (self._fit_index, epoch)
         self.epoch = epoch
         if not self.disabled and self.every == "epoch":
             self._take_snapshot()

@@ -1,0 +1,122 @@
+"""KoopmanEarlyStopping: fires on converging training, not on diverging training."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_koopman as kk
+from keras_koopman.callbacks import SpectrumRecord, convergence
+
+
+def regression(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(128, 3)).astype("float32")
+    y = x @ np.array([[1.0], [-2.0], [0.5]], "float32")
+    return x, y
+
+
+def linear_model(learning_rate, seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, name="dense")])
+    model.compile(keras.optimizers.SGD(learning_rate), "mse")
+    return model
+
+
+def test_convergence_measures_of_a_hand_built_record():
+    record = SpectrumRecord(
+        epoch=0, step=2, group="g", eigenvalues=np.array([1.0 + 0j, 0.5 + 0j]),
+        amplitudes=np.array([3.0 + 0j, 1.0 + 0j]), residuals=np.zeros(2), rank=2, snapshots=3,
+        metrics={},
+    )
+    mass, velocity = convergence(record, tolerance=0.01)
+    # newest-snapshot weights: 3 * 1**2 = 3 and 1 * 0.5**2 = 0.25
+    assert mass == pytest.approx(3 / 3.25)
+    assert velocity == pytest.approx(0.25 * 0.5 / 3.25)
+
+
+def test_stops_gradient_descent_on_least_squares_once_it_has_converged():
+    x, y = regression()
+    model = linear_model(0.1)
+    monitor = kk.callbacks.KoopmanMonitor(window=8)
+    stop = kk.callbacks.KoopmanEarlyStopping(monitor, patience=2, min_epochs=5)
+    history = model.fit(x, y, epochs=200, batch_size=128, verbose=0, callbacks=[monitor, stop])
+    assert 5 <= stop.stopped_epoch < 100
+    assert len(history.history["loss"]) == stop.stopped_epoch + 1
+    assert history.history["loss"][-1] < 1e-3 * history.history["loss"][0]
+    assert stop.decisions[-1]["converged"] and stop.decisions[-2]["converged"]
+    assert not stop.decisions[0]["converged"]
+
+
+def test_does_not_stop_diverging_training():
+    x, y = regression()
+    model = linear_model(1.2)  # beyond 2 / largest curvature: the weights blow up
+    monitor = kk.callbacks.KoopmanMonitor(window=8)
+    stop = kk.callbacks.KoopmanEarlyStopping(monitor, patience=2, min_epochs=5)
+    history = model.fit(x, y, epochs=40, batch_size=128, verbose=0, callbacks=[monitor, stop])
+    assert stop.stopped_epoch == 0 and len(history.history["loss"]) == 40
+    assert not any(d["converged"] for d in stop.decisions)
+
+
+@pytest.mark.parametrize("order", ["monitor first", "monitor last", "monitor left out"])
+def test_decisions_do_not_depend_on_where_the_monitor_is_listed(order):
+    x, y = regression()
+    model = linear_model(0.1)
+    monitor = kk.callbacks.KoopmanMonitor(window=8)
+    stop = kk.callbacks.KoopmanEarlyStopping(monitor, patience=2, min_epochs=5)
+    callbacks = {"monitor first": [monitor, stop], "monitor last": [stop, monitor],
+                 "monitor left out": [stop]}[order]
+    model.fit(x, y, epochs=200, batch_size=128, verbose=0, callbacks=callbacks)
+    reference_model = linear_model(0.1)
+    reference_monitor = kk.callbacks.KoopmanMonitor(window=8)
+    reference = kk.callbacks.KoopmanEarlyStopping(reference_monitor, patience=2, min_epochs=5)
+    reference_model.fit(x, y, epochs=200, batch_size=128, verbose=0,
+                        callbacks=[reference_monitor, reference])
+    assert stop.stopped_epoch == reference.stopped_epoch > 0
+    assert [d["step"] for d in stop.decisions] == [d["step"] for d in reference.decisions]
+
+
+def test_restore_best_weights_restores_the_best_validation_epoch():
+    x, y = regression()
+    rng = np.random.default_rng(1)
+    x_val = rng.normal(size=(64, 3)).astype("float32")
+    y_val = x_val @ np.array([[1.0], [-2.0], [0.5]], "float32") + 0.3  # offset: a best epoch
+    model = linear_model(0.1)
+    monitor = kk.callbacks.KoopmanMonitor(window=8)
+    stop = kk.callbacks.KoopmanEarlyStopping(monitor, patience=2, min_epochs=5,
+                                             restore_best_weights=True)
+    saved = {}
+    losses = {}
+
+    class Keep(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            saved[epoch] = [w.copy() for w in self.model.get_weights()]
+            losses[epoch] = logs["val_loss"]
+
+    model.fit(x, y, epochs=200, batch_size=128, validation_data=(x_val, y_val), verbose=0,
+              callbacks=[Keep(), monitor, stop])
+    assert stop.stopped_epoch > 0
+    best = min(losses, key=losses.get)
+    assert stop.best_epoch == best
+    for restored, expected in zip(model.get_weights(), saved[best]):
+        np.testing.assert_array_equal(restored, expected)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error",
+    [
+        ({"tolerance": -1}, ValueError),
+        ({"mass": 1.5}, ValueError),
+        ({"max_velocity": "small"}, ValueError),
+        ({"patience": 0}, ValueError),
+        ({"min_epochs": -1}, ValueError),
+        ({"groups": "dense"}, ValueError),
+    ],
+)
+def test_bad_arguments(kwargs, error):
+    with pytest.raises(error, match=next(iter(kwargs))):
+        kk.callbacks.KoopmanEarlyStopping(kk.callbacks.KoopmanMonitor(), **kwargs)
+
+
+def test_monitor_must_be_a_koopman_monitor():
+    with pytest.raises(TypeError, match="monitor"):
+        kk.callbacks.KoopmanEarlyStopping(keras.callbacks.EarlyStopping())
