@@ -2,5 +2,13 @@
 
 from keras_koopman.callbacks.early_stopping import KoopmanEarlyStopping, convergence
 from keras_koopman.callbacks.monitor import KoopmanMonitor, SpectrumRecord
+from keras_koopman.callbacks.restart import KoopmanRestart, diagnose
 
-__all__ = ["KoopmanEarlyStopping", "KoopmanMonitor", "SpectrumRecord", "convergence"]
+__all__ = [
+    "KoopmanEarlyStopping",
+    "KoopmanMonitor",
+    "KoopmanRestart",
+    "SpectrumRecord",
+    "convergence",
+    "diagnose",
+]

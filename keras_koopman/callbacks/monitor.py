@@ -18,6 +18,8 @@ from keras_koopman.tensorboard import summary as tb_summary
 
 __all__ = ["KoopmanMonitor", "SpectrumRecord"]
 
+_LOGGED_SCALARS = ("spectral_radius", "near_one_fraction", "unstable_count", "max_residual")
+
 
 @dataclasses.dataclass(frozen=True)
 class SpectrumRecord:
@@ -34,7 +36,9 @@ class SpectrumRecord:
       rank: ``r``.
       snapshots: how many snapshots the window held.
       metrics: ``spectral_radius``, ``near_one_fraction``, ``unstable_count``,
-        ``max_residual`` (see :mod:`keras_koopman.spectrum`), as Python numbers.
+        ``max_residual`` (see :mod:`keras_koopman.spectrum`) and ``motion``
+        (``|x_newest - x_oldest| / |x_newest|`` over the window), as Python numbers. A group
+        whose weights are all zero gets a record with an empty spectrum and ``motion`` 0.
     """
 
     epoch: int
@@ -297,6 +301,19 @@ class KoopmanMonitor(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.flush()
 
+    def restart(self):
+        """Forgets the trajectory (after the weights were re-initialised) and snapshots anew.
+
+        History and step numbers carry on, so TensorBoard steps stay monotonic.
+        """
+        for buffer in self.buffers.values():
+            buffer.reset()
+        self._pending_flags = []
+        self._since_analysis = 0
+        self.nonfinite_groups = set()
+        if not self.disabled:
+            self._take_snapshot()
+
     def ensure_started(self, model):
         """Called by dependent callbacks: starts the monitor if it is not in the callback list."""
         if self.model is None or self.model is not model:
@@ -345,11 +362,19 @@ class KoopmanMonitor(keras.callbacks.Callback):
             if stored < 3:
                 continue
             try:
+                gram = buffer.gram().numpy()
+                motion = _window_motion(gram)
+                if not np.any(gram[:-1, :-1]):
+                    # Weights that are exactly zero (and stay so) have no spectrum: record the
+                    # absence of motion instead of failing.
+                    self._record_still(name, stored, motion)
+                    continue
                 result = buffer.dmd(rank=self.rank, method=self.method, modes=False)
                 metrics = {
                     key: value.numpy().item()
                     for key, value in spectrum_metrics.summary(result, self.tolerance).items()
                 }
+                metrics["motion"] = motion
                 record = SpectrumRecord(
                     epoch=self.epoch,
                     step=self.step,
@@ -374,6 +399,17 @@ class KoopmanMonitor(keras.callbacks.Callback):
                     f"unstable {m['unstable_count']} max_residual {m['max_residual']:.2e}"
                 )
 
+    def _record_still(self, name, stored, motion):
+        empty = np.zeros(0, np.complex128)
+        record = SpectrumRecord(
+            epoch=self.epoch, step=self.step, group=name, eigenvalues=empty, amplitudes=empty,
+            residuals=np.zeros(0), rank=0, snapshots=stored,
+            metrics={"spectral_radius": 0.0, "near_one_fraction": 0.0, "unstable_count": 0,
+                     "max_residual": float("nan"), "motion": motion},
+        )
+        self.history.append(record)
+        self._log(record)
+
     def _log(self, record):
         if self._writer is None:
             return
@@ -386,9 +422,19 @@ class KoopmanMonitor(keras.callbacks.Callback):
                     residuals=record.residuals,
                 )
                 for key, value in record.metrics.items():
-                    tf.summary.scalar(f"koopman/{record.group}/{key}", float(value))
+                    if key in _LOGGED_SCALARS:
+                        tf.summary.scalar(f"koopman/{record.group}/{key}", float(value))
         except Exception as error:  # noqa: BLE001
             self._fail("TensorBoard logging", error, record.group)
+
+
+def _window_motion(gram):
+    """``|x_last - x_first| / |x_last|`` from the Gram matrix of the window (0 when all zero)."""
+    last, first = gram[-1, -1], gram[0, 0]
+    distance = max(last + first - 2.0 * gram[0, -1], 0.0)
+    if last <= 0:
+        return 0.0 if distance == 0 else float("inf")
+    return float(np.sqrt(distance / last))
 
 
 def _value(variable):

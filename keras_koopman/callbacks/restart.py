@@ -1,0 +1,279 @@
+"""KoopmanRestart: tell a bad initialization early from the spectrum, and start again."""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_koopman.callbacks.early_stopping import convergence
+from keras_koopman.callbacks.monitor import KoopmanMonitor
+
+__all__ = ["KoopmanRestart", "diagnose"]
+
+
+def unstable_fraction(record, growth=0.05):
+    """Share of the newest snapshot's weight in modes with ``|lambda| > 1 + growth``."""
+    weights = record.current_weights()
+    total = float(np.sum(weights))
+    if not np.isfinite(total) or total <= 0:
+        return 1.0
+    return float(np.sum(weights[np.abs(record.eigenvalues) > 1.0 + growth]) / total)
+
+
+def _velocity(record):
+    return 0.0 if record.rank == 0 else convergence(record)[1]
+
+
+def diagnose(records, losses, growth=0.05, unstable_mass=0.05, stagnation_velocity=1e-4,
+             min_improvement=0.01, frozen_ratio=0.05):
+    """Verdict on the start of training: ``None`` (healthy) or a reason string.
+
+    Args:
+      records: the newest :class:`SpectrumRecord` of each group.
+      losses: training losses of the epochs since the start, oldest first.
+      growth, unstable_mass: divergence when the loss improved by less than
+        ``min_improvement`` while some group has at least ``unstable_mass`` of its current
+        weights in modes with ``|lambda| > 1 + growth`` (early in healthy training, momentum
+        build-up also shows growing modes; a falling loss tells the two apart).
+      stagnation_velocity, min_improvement: stagnation when the loss improved by less than
+        ``min_improvement`` (relative) and some group's predicted relative step
+        (:func:`convergence`; 0 for weights that are all zero) is below ``stagnation_velocity``.
+      frozen_ratio: also stagnation when some group moves less than ``frozen_ratio`` times the
+        fastest group, loss improving or not: a layer saturated or dead from the start leaves
+        the others to do its work.
+
+    Returns:
+      ``None``, ``"non-finite: ..."``, ``"divergence: ..."`` or ``"stagnation: ..."``.
+    """
+    losses = [float(v) for v in losses]
+    if any(not np.isfinite(v) for v in losses):
+        return "non-finite: the loss is NaN or Inf"
+    improvement = None
+    if len(losses) >= 2:
+        improvement = (losses[0] - losses[-1]) / max(abs(losses[0]), 1e-12)
+    stalled = improvement is not None and improvement < min_improvement
+    for record in records:
+        if not np.all(np.isfinite(record.eigenvalues)):
+            return f"non-finite: the spectrum of {record.group} is NaN"
+        if record.rank == 0 or not stalled:
+            continue
+        share = unstable_fraction(record, growth)
+        if share >= unstable_mass:
+            return (
+                f"divergence: the loss improved by {improvement:.2%} while {share:.0%} of "
+                f"{record.group}'s weights sit in modes with |lambda| > {1 + growth:g}"
+            )
+    velocities = {record.group: _velocity(record) for record in records}
+    still = [group for group, v in velocities.items() if v < stagnation_velocity]
+    if stalled and still:
+        return (
+            f"stagnation: the loss improved by {improvement:.2%} and "
+            f"{', '.join(still)} barely move"
+        )
+    if len(velocities) >= 2:
+        fastest = max(velocities.values())
+        frozen = [group for group, v in velocities.items() if v < frozen_ratio * fastest]
+        if frozen:
+            return (
+                f"stagnation: {', '.join(frozen)} move less than {frozen_ratio:g} times as fast "
+                "as the fastest layer"
+            )
+    return None
+
+
+def _reinitialize(model, seed, kernel_initializer=None):
+    """Draws every weight again from its layer's own initializer, with a new seed.
+
+    A variable named ``w`` is drawn from the layer's ``w_initializer`` attribute (``kernel``,
+    ``bias``, ``embeddings``, ``gamma``, ...). Returns the variables no initializer was found for
+    (they are left as they are).
+    """
+    missed = []
+    counter = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        for variable in layer._trainable_variables + layer._non_trainable_variables:
+            name = variable.name.split("/")[-1].split(":")[0]
+            initializer = getattr(layer, f"{name}_initializer", None)
+            if kernel_initializer is not None and name in ("kernel", "embeddings",
+                                                          "depthwise_kernel"):
+                initializer = kernel_initializer
+            if initializer is None:
+                missed.append(variable.path)
+                continue
+            initializer = keras.initializers.get(initializer)
+            config = initializer.get_config()
+            if "seed" in config:
+                counter += 1
+                config["seed"] = int(seed) * 1000 + counter
+                initializer = initializer.__class__.from_config(config)
+            variable.assign(initializer(variable.shape, dtype=variable.dtype))
+    return missed
+
+
+def _check_int(value, name, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}")
+    return int(value)
+
+
+class KoopmanRestart(keras.callbacks.Callback):
+    """Restarts training early when the spectrum shows a bad initialization.
+
+    Until ``check_epoch`` epochs have run since the last (re)start, a NaN/Inf loss or NaN/Inf
+    weights restart at once. At ``check_epoch`` the newest spectrum of every group is judged by
+    :func:`diagnose`: a group with a sizeable share of its weights in modes outside the unit
+    circle means divergence; a loss that did not improve while some layer's weights do not
+    move means stagnation. Either restarts training: every layer is drawn again from its own
+    initializers with a new seed (``kernel_initializer`` overrides the kernels', e.g. when the
+    bad initializer itself is the problem), the optimizer state is put back to what it was at
+    the start, and training carries on from the current epoch. Each restart is listed in
+    ``restarts`` and, with a monitor ``log_dir``, logged to TensorBoard (scalar
+    ``koopman/restarts`` and the reason as text). After ``max_restarts`` it warns and lets
+    training go on.
+
+    Args:
+      monitor: the :class:`KoopmanMonitor` to read (analysing every epoch).
+      check_epoch: epochs after each start at which to judge (at least 3: the monitor needs 3
+        snapshots for a spectrum).
+      max_restarts: most restarts in one ``fit``.
+      kernel_initializer: optional initializer for kernels on restart instead of the layer's.
+      growth, unstable_mass, stagnation_velocity, min_improvement, frozen_ratio: thresholds of
+        :func:`diagnose`.
+      seed: base seed for the re-initializations (restart ``i`` uses ``seed + i``).
+      verbose: 1 prints a line per restart.
+
+    Example:
+
+    >>> import numpy as np, keras, keras_koopman as kk
+    >>> x = np.random.default_rng(0).normal(size=(256, 8)).astype("float32")
+    >>> y = (x.sum(axis=1) > 0).astype("int32")
+    >>> model = keras.Sequential([
+    ...     keras.Input((8,)),
+    ...     keras.layers.Dense(16, activation="relu", bias_initializer=keras.initializers.Constant(-50.0)),
+    ...     keras.layers.Dense(2, activation="softmax")])
+    >>> model.compile("adam", "sparse_categorical_crossentropy")
+    >>> monitor = kk.callbacks.KoopmanMonitor(window=5)
+    >>> restart = kk.callbacks.KoopmanRestart(monitor, check_epoch=4)
+    >>> _ = model.fit(x, y, epochs=8, verbose=0, callbacks=[monitor, restart])
+    >>> restart.restarts[0]["reason"].split(":")[0]
+    'stagnation'
+    """
+
+    def __init__(
+        self,
+        monitor,
+        check_epoch=5,
+        max_restarts=3,
+        kernel_initializer=None,
+        growth=0.05,
+        unstable_mass=0.05,
+        stagnation_velocity=1e-4,
+        min_improvement=0.01,
+        frozen_ratio=0.05,
+        seed=1,
+        verbose=0,
+    ):
+        super().__init__()
+        if not isinstance(monitor, KoopmanMonitor):
+            raise TypeError(
+                f"monitor must be a kk.callbacks.KoopmanMonitor; got {type(monitor).__name__}"
+            )
+        self.monitor = monitor
+        self.check_epoch = _check_int(check_epoch, "check_epoch", 3)
+        self.max_restarts = _check_int(max_restarts, "max_restarts", 0)
+        self.kernel_initializer = (
+            None if kernel_initializer is None else keras.initializers.get(kernel_initializer)
+        )
+        for name, value in (("growth", growth), ("unstable_mass", unstable_mass),
+                            ("stagnation_velocity", stagnation_velocity),
+                            ("min_improvement", min_improvement),
+                            ("frozen_ratio", frozen_ratio)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0:
+                raise ValueError(f"{name} must be a non-negative number; got {value!r}")
+        self.thresholds = dict(growth=float(growth), unstable_mass=float(unstable_mass),
+                               stagnation_velocity=float(stagnation_velocity),
+                               min_improvement=float(min_improvement),
+                               frozen_ratio=float(frozen_ratio))
+        self.seed = _check_int(seed, "seed", 0)
+        self.verbose = verbose
+        self.restarts = []
+        self.verdicts = []
+        self._optimizer_state = None
+        self._start_epoch = 0
+        self._losses = []
+        self._nonfinite_seen = set()
+        self._gave_up = False
+
+    def on_train_begin(self, logs=None):
+        self.monitor.ensure_started(self.model)
+        self.restarts = []
+        self.verdicts = []
+        self._start_epoch = 0
+        self._losses = []
+        self._gave_up = False
+        self._nonfinite_seen = set(self.monitor.nonfinite_groups)
+        if self._optimizer_state is None and self.model.optimizer is not None:
+            self._optimizer_state = [v.numpy() for v in self.model.optimizer.variables]
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.monitor.on_epoch_end(epoch, logs)
+        if self._gave_up:
+            return
+        since_start = epoch - self._start_epoch + 1
+        if since_start > self.check_epoch:
+            return
+        loss = (logs or {}).get("loss")
+        if loss is not None:
+            self._losses.append(loss)
+        new_nonfinite = self.monitor.nonfinite_groups - self._nonfinite_seen
+        reason = None
+        if new_nonfinite:
+            reason = f"non-finite: NaN/Inf weights in {', '.join(sorted(new_nonfinite))}"
+        elif loss is not None and not np.isfinite(loss):
+            reason = "non-finite: the loss is NaN or Inf"
+        elif since_start == self.check_epoch:
+            records = [r for r in self.monitor.history if r.step == self.monitor.step]
+            reason = diagnose(records, self._losses, **self.thresholds)
+            self.verdicts.append({"epoch": epoch, "reason": reason})
+        if reason is not None:
+            self._restart(epoch, reason)
+
+    def _restart(self, epoch, reason):
+        if len(self.restarts) >= self.max_restarts:
+            self._gave_up = True
+            warnings.warn(
+                f"KoopmanRestart: {reason} at epoch {epoch + 1}, but max_restarts="
+                f"{self.max_restarts} is reached; training goes on",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return
+        try:
+            missed = _reinitialize(self.model, self.seed + len(self.restarts),
+                                   self.kernel_initializer)
+            if self._optimizer_state is not None:
+                for variable, value in zip(self.model.optimizer.variables, self._optimizer_state):
+                    variable.assign(value)
+            self.monitor.restart()
+        except Exception as error:  # noqa: BLE001 - never break fit
+            self._gave_up = True
+            warnings.warn(f"KoopmanRestart: restart failed ({error}); training goes on",
+                          RuntimeWarning, stacklevel=2)
+            return
+        self.restarts.append({"epoch": epoch, "reason": reason, "not_reinitialized": missed})
+        self._start_epoch = epoch + 1
+        self._losses = []
+        self._nonfinite_seen = set(self.monitor.nonfinite_groups)
+        writer = self.monitor._writer
+        if writer is not None:
+            with writer.as_default(step=self.monitor.step):
+                tf.summary.scalar("koopman/restarts", float(len(self.restarts)))
+                tf.summary.text("koopman/restart_reason", f"epoch {epoch + 1}: {reason}")
+            writer.flush()
+        if self.verbose:
+            print(f"KoopmanRestart: {reason}; restarting at epoch {epoch + 2} "
+                  f"(restart {len(self.restarts)} of at most {self.max_restarts})")
