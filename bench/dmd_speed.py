@@ -23,20 +23,19 @@ Run:  python bench/dmd_speed.py            (writes bench/RESULTS.md; about 6 min
 """
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
+
+from _results import RESULTS, machine, stamp, write_section
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 RANK = 8
 METHODS = ("pydmd", "numpy", "kk.dmd", "buffer")
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def make_data(n, m, seed=0):
@@ -206,40 +205,12 @@ def run_cell(method, n, m):
     raise RuntimeError(f"{method} n={n} m={m} failed:\n{done.stderr[-3000:]}")
 
 
-def machine():
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    import numpy
-    import tensorflow as tf
-
-    from importlib import metadata
-
-    try:
-        pydmd_version = metadata.version("pydmd")
-    except metadata.PackageNotFoundError:
-        pydmd_version = "not installed"
-    gpus = tf.config.list_physical_devices("GPU")
-    return (
-        f"{model}, {os.cpu_count()} cores, "
-        f"{'GPU: ' + ', '.join(g.name for g in gpus) if gpus else 'no GPU'}; Python "
-        f"{platform.python_version()}, TensorFlow {tf.__version__}, NumPy {numpy.__version__}, "
-        f"PyDMD {pydmd_version}"
-    )
-
-
 def main():
     parser = argparse.ArgumentParser(description="DMD speed benchmark")
     parser.add_argument("--worker", nargs=3, metavar=("METHOD", "N", "M"))
     parser.add_argument("--n", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--m", type=int, nargs="*", default=[16, 64])
-    parser.add_argument("--output", default=os.path.join(HERE, "RESULTS.md"))
+    parser.add_argument("--output", default=RESULTS)
     args = parser.parse_args()
     if args.worker:
         method, n, m = args.worker
@@ -302,16 +273,11 @@ def main():
                     f"{'met' if ratio <= 1.5 else 'NOT met'}",
                 ]
 
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = "\n".join(
         [
-            "# Benchmark results",
-            "",
-            "## DMD speed (`bench/dmd_speed.py`)",
-            "",
             f"- command: `{command.strip()}`",
             f"- machine: {machine()}",
-            f"- date: {stamp}",
+            f"- date: {stamp()}",
             f"- data: float32 snapshots [m, n], rank-{RANK} linear dynamics + 1e-3 noise; "
             "PyDMD and NumPy get it as float64",
             "- seconds: best warm call; speed-up: PyDMD seconds / seconds, same run; "
@@ -327,8 +293,7 @@ def main():
         ]
     )
     print("\n" + text)
-    with open(args.output, "w") as handle:
-        handle.write(text)
+    write_section("DMD speed (`bench/dmd_speed.py`)", text, args.output)
     print(f"written to {args.output}")
 
 

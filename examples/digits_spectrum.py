@@ -1,4 +1,7 @@
-"""Train a small MLP on scikit-learn's digits and watch the Koopman spectrum of its weights.
+"""Build your own monitor: per-layer SnapshotBuffers and DMD on a digits MLP.
+
+The library's KoopmanMonitor does this for you (see ``python -m keras_koopman.demo``); this
+example shows the foundation pieces it is made of.
 
 Every epoch the weights of each layer are copied (on device, inside one compiled tf.function) into a
 ``kk.SnapshotBuffer``; every epoch after the third, ``buffer.dmd()`` gives the layer's Koopman
@@ -105,31 +108,6 @@ def describe(name, buffer, rank):
     return result
 
 
-def plot(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 4), squeeze=False)
-    circle = np.exp(1j * np.linspace(0, 2 * np.pi, 400))
-    for axis, (name, result) in zip(axes[0], results.items()):
-        axis.plot(circle.real, circle.imag, color="0.6", lw=1)
-        size = 20 + 200 * np.abs(result.amplitudes) / np.abs(result.amplitudes).max()
-        points = axis.scatter(
-            result.eigenvalues.real, result.eigenvalues.imag, s=size, c=result.residuals,
-            cmap="viridis",
-        )
-        fig.colorbar(points, ax=axis, label="residual")
-        axis.set_title(f"{name}: rank {result.rank}")
-        axis.set_xlabel("Re λ")
-        axis.set_ylabel("Im λ")
-        axis.set_aspect("equal")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"spectra drawn to {path}")
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=40)
@@ -176,7 +154,9 @@ def main(argv=None):
     results = {name: describe(name, buffer, None) for name, buffer in snapshots.buffers.items()}
     print(f"\nTensorBoard logs in {args.logdir}: tensorboard --logdir {args.logdir}")
     if args.plot:
-        plot(results, args.plot)
+        from keras_koopman.plot import plot_spectra
+
+        print(f"spectra drawn to {plot_spectra(results, args.plot)}")
     return results
 
 

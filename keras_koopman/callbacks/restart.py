@@ -28,20 +28,23 @@ def _velocity(record):
     return 0.0 if record.rank == 0 else convergence(record)[1]
 
 
-def diagnose(records, losses, growth=0.05, unstable_mass=0.05, stagnation_velocity=1e-4,
+def diagnose(records, losses, growth=0.05, unstable_mass=0.05, stagnation_velocity=1e-2,
              min_improvement=0.01, frozen_ratio=0.05):
     """Verdict on the start of training: ``None`` (healthy) or a reason string.
 
     Args:
       records: the newest :class:`SpectrumRecord` of each group.
-      losses: training losses of the epochs since the start, oldest first.
+      losses: training losses of the epochs since the start, oldest first; the improvement is
+        measured from the second one on when there are at least three.
       growth, unstable_mass: divergence when the loss improved by less than
         ``min_improvement`` while some group has at least ``unstable_mass`` of its current
         weights in modes with ``|lambda| > 1 + growth`` (early in healthy training, momentum
         build-up also shows growing modes; a falling loss tells the two apart).
       stagnation_velocity, min_improvement: stagnation when the loss improved by less than
         ``min_improvement`` (relative) and some group's predicted relative step
-        (:func:`convergence`; 0 for weights that are all zero) is below ``stagnation_velocity``.
+        (:func:`convergence`; 0 for weights that are all zero) is below ``stagnation_velocity``:
+        the weights sit at a fixed point (only the eigenvalue 1 is left) that does not lower
+        the loss, e.g. a net that blew up at the start and settled at chance level.
       frozen_ratio: also stagnation when some group moves less than ``frozen_ratio`` times the
         fastest group, loss improving or not: a layer saturated or dead from the start leaves
         the others to do its work.
@@ -53,8 +56,11 @@ def diagnose(records, losses, growth=0.05, unstable_mass=0.05, stagnation_veloci
     if any(not np.isfinite(v) for v in losses):
         return "non-finite: the loss is NaN or Inf"
     improvement = None
-    if len(losses) >= 2:
-        improvement = (losses[0] - losses[-1]) / max(abs(losses[0]), 1e-12)
+    # The first epoch's loss includes the initial transient (a blown-up start can fall from
+    # 1e5 to chance level in one epoch and then stay there): measure from the second on.
+    recent = losses[1:] if len(losses) >= 3 else losses
+    if len(recent) >= 2:
+        improvement = (recent[0] - recent[-1]) / max(abs(recent[0]), 1e-12)
     stalled = improvement is not None and improvement < min_improvement
     for record in records:
         if not np.all(np.isfinite(record.eigenvalues)):
@@ -131,7 +137,8 @@ class KoopmanRestart(keras.callbacks.Callback):
     initializers with a new seed (``kernel_initializer`` overrides the kernels', e.g. when the
     bad initializer itself is the problem), the optimizer state is put back to what it was at
     the start, and training carries on from the current epoch. Each restart is listed in
-    ``restarts`` and, with a monitor ``log_dir``, logged to TensorBoard (scalar
+    ``restarts`` (every verdict, healthy ones too, in ``verdicts``) and, with a monitor
+    ``log_dir``, logged to TensorBoard (scalar
     ``koopman/restarts`` and the reason as text). After ``max_restarts`` it warns and lets
     training go on.
 
@@ -171,7 +178,7 @@ class KoopmanRestart(keras.callbacks.Callback):
         kernel_initializer=None,
         growth=0.05,
         unstable_mass=0.05,
-        stagnation_velocity=1e-4,
+        stagnation_velocity=1e-2,
         min_improvement=0.01,
         frozen_ratio=0.05,
         seed=1,
@@ -238,6 +245,7 @@ class KoopmanRestart(keras.callbacks.Callback):
         elif since_start == self.check_epoch:
             records = [r for r in self.monitor.history if r.step == self.monitor.step]
             reason = diagnose(records, self._losses, **self.thresholds)
+        if reason is not None or since_start == self.check_epoch:
             self.verdicts.append({"epoch": epoch, "reason": reason})
         if reason is not None:
             self._restart(epoch, reason)

@@ -1,0 +1,55 @@
+"""Writes one section of bench/RESULTS.md, leaving the other benchmarks' sections alone."""
+
+import datetime
+import os
+import platform
+import re
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+
+
+def machine():
+    """CPU model, cores, GPU and library versions, for the record."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    from importlib import metadata
+
+    import numpy
+    import tensorflow as tf
+
+    try:
+        pydmd_version = metadata.version("pydmd")
+    except metadata.PackageNotFoundError:
+        pydmd_version = "not installed"
+    gpus = tf.config.list_physical_devices("GPU")
+    return (
+        f"{model}, {os.cpu_count()} cores, "
+        f"{'GPU: ' + ', '.join(g.name for g in gpus) if gpus else 'no GPU'}; Python "
+        f"{platform.python_version()}, TensorFlow {tf.__version__}, NumPy {numpy.__version__}, "
+        f"PyDMD {pydmd_version}"
+    )
+
+
+def stamp():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def write_section(title, body, path=RESULTS):
+    """Replaces (or appends) the ``## title`` section of RESULTS.md with ``body``."""
+    text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
+    section = f"## {title}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text)
+    else:
+        text = text.rstrip() + "\n\n" + section
+    with open(path, "w") as handle:
+        handle.write(text.rstrip() + "\n")
+    return path

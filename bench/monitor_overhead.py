@@ -1,0 +1,115 @@
+"""Fit time with and without KoopmanMonitor, interleaved, on scikit-learn's digits.
+
+Models: an MLP 64-256-256-10 (85,002 weights) and an MLP 64-1024-1024-10 (1,126,410 weights),
+Adam, batch 64, 1,797 samples (29 batches an epoch). Configurations:
+
+  epoch   snapshots once per epoch, analysis after each (window 20)
+  batch   snapshots after every batch, analysis once per epoch (``analyze_every=29``)
+
+Each configuration is warmed up (tracing, XLA compilation), then plain and monitored fits of
+``--epochs`` epochs alternate ``--repeats`` times; the overhead is the median monitored time over
+the median plain time, minus one.
+
+Goals: per-epoch snapshots <= 2% of fit time; snapshots every batch <= 15%.
+
+Run:  python bench/monitor_overhead.py      (about 4 minutes here; writes bench/RESULTS.md)
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from _results import machine, stamp, write_section  # noqa: E402
+
+import keras_koopman as kk  # noqa: E402
+
+MODELS = {"digits MLP 85k": 256, "MLP 1.1M": 1024}
+GOALS = {"epoch": 0.02, "batch": 0.15}
+
+
+def build(width, seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((64,)),
+        keras.layers.Dense(width, activation="relu"),
+        keras.layers.Dense(width, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    return model
+
+
+def timed_fit(model, x, y, epochs, callbacks):
+    start = time.perf_counter()
+    model.fit(x, y, epochs=epochs, batch_size=64, verbose=0, callbacks=callbacks)
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args()
+
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = (data.data / 16).astype("float32")
+    y = data.target
+    batches = int(np.ceil(len(x) / 64))
+    rows = []
+    verdicts = []
+    for label, width in MODELS.items():
+        for config in ("epoch", "batch"):
+            plain = build(width)
+            watched = build(width)
+            every, analyze_every = ("epoch", 1) if config == "epoch" else (1, batches)
+            monitor = kk.callbacks.KoopmanMonitor(window=20, every=every,
+                                                  analyze_every=analyze_every)
+            timed_fit(plain, x, y, 1, [])  # warm-up: tracing
+            timed_fit(watched, x, y, 1, [monitor])  # warm-up: buffers, XLA compilation
+            plain_times, watched_times = [], []
+            for _ in range(args.repeats):
+                plain_times.append(timed_fit(plain, x, y, args.epochs, []))
+                watched_times.append(timed_fit(watched, x, y, args.epochs, [monitor]))
+            base = statistics.median(plain_times)
+            with_monitor = statistics.median(watched_times)
+            overhead = with_monitor / base - 1
+            params = plain.count_params()
+            goal = GOALS[config]
+            rows.append(
+                f"| {label} | {params:,} | {config} | {base / args.epochs:.3f} | "
+                f"{with_monitor / args.epochs:.3f} | {overhead:+.1%} | <= {goal:.0%} | "
+                f"{'met' if overhead <= goal else 'NOT met'} |"
+            )
+            verdicts.append(overhead <= goal)
+            print(rows[-1], flush=True)
+            assert monitor.step > 0 and monitor.history, "the monitor did not run"
+
+    body = "\n".join([
+        f"- command: `python bench/monitor_overhead.py --epochs {args.epochs} "
+        f"--repeats {args.repeats}`",
+        f"- machine: {machine()}",
+        f"- date: {stamp()}",
+        f"- set-up: digits (1,797 x 64), Adam, batch 64 ({batches} batches an epoch); plain and "
+        "monitored fits alternate; medians over the repeats; window 20",
+        "",
+        "| model | weights | snapshots | s/epoch plain | s/epoch monitored | overhead | goal | |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |",
+        *rows,
+    ])
+    print(body)
+    kwargs = {"path": args.output} if args.output else {}
+    print("written to", write_section("Monitor overhead (`bench/monitor_overhead.py`)", body,
+                                      **kwargs))
+
+
+if __name__ == "__main__":
+    main()
