@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import os
+import types
 import warnings
 
 import keras
@@ -19,6 +20,7 @@ from keras_koopman.tensorboard import summary as tb_summary
 __all__ = ["KoopmanMonitor", "SpectrumRecord"]
 
 _LOGGED_SCALARS = ("spectral_radius", "near_one_fraction", "unstable_count", "max_residual")
+_METRICS = (*_LOGGED_SCALARS, "motion")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +137,10 @@ class KoopmanMonitor(keras.callbacks.Callback):
             every = _check_int(every, "every (when not 'epoch')", 1)
         self.observables = observables
         self.every = every
+        if every != "epoch":
+            # Only then a batch hook: any callback with one makes Keras run every callback
+            # synchronously after each batch, which costs a host sync per batch.
+            self.on_train_batch_end = self._on_train_batch_end
         self.window = _check_int(window, "window", 3)
         parse_rank(rank)
         self.rank = rank
@@ -167,6 +173,8 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self._next_batch_gather = every if every != "epoch" else 0
         self._last_batch = -1
         self._analysed_steps = set()
+        self._analysis_functions = {}
+        self._stored = {}
         self._fit_index = 0
         self._epoch_done = None
 
@@ -235,6 +243,8 @@ class KoopmanMonitor(keras.callbacks.Callback):
             size = sum(int(np.prod(v.shape)) for v in variables)
             self.buffers[name] = SnapshotBuffer(size, self.window, name=f"koopman_{name}")
         self._gather = self._make_gather(jit_compile=True)
+        self._analysis_functions = {}
+        self._stored = {name: 0 for name in self.buffers}
         self._model_id = id(self.model)
         self.step = -1
         self.history = []
@@ -275,8 +285,8 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self.epoch = epoch
         self._last_batch = -1
 
-    def on_train_batch_end(self, batch, logs=None):
-        if self.disabled or self.every == "epoch":
+    def _on_train_batch_end(self, batch, logs=None):
+        if self.disabled:
             return
         # With steps_per_execution > 1 Keras reports only the last batch of each execution.
         self._batches += batch - self._last_batch
@@ -308,6 +318,7 @@ class KoopmanMonitor(keras.callbacks.Callback):
         """
         for buffer in self.buffers.values():
             buffer.reset()
+        self._stored = {name: 0 for name in self.buffers}
         self._pending_flags = []
         self._since_analysis = 0
         self.nonfinite_groups = set()
@@ -348,7 +359,9 @@ class KoopmanMonitor(keras.callbacks.Callback):
         names = list(self.buffers)
         for flags in self._pending_flags:
             for name, ok in zip(names, np.asarray(flags)):
-                if not ok:
+                if ok:
+                    self._stored[name] += 1
+                else:
                     self.nonfinite_groups.add(name)
                     self._fail("snapshot", ValueError("weights hold NaN or Inf; not recorded"), name)
         self._pending_flags = []
@@ -357,47 +370,83 @@ class KoopmanMonitor(keras.callbacks.Callback):
         if self.step in self._analysed_steps:
             return
         self._analysed_steps.add(self.step)
-        for name, buffer in self.buffers.items():
-            stored = len(buffer)
-            if stored < 3:
+        eligible = tuple(name for name in self.buffers if self._stored[name] >= 3)
+        if not eligible:
+            return
+        try:
+            if eligible not in self._analysis_functions:
+                self._analysis_functions[eligible] = self._make_analysis(eligible)
+            outputs = self._analysis_functions[eligible]()
+            outputs = {name: {key: np.asarray(value) for key, value in values.items()}
+                       for name, values in outputs.items()}
+        except Exception as error:  # noqa: BLE001
+            self._fail("analysis", error)
+            return
+        for name in eligible:
+            values = outputs[name]
+            stored = min(self._stored[name], self.window)
+            metrics = {key: values[key].item() for key in _METRICS}
+            if not values["finite"]:
+                self._fail("analysis", ValueError("the Gram matrix holds NaN or Inf"), name)
                 continue
-            try:
-                gram = buffer.gram().numpy()
-                motion = _window_motion(gram)
-                if not np.any(gram[:-1, :-1]):
-                    # Weights that are exactly zero (and stay so) have no spectrum: record the
-                    # absence of motion instead of failing.
-                    self._record_still(name, stored, motion)
-                    continue
-                result = buffer.dmd(rank=self.rank, method=self.method, modes=False)
-                metrics = {
-                    key: value.numpy().item()
-                    for key, value in spectrum_metrics.summary(result, self.tolerance).items()
-                }
-                metrics["motion"] = motion
-                record = SpectrumRecord(
-                    epoch=self.epoch,
-                    step=self.step,
-                    group=name,
-                    eigenvalues=result.eigenvalues.numpy(),
-                    amplitudes=result.amplitudes.numpy(),
-                    residuals=result.residuals.numpy(),
-                    rank=result.rank,
-                    snapshots=stored,
-                    metrics=metrics,
-                )
-            except Exception as error:  # noqa: BLE001
-                self._fail("analysis", error, name)
+            if values["top_singular"] == 0:
+                # Weights that are exactly zero (and stay so) have no spectrum: record the
+                # absence of motion instead of failing.
+                self._record_still(name, stored, metrics["motion"])
                 continue
+            record = SpectrumRecord(
+                epoch=self.epoch,
+                step=self.step,
+                group=name,
+                eigenvalues=values["eigenvalues"],
+                amplitudes=values["amplitudes"],
+                residuals=values["residuals"],
+                rank=int(values["rank"]),
+                snapshots=stored,
+                metrics=metrics,
+            )
             self.history.append(record)
             self._log(record)
             if self.verbose:
-                m = record.metrics
                 print(
                     f"koopman {name}: step {record.step} rank {record.rank} "
-                    f"radius {m['spectral_radius']:.4f} near_1 {m['near_one_fraction']:.3f} "
-                    f"unstable {m['unstable_count']} max_residual {m['max_residual']:.2e}"
+                    f"radius {metrics['spectral_radius']:.4f} "
+                    f"near_1 {metrics['near_one_fraction']:.3f} "
+                    f"unstable {metrics['unstable_count']} "
+                    f"max_residual {metrics['max_residual']:.2e}"
                 )
+
+    def _make_analysis(self, names):
+        """One traced function analysing every group in ``names``: one dispatch per analysis."""
+        code, value = parse_rank(self.rank)
+        code = tf.constant(code, tf.int32)
+        value = tf.constant(value, tf.float64)
+        buffers = [(name, self.buffers[name]) for name in names]
+        method, tolerance = self.method, self.tolerance
+
+        def analyse():
+            outputs = {}
+            for name, buffer in buffers:
+                finite, eigenvalues, _, amplitudes, residuals, singular, rank = buffer.dmd_op(
+                    code, value, method, with_modes=False
+                )
+                result = types.SimpleNamespace(
+                    eigenvalues=eigenvalues, amplitudes=amplitudes, residuals=residuals
+                )
+                metrics = spectrum_metrics.summary(result, tolerance)
+                outputs[name] = dict(
+                    finite=finite,
+                    eigenvalues=eigenvalues,
+                    amplitudes=amplitudes,
+                    residuals=residuals,
+                    rank=rank,
+                    top_singular=singular[0],
+                    motion=_window_motion(buffer.gram_op()),
+                    **metrics,
+                )
+            return outputs
+
+        return tf.function(analyse, autograph=False)
 
     def _record_still(self, name, stored, motion):
         empty = np.zeros(0, np.complex128)
@@ -429,12 +478,12 @@ class KoopmanMonitor(keras.callbacks.Callback):
 
 
 def _window_motion(gram):
-    """``|x_last - x_first| / |x_last|`` from the Gram matrix of the window (0 when all zero)."""
+    """``|x_newest - x_oldest| / |x_newest|`` from the window's Gram matrix (0 if all zero)."""
     last, first = gram[-1, -1], gram[0, 0]
-    distance = max(last + first - 2.0 * gram[0, -1], 0.0)
-    if last <= 0:
-        return 0.0 if distance == 0 else float("inf")
-    return float(np.sqrt(distance / last))
+    distance = tf.maximum(last + first - 2.0 * gram[0, -1], 0.0)
+    ratio = tf.sqrt(distance / tf.where(last > 0, last, 1.0))
+    inf = tf.constant(float("inf"), tf.float64)
+    return tf.where(last > 0, ratio, tf.where(distance > 0, inf, tf.zeros_like(distance)))
 
 
 def _value(variable):

@@ -91,22 +91,20 @@ def diagnose(records, losses, growth=0.05, unstable_mass=0.05, stagnation_veloci
     return None
 
 
-def _reinitialize(model, seed, kernel_initializer=None):
+def _reinitialize(model, seed, initializers=None):
     """Draws every weight again from its layer's own initializer, with a new seed.
 
-    A variable named ``w`` is drawn from the layer's ``w_initializer`` attribute (``kernel``,
-    ``bias``, ``embeddings``, ``gamma``, ...). Returns the variables no initializer was found for
-    (they are left as they are).
+    A variable named ``w`` is drawn from ``initializers[w]`` if given, else from the layer's
+    ``w_initializer`` attribute (``kernel``, ``bias``, ``embeddings``, ``gamma``, ...). Returns
+    the variables no initializer was found for (they are left as they are).
     """
+    initializers = initializers or {}
     missed = []
     counter = 0
     for layer in model._flatten_layers(include_self=False, recursive=True):
         for variable in layer._trainable_variables + layer._non_trainable_variables:
             name = variable.name.split("/")[-1].split(":")[0]
-            initializer = getattr(layer, f"{name}_initializer", None)
-            if kernel_initializer is not None and name in ("kernel", "embeddings",
-                                                          "depthwise_kernel"):
-                initializer = kernel_initializer
+            initializer = initializers.get(name, getattr(layer, f"{name}_initializer", None))
             if initializer is None:
                 missed.append(variable.path)
                 continue
@@ -134,7 +132,7 @@ class KoopmanRestart(keras.callbacks.Callback):
     :func:`diagnose`: a group with a sizeable share of its weights in modes outside the unit
     circle means divergence; a loss that did not improve while some layer's weights do not
     move means stagnation. Either restarts training: every layer is drawn again from its own
-    initializers with a new seed (``kernel_initializer`` overrides the kernels', e.g. when the
+    initializers with a new seed (``initializers`` overrides them by variable name, for when the
     bad initializer itself is the problem), the optimizer state is put back to what it was at
     the start, and training carries on from the current epoch. Each restart is listed in
     ``restarts`` (every verdict, healthy ones too, in ``verdicts``) and, with a monitor
@@ -147,7 +145,8 @@ class KoopmanRestart(keras.callbacks.Callback):
       check_epoch: epochs after each start at which to judge (at least 3: the monitor needs 3
         snapshots for a spectrum).
       max_restarts: most restarts in one ``fit``.
-      kernel_initializer: optional initializer for kernels on restart instead of the layer's.
+      initializers: optional ``{variable name: initializer}`` used on restart instead of the
+        layers' own, e.g. ``{"kernel": "he_normal", "bias": "zeros"}``.
       growth, unstable_mass, stagnation_velocity, min_improvement, frozen_ratio: thresholds of
         :func:`diagnose`.
       seed: base seed for the re-initializations (restart ``i`` uses ``seed + i``).
@@ -175,7 +174,7 @@ class KoopmanRestart(keras.callbacks.Callback):
         monitor,
         check_epoch=5,
         max_restarts=3,
-        kernel_initializer=None,
+        initializers=None,
         growth=0.05,
         unstable_mass=0.05,
         stagnation_velocity=1e-2,
@@ -192,9 +191,14 @@ class KoopmanRestart(keras.callbacks.Callback):
         self.monitor = monitor
         self.check_epoch = _check_int(check_epoch, "check_epoch", 3)
         self.max_restarts = _check_int(max_restarts, "max_restarts", 0)
-        self.kernel_initializer = (
-            None if kernel_initializer is None else keras.initializers.get(kernel_initializer)
-        )
+        if initializers is not None and not isinstance(initializers, dict):
+            raise ValueError(
+                "initializers must be None or a dict {variable name: initializer}, e.g. "
+                f"{{'kernel': 'he_normal', 'bias': 'zeros'}}; got {initializers!r}"
+            )
+        self.initializers = {
+            name: keras.initializers.get(value) for name, value in (initializers or {}).items()
+        }
         for name, value in (("growth", growth), ("unstable_mass", unstable_mass),
                             ("stagnation_velocity", stagnation_velocity),
                             ("min_improvement", min_improvement),
@@ -262,7 +266,7 @@ class KoopmanRestart(keras.callbacks.Callback):
             return
         try:
             missed = _reinitialize(self.model, self.seed + len(self.restarts),
-                                   self.kernel_initializer)
+                                   self.initializers)
             if self._optimizer_state is not None:
                 for variable, value in zip(self.model.optimizer.variables, self._optimizer_state):
                     variable.assign(value)

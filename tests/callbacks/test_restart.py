@@ -67,7 +67,7 @@ def test_bad_initializations_restart_within_the_check(kernel, bias, activation):
     model = mlp(kernel, bias, activation)
     monitor = kk.callbacks.KoopmanMonitor(window=6)
     restart = kk.callbacks.KoopmanRestart(monitor, check_epoch=4, max_restarts=1,
-                                          kernel_initializer="glorot_uniform")
+                                          initializers={"kernel": "glorot_uniform"})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(x, y, epochs=6, batch_size=64, verbose=0, callbacks=[monitor, restart])
@@ -75,6 +75,11 @@ def test_bad_initializations_restart_within_the_check(kernel, bias, activation):
     assert restart.restarts[0]["epoch"] <= 3
     assert restart.restarts[0]["reason"].split(":")[0] in ("stagnation", "divergence",
                                                             "non-finite")
+
+
+def test_bad_initializers_argument():
+    with pytest.raises(ValueError, match="initializers"):
+        kk.callbacks.KoopmanRestart(kk.callbacks.KoopmanMonitor(), initializers="he_normal")
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -93,7 +98,7 @@ def test_a_restart_redraws_weights_and_resets_the_optimizer():
     model = mlp("glorot_uniform", keras.initializers.Constant(-10.0))
     monitor = kk.callbacks.KoopmanMonitor(window=6)
     restart = kk.callbacks.KoopmanRestart(monitor, check_epoch=3, max_restarts=1,
-                                          kernel_initializer="he_normal")
+                                          initializers={"kernel": "he_normal"})
     seen = {}
 
     class Spy(keras.callbacks.Callback):
