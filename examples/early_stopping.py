@@ -1,10 +1,10 @@
 """Stop when the weights' Koopman spectrum has converged, not after a fixed patience.
 
 Trains a small regressor on scikit-learn's diabetes data with plain full-batch gradient descent
-for up to 2,000 epochs, next to keras.callbacks.EarlyStopping(patience=20) on a copy of the same
+for up to 1,000 epochs, next to keras.callbacks.EarlyStopping(patience=20) on a copy of the same
 model, and prints where each stopped and the validation loss there.
 
-Run:  python examples/early_stopping.py        (about 30 s here)
+Run:  python examples/early_stopping.py        (about a minute here)
 """
 
 import os
@@ -30,7 +30,7 @@ def build(seed=0):
     return model
 
 
-def main(epochs=2000):
+def main(epochs=1000):
     data = load_diabetes()
     x = ((data.data - data.data.mean(0)) / data.data.std(0)).astype("float32")
     y = ((data.target - data.target.mean()) / data.target.std()).astype("float32")

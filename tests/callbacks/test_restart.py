@@ -120,3 +120,34 @@ def test_a_restart_redraws_weights_and_resets_the_optimizer():
     assert not np.allclose(after["kernel"], seen[1]["kernel"])
     assert np.std(after["kernel"]) == pytest.approx(np.sqrt(2 / 64), rel=0.2)  # he_normal
     assert monitor.buffers["h1"].count >= 1 and monitor.step > 3
+
+
+def test_nan_weights_mid_fit_with_every_callback_never_raise(tmp_path):
+    """NaN weights after the check: the monitor warns, early stopping and restart carry on."""
+    x, y = digits()
+    model = mlp(seed=2)
+    monitor = kk.callbacks.KoopmanMonitor(window=5, log_dir=tmp_path)
+    stop = kk.callbacks.KoopmanEarlyStopping(monitor, min_epochs=2)
+    restart = kk.callbacks.KoopmanRestart(monitor, check_epoch=3, max_restarts=1)
+
+    class Poison(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                kernel = self.model.get_layer("h2").kernel
+                kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        history = model.fit(x, y, epochs=6, batch_size=64, verbose=0,
+                            callbacks=[Poison(), monitor, stop, restart])
+    assert len(history.history["loss"]) >= 2
+    assert restart.restarts and restart.restarts[0]["reason"].startswith("non-finite")
+    # The restart re-drew the poisoned kernel: training ended with finite weights.
+    assert all(np.all(np.isfinite(w)) for w in model.get_weights())
+
+    from tensorboard.backend.event_processing import event_accumulator
+
+    accumulator = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    assert "koopman/restarts" in accumulator.Tags()["tensors"]
+    assert "koopman/restart_reason" in accumulator.Tags()["tensors"]

@@ -1,0 +1,24 @@
+"""The callback examples under examples/ run and show what they promise."""
+
+import importlib.util
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "examples", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_restart_example_recovers_a_dead_network():
+    restart, accuracy = load("restart").main(epochs=10)
+    assert restart.restarts and restart.restarts[0]["reason"].startswith("stagnation")
+    assert accuracy[3] < 0.2 and accuracy[-1] > 0.9
+
+
+def test_early_stopping_example_stops_both_ways():
+    koopman_epochs, classic_epochs = load("early_stopping").main(epochs=1000)
+    assert 10 <= koopman_epochs < 1000 and classic_epochs < 1000
