@@ -53,3 +53,11 @@ def write_section(title, body, path=RESULTS):
     with open(path, "w") as handle:
         handle.write(text.rstrip() + "\n")
     return path
+
+
+def report(title, body, output=None):
+    """Prints ``body`` and writes it as the ``## title`` section (of ``output`` if given)."""
+    print(body)
+    path = write_section(title, body, output or RESULTS)
+    print("written to", path)
+    return path

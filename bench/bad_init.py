@@ -25,7 +25,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from _results import machine, stamp, write_section  # noqa: E402
+from _results import machine, report, stamp  # noqa: E402
 
 import keras_koopman as kk  # noqa: E402
 
@@ -120,10 +120,7 @@ def main():
         "| --- | --- | ---: | --- | ---: | ---: |",
         *rows,
     ])
-    print(body)
-    kwargs = {"path": args.output} if args.output else {}
-    print("written to", write_section("Bad initialization detection (`bench/bad_init.py`)",
-                                      body, **kwargs))
+    report("Bad initialization detection (`bench/bad_init.py`)", body, args.output)
 
 
 if __name__ == "__main__":

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import numbers
 import warnings
 
 import keras
 import numpy as np
 
-from keras_koopman.callbacks.monitor import KoopmanMonitor
+from keras_koopman._validation import check_int, check_monitor, check_number
 
 __all__ = ["KoopmanEarlyStopping", "convergence"]
 
@@ -35,15 +34,6 @@ def convergence(record, tolerance=0.01):
     mass = float(np.sum(weights[distance <= tolerance]) / total)
     velocity = float(np.sum(weights * distance) / total)
     return mass, velocity
-
-
-def _check_number(value, name, low, high=None):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number; got {value!r}")
-    if value < low or (high is not None and value > high):
-        bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be in {bounds}; got {value!r}")
-    return value
 
 
 class KoopmanEarlyStopping(keras.callbacks.Callback):
@@ -108,22 +98,12 @@ class KoopmanEarlyStopping(keras.callbacks.Callback):
         verbose=0,
     ):
         super().__init__()
-        if not isinstance(monitor, KoopmanMonitor):
-            raise TypeError(
-                f"monitor must be a kk.callbacks.KoopmanMonitor; got {type(monitor).__name__}"
-            )
-        self.monitor = monitor
-        self.tolerance = float(_check_number(tolerance, "tolerance", 0.0))
-        self.mass = float(_check_number(mass, "mass", 0.0, 1.0))
-        self.max_velocity = float(_check_number(max_velocity, "max_velocity", 0.0))
-        if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 1:
-            raise ValueError(f"patience must be an int >= 1; got {patience!r}")
-        self.patience = int(patience)
-        if isinstance(min_epochs, bool) or not isinstance(min_epochs, numbers.Integral):
-            raise ValueError(f"min_epochs must be an int >= 0; got {min_epochs!r}")
-        if min_epochs < 0:
-            raise ValueError(f"min_epochs must be an int >= 0; got {min_epochs!r}")
-        self.min_epochs = int(min_epochs)
+        self.monitor = check_monitor(monitor)
+        self.tolerance = check_number(tolerance, "tolerance")
+        self.mass = check_number(mass, "mass", 0.0, 1.0)
+        self.max_velocity = check_number(max_velocity, "max_velocity")
+        self.patience = check_int(patience, "patience", 1)
+        self.min_epochs = check_int(min_epochs, "min_epochs", 0)
         if groups is not None and (
             isinstance(groups, str) or not all(isinstance(g, str) for g in groups)
         ):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import os
 import types
 import warnings
@@ -13,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_koopman import spectrum as spectrum_metrics
+from keras_koopman._validation import check_int, check_number
 from keras_koopman.dmd import check_method, parse_rank
 from keras_koopman.snapshots import SnapshotBuffer
 from keras_koopman.tensorboard import summary as tb_summary
@@ -56,12 +56,6 @@ class SpectrumRecord:
     def current_weights(self):
         """``|amplitude| * |lambda|^(snapshots-1)``: each mode's weight in the newest snapshot."""
         return np.abs(self.amplitudes) * np.abs(self.eigenvalues) ** (self.snapshots - 1)
-
-
-def _check_int(value, name, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}")
-    return int(value)
 
 
 class KoopmanMonitor(keras.callbacks.Callback):
@@ -134,24 +128,22 @@ class KoopmanMonitor(keras.callbacks.Callback):
                 f"callable model -> {{name: [variables]}}; got {observables!r}"
             )
         if every != "epoch":
-            every = _check_int(every, "every (when not 'epoch')", 1)
+            every = check_int(every, "every (when not 'epoch')", 1)
         self.observables = observables
         self.every = every
         if every != "epoch":
             # Only then a batch hook: any callback with one makes Keras run every callback
             # synchronously after each batch, which costs a host sync per batch.
             self.on_train_batch_end = self._on_train_batch_end
-        self.window = _check_int(window, "window", 3)
+        self.window = check_int(window, "window", 3)
         parse_rank(rank)
         self.rank = rank
         self.method = check_method(method)
-        self.analyze_every = _check_int(analyze_every, "analyze_every", 1)
+        self.analyze_every = check_int(analyze_every, "analyze_every", 1)
         if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
             raise ValueError(f"log_dir must be a path or None; got {log_dir!r}")
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
-        if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or tolerance < 0:
-            raise ValueError(f"tolerance must be a non-negative number; got {tolerance!r}")
-        self.tolerance = float(tolerance)
+        self.tolerance = check_number(tolerance, "tolerance")
         self.verbose = verbose
 
         self.history = []

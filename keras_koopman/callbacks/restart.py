@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import warnings
 
 import keras
@@ -10,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_koopman.callbacks.early_stopping import convergence
-from keras_koopman.callbacks.monitor import KoopmanMonitor
+from keras_koopman._validation import check_int, check_monitor, check_number
 
 __all__ = ["KoopmanRestart", "diagnose"]
 
@@ -118,12 +117,6 @@ def _reinitialize(model, seed, initializers=None):
     return missed
 
 
-def _check_int(value, name, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}")
-    return int(value)
-
-
 class KoopmanRestart(keras.callbacks.Callback):
     """Restarts training early when the spectrum shows a bad initialization.
 
@@ -184,13 +177,9 @@ class KoopmanRestart(keras.callbacks.Callback):
         verbose=0,
     ):
         super().__init__()
-        if not isinstance(monitor, KoopmanMonitor):
-            raise TypeError(
-                f"monitor must be a kk.callbacks.KoopmanMonitor; got {type(monitor).__name__}"
-            )
-        self.monitor = monitor
-        self.check_epoch = _check_int(check_epoch, "check_epoch", 3)
-        self.max_restarts = _check_int(max_restarts, "max_restarts", 0)
+        self.monitor = check_monitor(monitor)
+        self.check_epoch = check_int(check_epoch, "check_epoch", 3)
+        self.max_restarts = check_int(max_restarts, "max_restarts", 0)
         if initializers is not None and not isinstance(initializers, dict):
             raise ValueError(
                 "initializers must be None or a dict {variable name: initializer}, e.g. "
@@ -199,17 +188,14 @@ class KoopmanRestart(keras.callbacks.Callback):
         self.initializers = {
             name: keras.initializers.get(value) for name, value in (initializers or {}).items()
         }
-        for name, value in (("growth", growth), ("unstable_mass", unstable_mass),
-                            ("stagnation_velocity", stagnation_velocity),
-                            ("min_improvement", min_improvement),
-                            ("frozen_ratio", frozen_ratio)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0:
-                raise ValueError(f"{name} must be a non-negative number; got {value!r}")
-        self.thresholds = dict(growth=float(growth), unstable_mass=float(unstable_mass),
-                               stagnation_velocity=float(stagnation_velocity),
-                               min_improvement=float(min_improvement),
-                               frozen_ratio=float(frozen_ratio))
-        self.seed = _check_int(seed, "seed", 0)
+        self.thresholds = {
+            name: check_number(value, name)
+            for name, value in (("growth", growth), ("unstable_mass", unstable_mass),
+                                ("stagnation_velocity", stagnation_velocity),
+                                ("min_improvement", min_improvement),
+                                ("frozen_ratio", frozen_ratio))
+        }
+        self.seed = check_int(seed, "seed", 0)
         self.verbose = verbose
         self.restarts = []
         self.verdicts = []
