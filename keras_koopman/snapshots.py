@@ -96,8 +96,13 @@ class SnapshotBuffer:
                 tf.constant(0.0, tf.float64), trainable=False, name="reference_sq"
             )
             self._count = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="count")
+            # Slots whose Gram row was deferred by append_op(update_gram=False).
+            self._stale = tf.Variable(
+                tf.zeros([self._window], tf.bool), trainable=False, name="stale"
+            )
         # XLA updates the buffer in place; a plain scatter into a variable would make TensorFlow
         # copy the whole buffer on every later read.
+        self._refresh_function = None
         self._append_function = tf.function(
             self.append_op,
             input_signature=[tf.TensorSpec([self._n], self._dtype)],
@@ -137,6 +142,7 @@ class SnapshotBuffer:
             self._cross,
             self._reference_sq,
             self._count,
+            self._stale,
         ]
 
     def __repr__(self):
@@ -167,18 +173,22 @@ class SnapshotBuffer:
         if not bool(self._append_function(x)):
             raise ValueError("x contains NaN or Inf; the snapshot was not appended")
 
-    def append_op(self, x):
+    def append_op(self, x, update_gram=True):
         """Graph-mode append for use inside a ``tf.function`` (no Python-side checks).
 
         ``x`` must be a ``[n_features]`` tensor of the buffer's dtype. Returns a boolean tensor:
         ``False`` when ``x`` holds NaN or Inf, in which case nothing is written. Compile the
         calling function with ``jit_compile=True`` so that the buffer is updated in place.
+
+        With ``update_gram=False`` only the snapshot is written and its Gram row is left for
+        :meth:`refresh_op` (which :meth:`gram` and :meth:`dmd` run first): many appends between
+        two analyses then cost one matrix product instead of one pass over the buffer each.
         """
         finite = tf.reduce_all(tf.math.is_finite(x))
-        tf.cond(finite, lambda: self._write(x), tf.no_op)
+        tf.cond(finite, lambda: self._write(x, update_gram), tf.no_op)
         return finite
 
-    def _write(self, x):
+    def _write(self, x, update_gram):
         first = tf.equal(self._count, 0)
         x64 = tf.cast(x, tf.float64)
         reference = tf.where(first, x, self._reference.read_value())
@@ -189,17 +199,39 @@ class SnapshotBuffer:
         snapshots = tf.tensor_scatter_nd_update(
             self._buffer.read_value(), index, centred[tf.newaxis]
         )
-        row = tf.cast(tf.linalg.matvec(snapshots, centred), tf.float64)
         cross = tf.cast(tf.reduce_sum(centred * reference), tf.float64)
-        gram = tf.tensor_scatter_nd_update(self._centred_gram.read_value(), index, row[None])
-        gram = tf.tensor_scatter_nd_update(tf.transpose(gram), index, row[tf.newaxis])
+        if update_gram:
+            row = tf.cast(tf.linalg.matvec(snapshots, centred), tf.float64)
+            self._centred_gram.assign(_replace_rows(self._centred_gram.read_value(), index, row[None]))
+        self._stale.assign(tf.tensor_scatter_nd_update(
+            self._stale.read_value(), index, tf.constant([not update_gram])
+        ))
         self._buffer.assign(snapshots)
         self._reference.assign(reference)
         self._reference_sq.assign(reference_sq)
-        self._centred_gram.assign(gram)
         self._cross.assign(tf.tensor_scatter_nd_update(self._cross.read_value(), index, cross[None]))
         self._count.assign_add(1)
         return tf.no_op()
+
+    def refresh_op(self):
+        """Computes the Gram rows that appends with ``update_gram=False`` left out (graph mode)."""
+
+        def refresh():
+            stale = tf.where(self._stale.read_value())  # [s, 1] int64
+            snapshots = self._buffer.read_value()
+            rows = tf.matmul(tf.gather_nd(snapshots, stale), snapshots, transpose_b=True)
+            self._centred_gram.assign(
+                _replace_rows(self._centred_gram.read_value(), stale, tf.cast(rows, tf.float64))
+            )
+            self._stale.assign(tf.zeros_like(self._stale))
+            return tf.no_op()
+
+        tf.cond(tf.reduce_any(self._stale.read_value()), refresh, tf.no_op)
+
+    def _refresh(self):
+        if self._refresh_function is None:
+            self._refresh_function = tf.function(self.refresh_op, autograph=False)
+        self._refresh_function()
 
     def reset(self):
         """Forgets every snapshot (the next append sets a new reference)."""
@@ -236,6 +268,7 @@ class SnapshotBuffer:
 
     def gram(self):
         """Float64 Gram matrix ``S S^T`` of ``S = snapshots()``, ``[len(self), len(self)]``."""
+        self._refresh()
         return self.gram_op()
 
     def dmd(self, rank=None, method="exact", dt=1.0, modes=True):
@@ -264,14 +297,24 @@ class SnapshotBuffer:
             raise ValueError(
                 f"SnapshotBuffer.dmd needs at least 2 snapshots; {stored} stored so far"
             )
+        self._refresh()
         function = _dmd_function(method, bool(modes), self._dtype)
         code = tf.constant(code, tf.int32)
         outputs = function(*self._state(), code, tf.constant(value, tf.float64))
         return result_from(outputs, dt, method, "the stored snapshots")
 
     def dmd_op(self, code, value, method="exact", with_modes=True):
-        """Graph-mode DMD (see :meth:`dmd`); ``code, value`` from the rank encoding."""
+        """Graph-mode DMD (see :meth:`dmd`); ``code, value`` from the rank encoding.
+
+        Run :meth:`refresh_op` first if appends deferred their Gram rows.
+        """
         return _buffer_dmd(*self._state(), code, value, method, with_modes)
+
+
+def _replace_rows(gram, index, rows):
+    """The symmetric ``gram`` with rows and columns ``index`` ([s, 1]) set to ``rows`` [s, w]."""
+    gram = tf.tensor_scatter_nd_update(gram, index, rows)
+    return tf.tensor_scatter_nd_update(tf.transpose(gram), index, rows)
 
 
 def _order(count, window):

@@ -196,3 +196,23 @@ def test_buffer_dmd_without_modes(rng):
     np.testing.assert_allclose(
         np.abs(result.amplitudes.numpy()), np.abs(full.amplitudes.numpy()), rtol=1e-8
     )
+
+
+@pytest.mark.parametrize("appended", [3, 5, 9])
+def test_deferred_gram_rows_are_filled_in_on_read(rng, appended):
+    rows = rng.standard_normal((appended, 30)) + 4.0
+    eager = fill(kk.SnapshotBuffer(30, window=5, dtype="float64"), rows)
+    lazy = kk.SnapshotBuffer(30, window=5, dtype="float64")
+
+    @tf.function(jit_compile=True)
+    def append_later(x):
+        return lazy.append_op(x, update_gram=False)
+
+    for row in rows[:-1]:
+        assert bool(append_later(tf.constant(row)))
+    lazy.append(rows[-1])  # a mix of deferred and immediate rows
+    stored = rows[-5:]
+    np.testing.assert_allclose(lazy.gram().numpy(), stored @ stored.T, rtol=1e-12)
+    np.testing.assert_allclose(lazy.gram().numpy(), eager.gram().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(lazy.dmd(rank=2).eigenvalues.numpy(),
+                               eager.dmd(rank=2).eigenvalues.numpy(), rtol=1e-10)

@@ -249,7 +249,9 @@ class KoopmanMonitor(keras.callbacks.Callback):
             flags = []
             for buffer, variables in groups:
                 flat = [tf.reshape(tf.cast(_value(v), tf.float32), [-1]) for v in variables]
-                flags.append(buffer.append_op(tf.concat(flat, axis=0)))
+                # The Gram rows wait for the next analysis: one product there instead of a
+                # pass over the buffer at every snapshot.
+                flags.append(buffer.append_op(tf.concat(flat, axis=0), update_gram=False))
             return tf.stack(flags)
 
         return tf.function(gather, jit_compile=jit_compile, autograph=False)
@@ -419,6 +421,7 @@ class KoopmanMonitor(keras.callbacks.Callback):
         def analyse():
             outputs = {}
             for name, buffer in buffers:
+                buffer.refresh_op()
                 finite, eigenvalues, _, amplitudes, residuals, singular, rank = buffer.dmd_op(
                     code, value, method, with_modes=False
                 )
