@@ -189,10 +189,14 @@ class SnapshotBuffer:
         return finite
 
     def _write(self, x, update_gram):
-        first = tf.equal(self._count, 0)
-        x64 = tf.cast(x, tf.float64)
-        reference = tf.where(first, x, self._reference.read_value())
-        reference_sq = tf.where(first, tf.reduce_sum(x64 * x64), self._reference_sq.read_value())
+        def set_reference():
+            x64 = tf.cast(x, tf.float64)
+            self._reference.assign(x)
+            self._reference_sq.assign(tf.reduce_sum(x64 * x64))
+            return x
+
+        # Only the first snapshot sets the reference: no pass over x for it afterwards.
+        reference = tf.cond(tf.equal(self._count, 0), set_reference, self._reference.read_value)
         head = tf.math.floormod(self._count, self._window)
         index = head[tf.newaxis, tf.newaxis]
         centred = x - reference
@@ -207,8 +211,6 @@ class SnapshotBuffer:
             self._stale.read_value(), index, tf.constant([not update_gram])
         ))
         self._buffer.assign(snapshots)
-        self._reference.assign(reference)
-        self._reference_sq.assign(reference_sq)
         self._cross.assign(tf.tensor_scatter_nd_update(self._cross.read_value(), index, cross[None]))
         self._count.assign_add(1)
         return tf.no_op()
