@@ -264,7 +264,10 @@ class SnapshotBuffer:
         return tf.gather(self._buffer.read_value(), order) + self._reference[tf.newaxis, :]
 
     def gram_op(self):
-        """Float64 Gram matrix of :meth:`snapshots`, oldest first (graph-friendly)."""
+        """Float64 Gram matrix of :meth:`snapshots`, oldest first (graph-friendly).
+
+        Run :meth:`refresh_op` first if appends deferred their Gram rows.
+        """
         _, _, centred, cross, reference_sq, count = self._state()
         return _chronological_gram(centred, cross, reference_sq, count)
 
