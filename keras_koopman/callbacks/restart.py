@@ -34,7 +34,7 @@ def diagnose(records, losses, growth=0.05, unstable_mass=0.05, stagnation_veloci
     Args:
       records: the newest :class:`SpectrumRecord` of each group.
       losses: training losses of the epochs since the start, oldest first; the improvement is
-        measured from the second one on when there are at least three.
+        measured over the later half when there are at least three.
       growth, unstable_mass: divergence when the loss improved by less than
         ``min_improvement`` while some group has at least ``unstable_mass`` of its current
         weights in modes with ``|lambda| > 1 + growth`` (early in healthy training, momentum
@@ -55,9 +55,10 @@ def diagnose(records, losses, growth=0.05, unstable_mass=0.05, stagnation_veloci
     if any(not np.isfinite(v) for v in losses):
         return "non-finite: the loss is NaN or Inf"
     improvement = None
-    # The first epoch's loss includes the initial transient (a blown-up start can fall from
-    # 1e5 to chance level in one epoch and then stay there): measure from the second on.
-    recent = losses[1:] if len(losses) >= 3 else losses
+    # The early losses include the initial transient (a blown-up start can fall from 1e5 to
+    # near chance level in an epoch or two and then creep towards it): measure over the later
+    # half of the check.
+    recent = losses[len(losses) // 2:] if len(losses) >= 3 else losses
     if len(recent) >= 2:
         improvement = (recent[0] - recent[-1]) / max(abs(recent[0]), 1e-12)
     stalled = improvement is not None and improvement < min_improvement
