@@ -75,7 +75,7 @@ def main(argv=None):
 
     class Progress(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            records = [r for r in monitor.history if r.step == monitor.step]
+            records = monitor.current()
             if not records:
                 return
             parts = [

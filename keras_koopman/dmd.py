@@ -159,10 +159,6 @@ def _unit_columns(a):
     return a / tf.cast(tf.where(norms > 0, norms, 1.0), a.dtype), norms
 
 
-def _batched_matvec(matrices, vectors):
-    return tf.linalg.matvec(matrices, vectors)
-
-
 def _vector_norms(a, axis=-1):
     """Real Euclidean norms of (complex) vectors along ``axis``."""
     return tf.sqrt(tf.reduce_sum(tf.math.real(a * tf.math.conj(a)), axis=axis))
@@ -199,8 +195,8 @@ def small_space(reduced_operator, factor, method):
     zero_col = tf.zeros([k, 1], tf.complex128)
 
     if method == "exact":
-        residuals = _vector_norms(_batched_matvec(shifted, ritz))
-        image_norms = _vector_norms(_batched_matvec(r_b[tf.newaxis], ritz))
+        residuals = _vector_norms(tf.linalg.matvec(shifted, ritz))
+        image_norms = _vector_norms(tf.linalg.matvec(r_b[tf.newaxis], ritz))
         # Exact DMD modes are A U w / lambda; where A U w vanishes (lambda = 0) the projected
         # mode U w is the only direction left.
         has_image = image_norms > 1e-12 * tf.reduce_max(tf.abs(r))
@@ -518,8 +514,6 @@ class _Engine:
             self._functions[key] = tf.function(run, input_signature=signature, autograph=False)
         return self._functions[key]
 
-    def tracing_count(self):
-        return sum(f.experimental_get_tracing_count() for f in self._functions.values())
 
 
 _ENGINE = _Engine()

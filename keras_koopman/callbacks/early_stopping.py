@@ -143,7 +143,7 @@ class KoopmanEarlyStopping(keras.callbacks.Callback):
         self.monitor.on_epoch_end(epoch, logs)  # no-op if the monitor already ran this epoch
         self._track_best(epoch, logs)
         step = self.monitor.step
-        records = [r for r in self.monitor.history if r.step == step]
+        records = self.monitor.current()
         if self.groups is not None:
             records = [r for r in records if r.group in self.groups]
             missing = set(self.groups) - {r.group for r in records}

@@ -179,6 +179,15 @@ class KoopmanMonitor(keras.callbacks.Callback):
                 return record
         return None
 
+    def current(self):
+        """The records of the newest analysed step (one per group analysed then), or []."""
+        records = []
+        for record in reversed(self.history):
+            if record.step != self.step:
+                break
+            records.append(record)
+        return records[::-1]
+
     def records(self, group):
         """Every :class:`SpectrumRecord` of ``group``, oldest first."""
         return [record for record in self.history if record.group == group]
@@ -351,8 +360,11 @@ class KoopmanMonitor(keras.callbacks.Callback):
 
     def _check_flags(self):
         names = list(self.buffers)
-        for flags in self._pending_flags:
-            for name, ok in zip(names, np.asarray(flags)):
+        if not self._pending_flags:
+            return
+        # One host read for every snapshot since the last analysis.
+        for flags in np.asarray(tf.stack(self._pending_flags)):
+            for name, ok in zip(names, flags):
                 if ok:
                     self._stored[name] += 1
                 else:

@@ -234,7 +234,7 @@ class KoopmanRestart(keras.callbacks.Callback):
         elif loss is not None and not np.isfinite(loss):
             reason = "non-finite: the loss is NaN or Inf"
         elif since_start == self.check_epoch:
-            records = [r for r in self.monitor.history if r.step == self.monitor.step]
+            records = self.monitor.current()
             reason = diagnose(records, self._losses, **self.thresholds)
         if reason is not None or since_start == self.check_epoch:
             self.verdicts.append({"epoch": epoch, "reason": reason})
