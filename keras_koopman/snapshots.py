@@ -6,6 +6,7 @@ import numbers
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.compiler.tf2xla.python import xla
 
 from keras_koopman.dmd import (
     assemble_gram,
@@ -176,36 +177,55 @@ class SnapshotBuffer:
     def append_op(self, x, update_gram=True):
         """Graph-mode append for use inside a ``tf.function`` (no Python-side checks).
 
-        ``x`` must be a ``[n_features]`` tensor of the buffer's dtype. Returns a boolean tensor:
-        ``False`` when ``x`` holds NaN or Inf, in which case nothing is written. Compile the
-        calling function with ``jit_compile=True`` so that the buffer is updated in place.
+        ``x`` must be a ``[n_features]`` tensor of the buffer's dtype, or a list of 1-D tensors
+        of that dtype whose lengths add up to ``n_features`` (the pieces of one snapshot, say one
+        per layer variable): each piece is then written straight into its slice of the buffer,
+        with no concatenated copy. Returns a boolean tensor: ``False`` when ``x`` holds NaN or
+        Inf, in which case nothing is written. Compile the calling function with
+        ``jit_compile=True`` so that the buffer is updated in place.
 
         With ``update_gram=False`` only the snapshot is written and its Gram row is left for
         :meth:`refresh_op` (which :meth:`gram` and :meth:`dmd` run first): many appends between
         two analyses then cost one matrix product instead of one pass over the buffer each.
         """
-        finite = tf.reduce_all(tf.math.is_finite(x))
-        tf.cond(finite, lambda: self._write(x, update_gram), tf.no_op)
+        parts = list(x) if isinstance(x, (list, tuple)) else [x]
+        finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(p)) for p in parts]))
+        tf.cond(finite, lambda: self._write(parts, update_gram), tf.no_op)
         return finite
 
-    def _write(self, x, update_gram):
+    def _write(self, parts, update_gram):
+        sizes = [int(part.shape[0]) for part in parts]
+        if sum(sizes) != self._n:
+            raise ValueError(
+                f"the pieces of x add up to {sum(sizes)} numbers; the buffer holds {self._n}"
+            )
+        offsets = np.cumsum([0] + sizes[:-1]).tolist()
+
         def set_reference():
-            x64 = tf.cast(x, tf.float64)
-            self._reference.assign(x)
-            self._reference_sq.assign(tf.reduce_sum(x64 * x64))
-            return x
+            reference = self._reference.read_value()
+            reference_sq = tf.zeros([], tf.float64)
+            for part, offset in zip(parts, offsets):
+                reference = _update_slice(reference, part, [offset])
+                part64 = tf.cast(part, tf.float64)
+                reference_sq += tf.reduce_sum(part64 * part64)
+            self._reference.assign(reference)
+            self._reference_sq.assign(reference_sq)
+            return tf.no_op()
 
         # Only the first snapshot sets the reference: no pass over x for it afterwards.
-        reference = tf.cond(tf.equal(self._count, 0), set_reference, self._reference.read_value)
+        tf.cond(tf.equal(self._count, 0), set_reference, tf.no_op)
+        reference = self._reference.read_value()
         head = tf.math.floormod(self._count, self._window)
+        snapshots = self._buffer.read_value()
+        cross = tf.zeros([], tf.float64)
+        for part, offset, size in zip(parts, offsets, sizes):
+            part_reference = reference[offset:offset + size]
+            centred = part - part_reference
+            snapshots = _update_slice(snapshots, centred[tf.newaxis], [head, offset])
+            cross += tf.cast(tf.reduce_sum(centred * part_reference), tf.float64)
         index = head[tf.newaxis, tf.newaxis]
-        centred = x - reference
-        snapshots = tf.tensor_scatter_nd_update(
-            self._buffer.read_value(), index, centred[tf.newaxis]
-        )
-        cross = tf.cast(tf.reduce_sum(centred * reference), tf.float64)
         if update_gram:
-            row = tf.cast(tf.linalg.matvec(snapshots, centred), tf.float64)
+            row = tf.cast(tf.linalg.matvec(snapshots, snapshots[head]), tf.float64)
             self._centred_gram.assign(_replace_rows(self._centred_gram.read_value(), index, row[None]))
         self._stale.assign(tf.tensor_scatter_nd_update(
             self._stale.read_value(), index, tf.constant([not update_gram])
@@ -314,6 +334,11 @@ class SnapshotBuffer:
         Run :meth:`refresh_op` first if appends deferred their Gram rows.
         """
         return _buffer_dmd(*self._state(), code, value, method, with_modes)
+
+
+def _update_slice(tensor, update, start):
+    """``tensor`` with ``update`` written at ``start``: in place under XLA."""
+    return xla.dynamic_update_slice(tensor, update, tf.stack(start))
 
 
 def _replace_rows(gram, index, rows):

@@ -216,3 +216,31 @@ def test_deferred_gram_rows_are_filled_in_on_read(rng, appended):
     np.testing.assert_allclose(lazy.gram().numpy(), eager.gram().numpy(), rtol=1e-12)
     np.testing.assert_allclose(lazy.dmd(rank=2).eigenvalues.numpy(),
                                eager.dmd(rank=2).eigenvalues.numpy(), rtol=1e-10)
+
+
+@pytest.mark.parametrize("update_gram", [True, False])
+def test_append_in_pieces_equals_appending_the_concatenation(rng, update_gram):
+    rows = rng.standard_normal((7, 11)) + 3.0
+    whole = fill(kk.SnapshotBuffer(11, window=4, dtype="float64"), rows)
+    pieces = kk.SnapshotBuffer(11, window=4, dtype="float64")
+
+    @tf.function(jit_compile=True)
+    def append_pieces(a, b, c):
+        return pieces.append_op([a, b, c], update_gram=update_gram)
+
+    for row in rows:
+        assert bool(append_pieces(row[:2], row[2:3], row[3:]))
+    np.testing.assert_allclose(pieces.snapshots().numpy(), rows[-4:], rtol=1e-12)
+    np.testing.assert_allclose(pieces.gram().numpy(), whole.gram().numpy(), rtol=1e-12)
+    # A non-finite value in one piece writes nothing at all.
+    bad = rows[0].copy()
+    bad[5] = np.inf
+    assert not bool(append_pieces(bad[:2], bad[2:3], bad[3:]))
+    assert pieces.count == 7
+    np.testing.assert_allclose(pieces.snapshots().numpy(), rows[-4:], rtol=1e-12)
+
+
+def test_append_in_pieces_of_the_wrong_total_size_raises():
+    buffer = kk.SnapshotBuffer(5, window=3)
+    with pytest.raises(ValueError, match="add up to 4 numbers; the buffer holds 5"):
+        tf.function(lambda: buffer.append_op([tf.zeros([2]), tf.zeros([2])]))()

@@ -1,6 +1,10 @@
 """Keras callbacks that watch and steer ``model.fit`` through the Koopman spectrum."""
 
-from keras_koopman.callbacks.early_stopping import KoopmanEarlyStopping, convergence
+from keras_koopman.callbacks.early_stopping import (
+    KoopmanEarlyStopping,
+    convergence,
+    forecast_gain,
+)
 from keras_koopman.callbacks.monitor import KoopmanMonitor, SpectrumRecord
 from keras_koopman.callbacks.restart import KoopmanRestart, diagnose
 
@@ -11,4 +15,5 @@ __all__ = [
     "SpectrumRecord",
     "convergence",
     "diagnose",
+    "forecast_gain",
 ]

@@ -9,7 +9,14 @@ import numpy as np
 
 from keras_koopman._validation import check_int, check_monitor, check_number
 
-__all__ = ["KoopmanEarlyStopping", "convergence"]
+__all__ = ["KoopmanEarlyStopping", "convergence", "forecast_gain"]
+
+_CRITERIA = ("either", "weights", "loss")
+# The loss rule never fires while the training loss has risen above this factor times its
+# smallest value over the window: that is divergence, not convergence.
+_DIVERGENCE_FACTOR = 1.1
+# forecast_gain keeps delay-embedding directions above this fraction of the largest one.
+_NOISE_FLOOR = 1e-6
 
 
 def convergence(record, tolerance=0.01):
@@ -36,19 +43,98 @@ def convergence(record, tolerance=0.01):
     return mass, velocity
 
 
+def forecast_gain(values, horizon=30, rank=3):
+    """Improvement on the best of ``values`` that their Koopman modes predict over ``horizon``.
+
+    ``values`` is the recent history of a scalar observable of training (a loss, one value an
+    epoch), positive values taken in log space. It is delay-embedded (``len(values) // 2``
+    delays) and fitted by DMD with the constant function kept as an observable: the linear map
+    ``h_{k+1} = A h_k + c`` on the leading ``rank`` directions of the embedding, so that the
+    plateau is a Koopman mode at exactly 1 and the eigenvalues of ``A`` carry the decay (or the
+    growth). The fitted map runs ``horizon`` steps on from the newest value, and the gain is the relative improvement of the
+    smallest forecast value on the smallest value seen: ``(best - min forecast) / best``
+    (negative when the modes predict only worse values, as when a validation loss turns up).
+
+    Returns ``(gain, forecast)``: a float and the ``[horizon]`` forecast values.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_koopman.callbacks import forecast_gain
+    >>> t = np.arange(20)
+    >>> loss = np.exp(-1.0 + 0.5 * 0.8 ** t)  # log-loss: a plateau plus one decaying mode
+    >>> gain, forecast = forecast_gain(loss, horizon=30)
+    >>> print(f"{gain:.5f} {1 - np.exp(0.5 * (0.8 ** 49 - 0.8 ** 19)):.5f}")
+    0.00717 0.00717
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1 or len(values) < 4:
+        raise ValueError(f"values must be a 1-D sequence of at least 4 numbers; got {values.shape}")
+    if not np.all(np.isfinite(values)):
+        raise ValueError("values must be finite")
+    horizon = check_int(horizon, "horizon", 1)
+    rank = check_int(rank, "rank", 1)
+    positive = bool(np.all(values > 0))
+    series = np.log(values) if positive else values
+    forecast = _affine_dmd_forecast(series, horizon, rank)
+    best = float(series.min())
+    lowest = float(forecast.min())
+    if positive:
+        return 1.0 - float(np.exp(lowest - best)), np.exp(forecast)
+    return (best - lowest) / max(abs(best), np.finfo(np.float64).tiny), forecast
+
+
+def _affine_dmd_forecast(series, horizon, rank):
+    """Runs the series ``horizon`` steps on with DMD of its delay embedding plus a constant.
+
+    The constant function is a Koopman eigenfunction with eigenvalue exactly 1; keeping it as
+    an observable (``h_{k+1} = A h_k + c``) gives the plateau a mode at 1 that no fitting noise
+    can move, while the other eigenvalues of ``A`` carry the decay (or growth). ``A`` acts on
+    the leading ``rank`` directions of the embedding, less any below ``_NOISE_FLOOR``.
+    """
+    delays = len(series) // 2
+    hankel = np.lib.stride_tricks.sliding_window_view(series, delays)  # [time, delays]
+    mean = hankel.mean(axis=0)
+    _, singular, vt = np.linalg.svd(hankel - mean, full_matrices=False)
+    kept = int(np.sum(singular > _NOISE_FLOOR * max(singular[0], np.finfo(float).tiny)))
+    basis = vt[: max(1, min(rank, kept, len(hankel) - 2))]  # [r, delays]
+    z = (hankel - mean) @ basis.T  # [time, r]
+    inputs = np.hstack([z[:-1], np.ones((len(z) - 1, 1))])
+    operator, *_ = np.linalg.lstsq(inputs, z[1:], rcond=None)  # [r + 1, r]: [A^T; c]
+    state = z[-1]
+    out = np.empty(horizon)
+    for step in range(horizon):
+        state = state @ operator[:-1] + operator[-1]
+        out[step] = mean[-1] + state @ basis[:, -1]
+    return out
+
+
 class KoopmanEarlyStopping(keras.callbacks.Callback):
-    """Stops training when the Koopman spectrum of the weights says it has converged.
+    """Stops training when the Koopman spectrum says it has converged.
 
-    The rule, checked at every analysis of ``monitor`` (each epoch by default), for every
-    observable group (or the ``groups`` given): with :func:`convergence` of the group's newest
-    record, the group has converged when
+    Two rules, each a Koopman reading of training; ``criterion`` picks which may stop it
+    (``"either"``, the default, ``"weights"`` or ``"loss"``):
 
-    * ``mass_at_one >= mass``: the eigenvalues within ``tolerance`` of 1 carry at least ``mass``
-      of the current weights, and
-    * ``velocity <= max_velocity``: the rest have decayed, so the modes predict a next step
-      smaller than ``max_velocity`` times the size of the weights.
+    * **weights**, checked at every analysis of ``monitor`` (each epoch by default) for every
+      observable group (or the ``groups`` given): with :func:`convergence` of the group's newest
+      record, the group has converged when ``mass_at_one >= mass`` (the eigenvalues within
+      ``tolerance`` of 1 carry at least ``mass`` of the current weights) and
+      ``velocity <= max_velocity`` (the rest have decayed: the modes predict a next step smaller
+      than ``max_velocity`` times the size of the weights). The rule holds when every group has
+      converged. Plain gradient descent settles this way; adaptive optimizers such as Adam keep
+      the weights drifting long after the loss has stopped improving, so there the second rule
+      decides.
+    * **loss**, checked every epoch once ``loss_window`` epochs have run: the loss is an
+      observable of the weights too, and :func:`forecast_gain` runs its Koopman modes (DMD of
+      a delay embedding of its last ``loss_window`` values) ``horizon`` epochs ahead. The rule
+      holds when the predicted improvement on the best value so far is below ``min_gain``
+      (relative): the modes at 1 carry the loss and the rest have decayed, or the loss is
+      turning up (overfitting). It never holds while the training loss stands above 1.1 times
+      its smallest value over the window (divergence is not convergence) or when the window
+      holds a non-finite loss. The loss watched is ``val_loss`` when there is validation,
+      else ``loss``.
 
-    When every group has converged for ``patience`` analyses in a row, and at least
+    When a rule chosen by ``criterion`` has held for ``patience`` checks in a row, and at least
     ``min_epochs`` epochs have run, training stops (``model.stop_training = True``) and
     ``stopped_epoch`` is set, as with ``keras.callbacks.EarlyStopping``. With
     ``restore_best_weights`` the weights of the epoch with the best ``val_loss`` (``loss`` when
@@ -60,16 +146,24 @@ class KoopmanEarlyStopping(keras.callbacks.Callback):
       tolerance: distance to 1 that counts as "at 1".
       mass: fraction of the current weights that must sit in modes at 1.
       max_velocity: largest predicted relative step still counted as converged.
-      patience: consecutive converged analyses needed.
+      patience: consecutive checks a rule must hold.
       min_epochs: never stop before this many epochs.
       groups: names of the groups to require (default: all analysed groups).
       restore_best_weights: restore the best epoch's weights on stopping.
+      criterion: ``"either"``, ``"weights"`` or ``"loss"``: which rule may stop training.
+      loss_window: how many of the latest loss values the loss rule analyses (at least 6).
+      horizon: how many epochs ahead the loss rule forecasts.
+      min_gain: smallest predicted relative improvement still worth training for.
+      loss_rank: DMD rank of the loss rule (a constant and a decaying mode need 2; 3 leaves
+        room for a second time scale).
       verbose: 1 prints a line when it stops.
 
     Attributes:
       stopped_epoch: the epoch training stopped at (0 if it did not).
-      decisions: one dict per analysis: ``epoch``, ``step``, ``converged`` and per group
-        ``(mass_at_one, velocity)``.
+      decisions: one dict per epoch checked: ``epoch``, ``step``, ``converged`` (the weights
+        rule; ``None`` when no new analysis came), ``groups`` (per group
+        ``(mass_at_one, velocity)``), ``loss_gain`` (``None`` before ``loss_window`` epochs) and
+        ``stop_rule`` (the rule that stopped training, or ``None``).
 
     Example:
 
@@ -91,10 +185,15 @@ class KoopmanEarlyStopping(keras.callbacks.Callback):
         tolerance=0.01,
         mass=0.99,
         max_velocity=1e-3,
-        patience=3,
+        patience=2,
         min_epochs=10,
         groups=None,
         restore_best_weights=False,
+        criterion="either",
+        loss_window=20,
+        horizon=30,
+        min_gain=0.01,
+        loss_rank=3,
         verbose=0,
     ):
         super().__init__()
@@ -110,27 +209,36 @@ class KoopmanEarlyStopping(keras.callbacks.Callback):
             raise ValueError(f"groups must be None or a list of group names; got {groups!r}")
         self.groups = None if groups is None else list(groups)
         self.restore_best_weights = bool(restore_best_weights)
+        if criterion not in _CRITERIA:
+            raise ValueError(f"criterion must be one of {_CRITERIA}; got {criterion!r}")
+        self.criterion = criterion
+        self.loss_window = check_int(loss_window, "loss_window", 6)
+        self.horizon = check_int(horizon, "horizon", 1)
+        self.min_gain = check_number(min_gain, "min_gain")
+        self.loss_rank = check_int(loss_rank, "loss_rank", 1)
         self.verbose = verbose
         self.stopped_epoch = 0
         self.decisions = []
-        self.wait = 0
+        self._reset()
+
+    def _reset(self):
+        self.wait = {"weights": 0, "loss": 0}
         self.best = np.inf
         self.best_epoch = 0
         self.best_weights = None
         self._last_step = None
+        self._watched = []
+        self._training = []
 
     def on_train_begin(self, logs=None):
         self.monitor.ensure_started(self.model)
         self.stopped_epoch = 0
-        self.wait = 0
-        self.best = np.inf
-        self.best_epoch = 0
-        self.best_weights = None
-        self._last_step = None
+        self._reset()
 
-    def _track_best(self, epoch, logs):
-        logs = logs or {}
+    def _track(self, epoch, logs):
         value = logs.get("val_loss", logs.get("loss"))
+        self._watched.append(np.nan if value is None else float(value))
+        self._training.append(float(logs.get("loss", np.nan)))
         if value is None or not np.isfinite(value):
             return
         if value < self.best:
@@ -139,9 +247,8 @@ class KoopmanEarlyStopping(keras.callbacks.Callback):
             if self.restore_best_weights:
                 self.best_weights = self.model.get_weights()
 
-    def on_epoch_end(self, epoch, logs=None):
-        self.monitor.on_epoch_end(epoch, logs)  # no-op if the monitor already ran this epoch
-        self._track_best(epoch, logs)
+    def _weights_rule(self):
+        """``(converged or None, measures)`` from the monitor's newest analysis."""
         step = self.monitor.step
         records = self.monitor.current()
         if self.groups is not None:
@@ -150,29 +257,63 @@ class KoopmanEarlyStopping(keras.callbacks.Callback):
             if missing and records:
                 records = []  # a required group was not analysed: no decision this time
         if not records or step == self._last_step:
-            return
+            return None, {}
         self._last_step = step
         measures = {r.group: convergence(r, self.tolerance) for r in records}
         converged = all(
             mass >= self.mass and velocity <= self.max_velocity
             for mass, velocity in measures.values()
         )
-        self.decisions.append(
-            {"epoch": epoch, "step": step, "converged": converged, "groups": measures}
+        return converged, measures
+
+    def _loss_rule(self):
+        """``(holds, gain)``; gain is ``None`` until the window is full or while it is not finite."""
+        watched = np.asarray(self._watched[-self.loss_window:])
+        training = np.asarray(self._training[-self.loss_window:])
+        if len(watched) < self.loss_window or not np.all(np.isfinite(watched)):
+            return False, None
+        try:
+            gain, _ = forecast_gain(watched, self.horizon, self.loss_rank)
+        except Exception as error:  # noqa: BLE001 - never break fit
+            warnings.warn(f"KoopmanEarlyStopping: loss forecast failed: {error}",
+                          RuntimeWarning, stacklevel=3)
+            return False, None
+        diverging = not np.all(np.isfinite(training)) or (
+            training[-1] > _DIVERGENCE_FACTOR * training.min()
         )
-        self.wait = self.wait + 1 if converged else 0
-        if self.wait >= self.patience and epoch + 1 >= self.min_epochs:
-            self.stopped_epoch = epoch
-            self.model.stop_training = True
-            if self.restore_best_weights and self.best_weights is not None:
-                try:
-                    self.model.set_weights(self.best_weights)
-                except Exception as error:  # noqa: BLE001 - never break fit
-                    warnings.warn(f"KoopmanEarlyStopping could not restore weights: {error}",
-                                  RuntimeWarning, stacklevel=2)
-            if self.verbose:
-                print(
-                    f"KoopmanEarlyStopping: spectrum converged for {self.wait} analyses; "
-                    f"stopping at epoch {epoch + 1}"
-                    + (f", restoring epoch {self.best_epoch + 1}" if self.best_weights else "")
-                )
+        return bool(gain < self.min_gain and not diverging), gain
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self.monitor.on_epoch_end(epoch, logs)  # no-op if the monitor already ran this epoch
+        self._track(epoch, logs)
+        converged, measures = self._weights_rule()
+        loss_holds, gain = self._loss_rule()
+        if converged is not None:
+            self.wait["weights"] = self.wait["weights"] + 1 if converged else 0
+        self.wait["loss"] = self.wait["loss"] + 1 if loss_holds else 0
+        rules = ("weights", "loss") if self.criterion == "either" else (self.criterion,)
+        fired = next((r for r in rules if self.wait[r] >= self.patience), None)
+        if epoch + 1 < self.min_epochs:
+            fired = None
+        decision = {"epoch": epoch, "step": self.monitor.step, "converged": converged,
+                    "groups": measures, "loss_gain": gain, "stop_rule": fired}
+        self.decisions.append(decision)
+        if fired is None:
+            return
+        self.stopped_epoch = epoch
+        self.model.stop_training = True
+        if self.restore_best_weights and self.best_weights is not None:
+            try:
+                self.model.set_weights(self.best_weights)
+            except Exception as error:  # noqa: BLE001 - never break fit
+                warnings.warn(f"KoopmanEarlyStopping could not restore weights: {error}",
+                              RuntimeWarning, stacklevel=2)
+        if self.verbose:
+            reason = ("weight spectrum converged" if fired == "weights"
+                      else f"loss forecast gain {gain:.2%} < {self.min_gain:.2%}")
+            print(
+                f"KoopmanEarlyStopping: {reason} for {self.wait[fired]} checks; "
+                f"stopping at epoch {epoch + 1}"
+                + (f", restoring epoch {self.best_epoch + 1}" if self.best_weights else "")
+            )

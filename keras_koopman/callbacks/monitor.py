@@ -258,9 +258,10 @@ class KoopmanMonitor(keras.callbacks.Callback):
             flags = []
             for buffer, variables in groups:
                 flat = [tf.reshape(tf.cast(_value(v), tf.float32), [-1]) for v in variables]
-                # The Gram rows wait for the next analysis: one product there instead of a
-                # pass over the buffer at every snapshot.
-                flags.append(buffer.append_op(tf.concat(flat, axis=0), update_gram=False))
+                # Each variable goes straight into its slice of the buffer row (no concatenated
+                # copy); the Gram rows wait for the next analysis: one product there instead of
+                # a pass over the buffer at every snapshot.
+                flags.append(buffer.append_op(flat, update_gram=False))
             return tf.stack(flags)
 
         return tf.function(gather, jit_compile=jit_compile, autograph=False)

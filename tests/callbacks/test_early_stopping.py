@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import keras_koopman as kk
-from keras_koopman.callbacks import SpectrumRecord, convergence
+from keras_koopman.callbacks import SpectrumRecord, convergence, forecast_gain
 
 
 def regression(seed=0):
@@ -101,9 +101,95 @@ def test_restore_best_weights_restores_the_best_validation_epoch():
         np.testing.assert_array_equal(restored, expected)
 
 
+def test_forecast_gain_of_an_exact_decay_towards_a_plateau():
+    t = np.arange(20)
+    # log-loss = -1 + 0.5 * 0.8^t: a mode at 1 and one at 0.8, both exactly representable.
+    gain, forecast = forecast_gain(np.exp(-1.0 + 0.5 * 0.8 ** t), horizon=30)
+    np.testing.assert_allclose(forecast, np.exp(-1.0 + 0.5 * 0.8 ** np.arange(20, 50)), rtol=1e-9)
+    assert gain == pytest.approx(1 - np.exp(0.5 * (0.8 ** 49 - 0.8 ** 19)), rel=1e-8)
+
+
+def test_forecast_gain_of_signed_values_works_in_the_raw_scale():
+    t = np.arange(16)
+    values = -2.0 + 3.0 * 0.7 ** t  # crosses zero: no log
+    gain, forecast = forecast_gain(values, horizon=10)
+    np.testing.assert_allclose(forecast, -2.0 + 3.0 * 0.7 ** np.arange(16, 26), rtol=1e-8)
+    assert gain == pytest.approx((values.min() - forecast.min()) / abs(values.min()), rel=1e-6)
+
+
+def test_forecast_gain_is_negative_when_the_loss_turns_up():
+    t = np.arange(20.0)
+    gain, _ = forecast_gain(np.exp(0.01 * (t - 8.0) ** 2), horizon=20)  # past its minimum
+    assert gain < 0
+
+
+@pytest.mark.parametrize("values,words", [([1.0, 2.0], "at least 4"), ([1, 2, np.nan, 3, 4], "finite")])
+def test_forecast_gain_bad_values(values, words):
+    with pytest.raises(ValueError, match=words):
+        forecast_gain(values)
+
+
+def noisy_regression(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(256, 3)).astype("float32")
+    y = x @ np.array([[1.0], [-2.0], [0.5]], "float32") + rng.normal(0, 0.5, (256, 1)).astype("float32")
+    return x, y
+
+
+def adam_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, name="dense")])
+    model.compile(keras.optimizers.Adam(0.05), "mse")
+    return model
+
+
+def test_loss_rule_stops_adam_once_the_validation_loss_levels_off():
+    x, y = noisy_regression()
+    full = adam_model().fit(x, y, epochs=300, batch_size=64, validation_split=0.25, verbose=0)
+    best_of_budget = min(full.history["val_loss"])
+    model = adam_model()
+    monitor = kk.callbacks.KoopmanMonitor(window=8)
+    stop = kk.callbacks.KoopmanEarlyStopping(monitor, restore_best_weights=True)
+    history = model.fit(x, y, epochs=300, batch_size=64, validation_split=0.25, verbose=0,
+                        callbacks=[monitor, stop])
+    assert 20 <= stop.stopped_epoch < 150
+    assert stop.decisions[-1]["stop_rule"] == "loss"
+    assert stop.decisions[-1]["loss_gain"] < 0.01
+    assert len(history.history["loss"]) == stop.stopped_epoch + 1
+    # The validation loss it keeps is within 2% of the best of the whole 300-epoch budget.
+    assert stop.best <= 1.02 * best_of_budget
+
+
+def test_loss_rule_keeps_training_while_the_loss_still_falls_steadily():
+    x, y = regression()
+    model = linear_model(0.02)  # noise-free least squares: the loss shrinks by a steady factor
+    monitor = kk.callbacks.KoopmanMonitor(window=8)
+    stop = kk.callbacks.KoopmanEarlyStopping(monitor, criterion="loss", patience=2)
+    history = model.fit(x, y, epochs=60, batch_size=128, verbose=0, callbacks=[monitor, stop])
+    assert stop.stopped_epoch == 0 and len(history.history["loss"]) == 60
+    gains = [d["loss_gain"] for d in stop.decisions if d["loss_gain"] is not None]
+    assert len(gains) == 60 - 20 + 1 and min(gains) > 0.5
+
+
+def test_weights_criterion_ignores_the_loss_rule():
+    x, y = noisy_regression()
+    model = adam_model()
+    monitor = kk.callbacks.KoopmanMonitor(window=8)
+    stop = kk.callbacks.KoopmanEarlyStopping(monitor, criterion="weights")
+    model.fit(x, y, epochs=60, batch_size=64, validation_split=0.25, verbose=0,
+              callbacks=[monitor, stop])
+    assert all(d["stop_rule"] in (None, "weights") for d in stop.decisions)
+    assert any(d["loss_gain"] is not None and d["loss_gain"] < 0.01 for d in stop.decisions)
+
+
 @pytest.mark.parametrize(
     "kwargs,error",
     [
+        ({"criterion": "val_loss"}, ValueError),
+        ({"loss_window": 3}, ValueError),
+        ({"horizon": 0}, ValueError),
+        ({"min_gain": -0.1}, ValueError),
+        ({"loss_rank": 0}, ValueError),
         ({"tolerance": -1}, ValueError),
         ({"mass": 1.5}, ValueError),
         ({"max_velocity": "small"}, ValueError),
