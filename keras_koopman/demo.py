@@ -124,7 +124,8 @@ def main(argv=None):
     except ImportError:
         print("\n(install matplotlib to also get spectra.png)")
     print(f"\nTensorBoard logs in {args.logdir}; view them with:\n"
-          f"  tensorboard --logdir {args.logdir}")
+          f"  tensorboard --logdir {args.logdir}\n"
+          "then open the Koopman tab (spectra per layer and step) or Scalars (koopman/...).")
     return {"monitor": monitor, "stop": stop, "restart": restart, "history": history}
 
 

@@ -1,7 +1,9 @@
 """TensorBoard support: the ``koopman`` summary (a spectrum per group and step).
 
-The summary writer :func:`spectrum` is usable on its own; the "Koopman" dashboard plugin that
-reads these summaries is being built on the same format (see ``metadata.py``).
+The summary writer :func:`spectrum` is usable on its own. The "Koopman" dashboard that reads these
+summaries (``plugin.py`` and ``static/index.js``) is registered with TensorBoard through the
+``tensorboard_plugins`` entry point; it is not imported here, so writing summaries never loads
+TensorBoard's server code.
 """
 
 from keras_koopman.tensorboard.metadata import PLUGIN_NAME
