@@ -18,7 +18,7 @@ from keras_koopman._backend import check_backend as _check_backend
 
 _check_backend()
 
-from keras_koopman import callbacks, spectrum, tensorboard  # noqa: E402
+from keras_koopman import callbacks, losses, spectrum, tensorboard  # noqa: E402
 from keras_koopman.dmd import DMDResult, dmd  # noqa: E402
 from keras_koopman.snapshots import SnapshotBuffer  # noqa: E402
 
@@ -29,6 +29,7 @@ __all__ = [
     "SnapshotBuffer",
     "callbacks",
     "dmd",
+    "losses",
     "spectrum",
     "tensorboard",
     "__version__",
