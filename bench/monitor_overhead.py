@@ -10,7 +10,11 @@ Each configuration is warmed up for 3 epochs (tracing, XLA compilation, the firs
 then plain and monitored fits of the same model instance (separate instances differed by up to
 30% here, more than the monitor costs) of
 ``--epochs`` epochs alternate ``--repeats`` times; the overhead is the median monitored time over
-the median plain time, minus one.
+the median plain time, minus one. Whole-fit differences on this 2-core machine swing by
++-10%, so the parts are also timed on their own, in the same run: one snapshot (the compiled
+gather) and one analysis with its deferred Gram rows (``batches`` of them in the per-batch
+configuration), each the median of 20 calls; ``estimated`` is their cost per epoch over the
+plain epoch time.
 
 Goals: per-epoch snapshots <= 2% of fit time; snapshots every batch <= 15%.
 
@@ -53,6 +57,24 @@ def timed_fit(model, x, y, epochs, callbacks):
     return time.perf_counter() - start
 
 
+def part_costs(monitor, gathers_per_analysis, calls=20):
+    """Median seconds of one gather and of one analysis after ``gathers_per_analysis`` gathers."""
+    gather_times, analysis_times = [], []
+    for _ in range(calls):
+        start = time.perf_counter()
+        monitor._gather().numpy()
+        gather_times.append(time.perf_counter() - start)
+    for _ in range(calls):
+        for _ in range(gathers_per_analysis):
+            monitor._gather()
+        monitor._pending_flags = []
+        monitor._analysed_steps = set()
+        start = time.perf_counter()
+        monitor._analyze()
+        analysis_times.append(time.perf_counter() - start)
+    return statistics.median(gather_times), statistics.median(analysis_times)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=3)
@@ -86,14 +108,18 @@ def main():
             base = statistics.median(plain_times)
             with_monitor = statistics.median(watched_times)
             overhead = with_monitor / base - 1
+            gathers = 1 if config == "epoch" else batches
+            gather_s, analysis_s = part_costs(monitor, gathers)
+            estimated = (gathers * gather_s + analysis_s) / (base / args.epochs)
             params = plain.count_params()
             goal = GOALS[config]
             rows.append(
                 f"| {label} | {params:,} | {config} | {base / args.epochs:.3f} | "
-                f"{with_monitor / args.epochs:.3f} | {overhead:+.1%} | <= {goal:.0%} | "
-                f"{'met' if overhead <= goal else 'NOT met'} |"
+                f"{with_monitor / args.epochs:.3f} | {overhead:+.1%} | {gather_s * 1e3:.2f} | "
+                f"{analysis_s * 1e3:.1f} | {estimated:+.1%} | <= {goal:.0%} | "
+                f"{'met' if max(overhead, estimated) <= goal else 'NOT met'} |"
             )
-            verdicts.append(overhead <= goal)
+            verdicts.append(max(overhead, estimated) <= goal)
             print(rows[-1], flush=True)
             assert monitor.step > 0 and monitor.history, "the monitor did not run"
 
@@ -105,8 +131,12 @@ def main():
         f"- set-up: digits (1,797 x 64), Adam, batch 64 ({batches} batches an epoch); plain and "
         "monitored fits alternate; medians over the repeats; window 20",
         "",
-        "| model | weights | snapshots | s/epoch plain | s/epoch monitored | overhead | goal | |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |",
+        "- goal verdict: met only when both the measured and the estimated overhead are "
+        "within the goal",
+        "",
+        "| model | weights | snapshots | s/epoch plain | s/epoch monitored | overhead measured "
+        "| gather ms | analysis ms | overhead estimated | goal | |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         *rows,
     ])
     report("Monitor overhead (`bench/monitor_overhead.py`)", body, args.output)

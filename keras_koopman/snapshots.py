@@ -239,12 +239,22 @@ class SnapshotBuffer:
         """Computes the Gram rows that appends with ``update_gram=False`` left out (graph mode)."""
 
         def refresh():
-            stale = tf.where(self._stale.read_value())  # [s, 1] int64
+            stale_flags = self._stale.read_value()
             snapshots = self._buffer.read_value()
-            rows = tf.matmul(tf.gather_nd(snapshots, stale), snapshots, transpose_b=True)
-            self._centred_gram.assign(
-                _replace_rows(self._centred_gram.read_value(), stale, tf.cast(rows, tf.float64))
-            )
+
+            def some_rows():
+                stale = tf.where(stale_flags)  # [s, 1] int64
+                rows = tf.matmul(tf.gather_nd(snapshots, stale), snapshots, transpose_b=True)
+                return _replace_rows(
+                    self._centred_gram.read_value(), stale, tf.cast(rows, tf.float64)
+                )
+
+            def every_row():
+                # One product of the buffer with itself: cheaper than gathering many rows.
+                return tf.cast(tf.matmul(snapshots, snapshots, transpose_b=True), tf.float64)
+
+            many = 4 * tf.reduce_sum(tf.cast(stale_flags, tf.int32)) >= self._window
+            self._centred_gram.assign(tf.cond(many, every_row, some_rows))
             self._stale.assign(tf.zeros_like(self._stale))
             return tf.no_op()
 

@@ -244,3 +244,19 @@ def test_append_in_pieces_of_the_wrong_total_size_raises():
     buffer = kk.SnapshotBuffer(5, window=3)
     with pytest.raises(ValueError, match="add up to 4 numbers; the buffer holds 5"):
         tf.function(lambda: buffer.append_op([tf.zeros([2]), tf.zeros([2])]))()
+
+
+@pytest.mark.parametrize("deferred", [1, 2, 3, 12])
+def test_refresh_of_few_or_many_deferred_rows_gives_the_exact_gram(rng, deferred):
+    # Fewer than a quarter of the slots stale: rows are gathered; more: one full product.
+    rows = rng.standard_normal((12 + deferred, 20)) + 2.0
+    buffer = fill(kk.SnapshotBuffer(20, window=12, dtype="float64"), rows[:12])
+
+    @tf.function(jit_compile=True)
+    def append_later(x):
+        return buffer.append_op(x, update_gram=False)
+
+    for row in rows[12:]:
+        assert bool(append_later(tf.constant(row)))
+    stored = rows[-12:]
+    np.testing.assert_allclose(buffer.gram().numpy(), stored @ stored.T, rtol=1e-12)
