@@ -18,7 +18,7 @@ from keras_koopman._backend import check_backend as _check_backend
 
 _check_backend()
 
-from keras_koopman import callbacks, losses, spectrum, tensorboard  # noqa: E402
+from keras_koopman import callbacks, depth, losses, spectrum, tensorboard  # noqa: E402
 from keras_koopman.dmd import DMDResult, dmd  # noqa: E402
 from keras_koopman.snapshots import SnapshotBuffer  # noqa: E402
 
@@ -28,6 +28,7 @@ __all__ = [
     "DMDResult",
     "SnapshotBuffer",
     "callbacks",
+    "depth",
     "dmd",
     "losses",
     "spectrum",

@@ -1,0 +1,244 @@
+"""How deep a network should be, from the scales in the target, and which layers do work.
+
+:func:`suggest_depth` follows the hierarchical-scales idea of Mohr et al. ("Predicting the
+critical number of layers for hierarchical support vector regression", Entropy 2021): a target
+made of ``k`` well-separated scales is learned by a hierarchy of ``k`` levels, each resolving one
+scale. It finds the support of the target's spectrum above the noise, groups it into scales that
+are well separated in frequency, and suggests one layer per scale.
+
+:func:`layer_activity` reads a :class:`~keras_koopman.callbacks.KoopmanMonitor`: a layer whose
+weights sit entirely in Koopman modes at 1 (or do not move) is doing no work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from keras_koopman._validation import check_number
+
+__all__ = ["DepthSuggestion", "Scale", "suggest_depth", "layer_activity"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """One group of significant frequencies.
+
+    Attributes:
+      frequency: the power-weighted mean frequency of the group, in cycles per unit of ``x``.
+      low, high: the lowest and highest significant frequency in the group.
+      share: the group's share of the significant power.
+    """
+
+    frequency: float
+    low: float
+    high: float
+    share: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DepthSuggestion:
+    """What :func:`suggest_depth` found, with the spectrum it used so you can check why.
+
+    Attributes:
+      n_layers: suggested number of layers (one per scale, at least 1).
+      scales: the :class:`Scale` groups, coarsest first.
+      frequencies: ``[m]`` frequencies of the spectrum used (cycles per unit of ``x``).
+      power: ``[m]`` power at those frequencies.
+      threshold: the power above which a frequency counted as signal.
+      method: ``"fourier"`` or ``"dmd"``.
+    """
+
+    n_layers: int
+    scales: list
+    frequencies: np.ndarray
+    power: np.ndarray
+    threshold: float
+    method: str
+
+
+def _as_series(x, y):
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.ndim == 2 and x.shape[1] == 1:
+        x = x[:, 0]
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if x.ndim != 1 or y.ndim != 1 or len(x) != len(y):
+        raise ValueError(
+            f"x and y must be 1-D (or [n, 1]) and of the same length; got {x.shape} and {y.shape}"
+        )
+    if len(x) < 8:
+        raise ValueError(f"x and y need at least 8 points; got {len(x)}")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError("x and y must be finite")
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order]
+    steps = np.diff(x)
+    if np.any(steps <= 0):
+        raise ValueError("x must not repeat a point")
+    uniform = bool(np.allclose(steps, steps.mean(), rtol=1e-6, atol=0))
+    return x, y, uniform
+
+
+def _fourier_spectrum(y, spacing):
+    """One-sided periodogram of the linearly detrended, Hann-windowed samples."""
+    n = len(y)
+    t = np.arange(n)
+    detrended = y - np.polyval(np.polyfit(t, y, 1), t)
+    window = np.hanning(n)
+    power = np.abs(np.fft.rfft(detrended * window)) ** 2
+    frequencies = np.fft.rfftfreq(n, spacing)
+    return frequencies[1:], power[1:]
+
+
+def _dmd_spectrum(y, spacing, rank):
+    """Frequencies and amplitudes^2 of the DMD of a Hankel embedding of the samples."""
+    from keras_koopman.dmd import dmd
+
+    delays = min(len(y) // 2, 256)
+    hankel = np.lib.stride_tricks.sliding_window_view(y - y.mean(), delays)
+    result = dmd(hankel, rank=rank, solver="svd")
+    eigenvalues = np.asarray(result.eigenvalues)
+    amplitudes = np.abs(np.asarray(result.amplitudes)) * np.linalg.norm(
+        np.asarray(result.modes), axis=0
+    )
+    frequencies = np.abs(np.angle(eigenvalues)) / (2 * np.pi * spacing)
+    keep = frequencies > 0
+    order = np.argsort(frequencies[keep])
+    return frequencies[keep][order], (amplitudes[keep][order]) ** 2
+
+
+def suggest_depth(x, y, method="auto", significance=1e-3, separation=2.0, min_share=0.01,
+                  dynamic_range=1e-3, rank=None):
+    """Suggests a number of layers from the multi-scale content of ``y(x)``.
+
+    1. The spectrum. Samples off a uniform grid are first interpolated (linearly) onto one.
+       ``"fourier"`` (and ``"auto"``): the periodogram of the linearly detrended,
+       Hann-windowed samples (detrending and the window keep a non-periodic target from
+       leaking into every frequency). ``"dmd"``: the DMD of a Hankel embedding of up to 256
+       delays gives frequencies ``|arg lambda| / (2 pi dx)`` with power ``|amplitude|^2``; it
+       needs no periodicity, but it resolves only scales of fewer than about 256 samples a
+       cycle, and in ``bench/depth.py`` it found one scale too few on non-uniform samples, so
+       ``"auto"`` uses the periodogram.
+    2. The support: frequencies whose power exceeds the noise floor. For the periodogram the
+       floor is what white noise would reach with probability ``significance`` over all
+       frequencies: the median power (a robust noise level, as most frequencies hold only
+       noise) times ``ln(m / significance) / ln 2``; for DMD, ``min_share`` of the largest power.
+       Power below ``dynamic_range`` times the largest never counts (the window's leakage
+       around a strong tone, in clean data).
+    3. The scales: the support, sorted, is cut wherever one frequency is more than
+       ``separation`` times the previous; groups with less than ``min_share`` of the significant
+       power are dropped. One layer per scale.
+
+    Args:
+      x: ``[n]`` (or ``[n, 1]``) sample positions.
+      y: ``[n]`` (or ``[n, 1]``) target values, e.g. noisy.
+      method: ``"auto"``, ``"fourier"`` or ``"dmd"``.
+      significance: false-alarm probability of the periodogram's noise floor.
+      separation: frequency ratio that separates two scales.
+      min_share: smallest share of the significant power that makes a scale.
+      dynamic_range: power below this fraction of the largest is never signal.
+      rank: DMD rank rule (``None``: Gavish-Donoho), for ``method="dmd"``.
+
+    Returns:
+      :class:`DepthSuggestion`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_koopman.depth import suggest_depth
+    >>> x = np.linspace(0, 1, 512, endpoint=False)
+    >>> y = np.sin(2 * np.pi * 2 * x) + 0.5 * np.sin(2 * np.pi * 12 * x) + 0.3 * np.sin(2 * np.pi * 70 * x)
+    >>> y = y + np.random.default_rng(0).normal(0, 0.3, x.shape)
+    >>> result = suggest_depth(x, y)
+    >>> result.n_layers, [round(s.frequency) for s in result.scales]
+    (3, [2, 12, 70])
+    """
+    if method not in ("auto", "fourier", "dmd"):
+        raise ValueError(f"method must be 'auto', 'fourier' or 'dmd'; got {method!r}")
+    significance = check_number(significance, "significance", 0.0, 1.0)
+    if significance == 0:
+        raise ValueError("significance must be in (0, 1]; got 0")
+    separation = check_number(separation, "separation", 1.0)
+    min_share = check_number(min_share, "min_share", 0.0, 1.0)
+    dynamic_range = check_number(dynamic_range, "dynamic_range", 0.0, 1.0)
+    x, y, uniform = _as_series(x, y)
+    if method == "auto":
+        method = "fourier"
+    spacing = (x[-1] - x[0]) / (len(x) - 1)
+    if not uniform:
+        y = np.interp(x[0] + spacing * np.arange(len(x)), x, y)
+    if method == "fourier":
+        frequencies, power = _fourier_spectrum(y, spacing)
+        floor = float(np.median(power)) / math.log(2.0)  # mean of an exponential from its median
+        threshold = floor * math.log(len(power) / significance)
+    else:
+        frequencies, power = _dmd_spectrum(y, spacing, rank)
+        threshold = min_share * float(power.max()) if len(power) else 0.0
+    if len(power):
+        threshold = max(threshold, dynamic_range * float(power.max()))
+    significant = power > threshold
+    scales = []
+    if np.any(significant):
+        chosen_f, chosen_p = frequencies[significant], power[significant]
+        cuts = np.nonzero(chosen_f[1:] > separation * chosen_f[:-1])[0] + 1
+        total = float(chosen_p.sum())
+        for f_group, p_group in zip(np.split(chosen_f, cuts), np.split(chosen_p, cuts)):
+            share = float(p_group.sum()) / total
+            if share < min_share:
+                continue
+            scales.append(Scale(frequency=float(np.average(f_group, weights=p_group)),
+                                low=float(f_group[0]), high=float(f_group[-1]), share=share))
+    return DepthSuggestion(
+        n_layers=max(1, len(scales)), scales=scales, frequencies=frequencies, power=power,
+        threshold=float(threshold), method=method,
+    )
+
+
+def layer_activity(monitor, tolerance=None, idle_share=0.01, idle_motion=1e-6):
+    """Per layer (observable group): how much of its weights' motion sits in non-unit modes.
+
+    From each group's newest :class:`~keras_koopman.callbacks.SpectrumRecord`: with
+    ``w_j = |b_j| |lambda_j|^(s-1)`` each mode's weight in the newest snapshot,
+    ``non_unit_share = sum(w_j for |lambda_j - 1| > tolerance) / sum(w_j)``. A layer is flagged
+    ``idle`` when that share is below ``idle_share`` (all its content sits at eigenvalue 1: it
+    no longer changes what it computes) or its weights did not move (``motion`` below
+    ``idle_motion``).
+
+    Returns:
+      ``{group: {"non_unit_share", "motion", "idle"}}`` for every analysed group.
+
+    Example:
+
+    >>> import numpy as np, keras, keras_koopman as kk
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="hidden"),
+    ...                           keras.layers.Dense(1, name="out")])
+    >>> model.compile("sgd", "mse")
+    >>> monitor = kk.callbacks.KoopmanMonitor(window=5)
+    >>> x, y = np.random.rand(32, 4), np.random.rand(32, 1)
+    >>> _ = model.fit(x, y, epochs=6, verbose=0, callbacks=[monitor])
+    >>> activity = kk.depth.layer_activity(monitor)
+    >>> sorted(activity), sorted(activity["out"])
+    (['hidden', 'out'], ['idle', 'motion', 'non_unit_share'])
+    """
+    from keras_koopman._validation import check_monitor
+
+    check_monitor(monitor)
+    tolerance = monitor.tolerance if tolerance is None else check_number(tolerance, "tolerance")
+    idle_share = check_number(idle_share, "idle_share", 0.0, 1.0)
+    report = {}
+    for record in monitor.current():
+        weights = record.current_weights()
+        total = float(np.sum(weights))
+        moving = np.abs(record.eigenvalues - 1.0) > tolerance
+        share = float(np.sum(weights[moving]) / total) if total > 0 else 0.0
+        motion = float(record.metrics.get("motion", 0.0))
+        report[record.group] = {
+            "non_unit_share": share,
+            "motion": motion,
+            "idle": share < idle_share or motion < idle_motion,
+        }
+    return report
