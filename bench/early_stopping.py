@@ -17,7 +17,7 @@ Per task and seed: epochs run and the final validation loss (after any restore).
 KoopmanEarlyStopping runs at least 25% fewer epochs than patience 10 (median over seeds) with a
 final validation loss within 2% of it.
 
-Run:  python bench/early_stopping.py         (about 15 minutes here; writes bench/RESULTS.md)
+Run:  python bench/early_stopping.py         (about 25 minutes here; writes bench/RESULTS.md)
 """
 
 import argparse
