@@ -41,6 +41,11 @@ def stamp():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def header(command):
+    """The first lines of every section: the command that made it, the machine, the date."""
+    return [f"- command: `{command}`", f"- machine: {machine()}", f"- date: {stamp()}"]
+
+
 def write_section(title, body, path=RESULTS):
     """Replaces (or appends) the ``## title`` section of RESULTS.md with ``body``."""
     text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"

@@ -26,7 +26,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from _results import machine, report, stamp  # noqa: E402
+from _results import header, report  # noqa: E402
 
 import keras_koopman as kk  # noqa: E402
 
@@ -104,9 +104,7 @@ def main():
         if (args.good_seeds, args.bad_seeds) != (7, 5) else ""
     )
     body = "\n".join([
-        f"- command: `{command}`",
-        f"- machine: {machine()}",
-        f"- date: {stamp()}",
+        *header(command),
         f"- set-up: digits MLP 64-64-64-10, SGD(0.05, momentum 0.9), batch 64, {BUDGET}-epoch "
         f"budget, `KoopmanRestart(check_epoch={CHECK})` with default thresholds",
         "",

@@ -19,7 +19,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-from _results import machine, report, stamp  # noqa: E402
+from _results import header, report  # noqa: E402
 
 from keras_koopman.depth import suggest_depth  # noqa: E402
 
@@ -76,9 +76,7 @@ def main():
         print(lines[-(len(KS) + 5)], flush=True)
     rate = total_right / total
     body = "\n".join([
-        f"- command: `python bench/depth.py --draws {args.draws}`",
-        f"- machine: {machine()}",
-        f"- date: {stamp()}",
+        *header(f"python bench/depth.py --draws {args.draws}"),
         f"- set-up: {POINTS} points, k = 1..5 scales 4-6x apart, 1-3 tones a scale, "
         f"{args.draws} draws per k and set-up; `suggest_depth` with its defaults",
         f"- overall: {total_right}/{total} = {rate:.1%} right (goal >= 90%: "

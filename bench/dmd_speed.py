@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-from _results import RESULTS, machine, stamp, write_section
+from _results import RESULTS, header, write_section
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -275,9 +275,7 @@ def main():
 
     text = "\n".join(
         [
-            f"- command: `{command.strip()}`",
-            f"- machine: {machine()}",
-            f"- date: {stamp()}",
+            *header(command.strip()),
             f"- data: float32 snapshots [m, n], rank-{RANK} linear dynamics + 1e-3 noise; "
             "PyDMD and NumPy get it as float64",
             "- seconds: best warm call; speed-up: PyDMD seconds / seconds, same run; "

@@ -30,7 +30,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from _results import machine, report, stamp  # noqa: E402
+from _results import header, report  # noqa: E402
 
 import keras_koopman as kk  # noqa: E402
 
@@ -127,9 +127,7 @@ def main():
         print(summary[-1], flush=True)
 
     body = "\n".join([
-        f"- command: `python bench/early_stopping.py --seeds {args.seeds}`",
-        f"- machine: {machine()}",
-        f"- date: {stamp()}",
+        *header(f"python bench/early_stopping.py --seeds {args.seeds}"),
         f"- set-up: {BUDGET}-epoch budget, 20% held out for validation, restore_best_weights on; "
         "`KoopmanEarlyStopping` with its defaults (criterion 'either': weight spectrum or "
         "loss forecast; loss_window 20, horizon 30, min_gain 1%, patience 2, min_epochs 10), "

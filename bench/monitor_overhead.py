@@ -31,7 +31,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from _results import machine, report, stamp  # noqa: E402
+from _results import header, report  # noqa: E402
 
 import keras_koopman as kk  # noqa: E402
 
@@ -124,10 +124,8 @@ def main():
             assert monitor.step > 0 and monitor.history, "the monitor did not run"
 
     body = "\n".join([
-        f"- command: `python bench/monitor_overhead.py --epochs {args.epochs} "
-        f"--repeats {args.repeats}`",
-        f"- machine: {machine()}",
-        f"- date: {stamp()}",
+        *header(f"python bench/monitor_overhead.py --epochs {args.epochs} "
+                f"--repeats {args.repeats}"),
         f"- set-up: digits (1,797 x 64), Adam, batch 64 ({batches} batches an epoch); plain and "
         "monitored fits alternate; medians over the repeats; window 20",
         "",

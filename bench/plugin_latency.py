@@ -30,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from _results import machine, report, stamp  # noqa: E402
+from _results import header, report  # noqa: E402
 
 import keras_koopman as kk  # noqa: E402
 
@@ -121,10 +121,8 @@ def main():
         f"| anchor: TensorBoard scalars route ({args.steps} steps) | {anchor_ms:.1f} | 1.0x | |",
     ]
     body = "\n".join([
-        f"- command: `python bench/plugin_latency.py --steps {args.steps} --groups {args.groups} "
-        f"--repeats {args.repeats}`",
-        f"- machine: {machine()}",
-        f"- date: {stamp()}",
+        *header(f"python bench/plugin_latency.py --steps {args.steps} --groups {args.groups} "
+                f"--repeats {args.repeats}"),
         "- set-up: real `tensorboard --logdir` subprocess, timed over HTTP on 127.0.0.1 after "
         "every step was loaded; medians of the repeats",
         "",

@@ -31,7 +31,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from _results import machine, report, stamp  # noqa: E402
+from _results import header, report  # noqa: E402
 
 import keras_koopman as kk  # noqa: E402
 
@@ -171,9 +171,7 @@ def main():
         for level in LEVELS
     ]
     body = "\n".join([
-        f"- command: `python bench/sobolev_denoise.py --seeds {args.seeds}`",
-        f"- machine: {machine()}",
-        f"- date: {stamp()}",
+        *header(f"python bench/sobolev_denoise.py --seeds {args.seeds}"),
         f"- set-up: {POINTS}-point grid, tones of 2, 9, 37 cycles (amplitudes 1, 0.5, 0.25); "
         "random Fourier features (256, scale 40) + Dense(256, tanh) + Dense(1), Adam(1e-2), "
         f"{STEPS} full-batch steps; relative L2 error to the clean signal, median over "
