@@ -1,5 +1,7 @@
 """Keras callbacks that watch and steer ``model.fit`` through the Koopman spectrum."""
 
+from keras_koopman.callbacks.accelerator import KoopmanAccelerator
+
 from keras_koopman.callbacks.early_stopping import (
     KoopmanEarlyStopping,
     convergence,
@@ -9,6 +11,7 @@ from keras_koopman.callbacks.monitor import KoopmanMonitor, SpectrumRecord
 from keras_koopman.callbacks.restart import KoopmanRestart, diagnose
 
 __all__ = [
+    "KoopmanAccelerator",
     "KoopmanEarlyStopping",
     "KoopmanMonitor",
     "KoopmanRestart",

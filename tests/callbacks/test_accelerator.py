@@ -1,0 +1,99 @@
+"""KoopmanAccelerator: exact jumps on linear dynamics, exact undo, horizon adaptation."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_koopman as kk
+
+
+def least_squares(seed=0):
+    # Three outputs share the 2 x 2 Hessian of one input + bias: 6 weights move in 2 modes
+    # (eigenvalues ~0.80 and ~0.33 at learning rate 0.3) plus the fixed point, so a linear map
+    # on the 3 directions the snapshots span reproduces the (affine) dynamics exactly.
+    rng = np.random.default_rng(seed)
+    x = 2.0 * rng.normal(size=(64, 1))
+    y = x @ np.array([[1.0, -2.0, 0.5]]) + np.array([0.3, -0.1, 0.2]) + rng.normal(0, 0.1, (64, 3))
+    return x, y
+
+
+def linear_model(learning_rate):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(3, name="dense",
+                                                                    dtype="float64")])
+    model.compile(keras.optimizers.SGD(learning_rate), "mse")
+    return model
+
+
+def test_one_jump_lands_on_the_least_squares_solution():
+    # Full-batch gradient descent on least squares: w_{k+1} = (I - eta H) w_k + eta g, exactly
+    # linear (affine) dynamics, so the DMD's limit is the normal-equations solution.
+    x, y = least_squares()
+    design = np.hstack([x, np.ones((len(x), 1))])
+    solution = np.linalg.lstsq(design, y, rcond=None)[0]  # [2, 3]: kernel row, then bias
+    model = linear_model(0.3)
+    monitor = kk.callbacks.KoopmanMonitor(window=8, rank=3, observables="model")
+    jump = kk.callbacks.KoopmanAccelerator(monitor, every=7, horizon=100_000, probe=(x, y),
+                                           max_horizon=100_000)
+    model.fit(x, y, epochs=7, batch_size=len(x), shuffle=False, verbose=0,
+              callbacks=[monitor, jump])
+    (attempt,) = jump.jumps
+    assert attempt["accepted"] and attempt["loss_after"] < attempt["loss_before"]
+    kernel, bias = model.get_layer("dense").get_weights()
+    np.testing.assert_allclose(np.vstack([kernel, bias]), solution, atol=1e-4)
+    # Without the jump, 7 epochs of gradient descent are still far from it.
+    plain = linear_model(0.3)
+    plain.fit(x, y, epochs=7, batch_size=len(x), shuffle=False, verbose=0)
+    kernel, bias = plain.get_layer("dense").get_weights()
+    assert np.max(np.abs(np.vstack([kernel, bias]) - solution)) > 1e-2
+
+
+def test_a_rejected_jump_leaves_the_weights_bit_identical():
+    x, y = least_squares()
+    model = linear_model(0.3)
+    monitor = kk.callbacks.KoopmanMonitor(window=8, rank=3, observables="model")
+    # A probe whose targets are far from the training targets: the jump towards the training
+    # fixed point makes its loss worse, so the guard undoes it.
+    probe = (x, -5.0 * y)
+    before = {}
+
+    class Keep(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            before[epoch] = [w.copy() for w in self.model.get_weights()]
+
+    jump = kk.callbacks.KoopmanAccelerator(monitor, every=6, horizon=64, probe=probe)
+    model.fit(x, y, epochs=6, batch_size=len(x), shuffle=False, verbose=0,
+              callbacks=[Keep(), monitor, jump])
+    (attempt,) = jump.jumps
+    assert not attempt["accepted"] and attempt["loss_after"] > attempt["loss_before"]
+    for restored, expected in zip(model.get_weights(), before[5]):
+        np.testing.assert_array_equal(restored, expected)
+    assert jump.horizon == 32  # halved after the rejection
+
+
+def test_horizon_doubles_after_kept_jumps_within_its_bounds():
+    x, y = least_squares()
+    model = linear_model(0.05)
+    monitor = kk.callbacks.KoopmanMonitor(window=6, rank=3, observables="model")
+    jump = kk.callbacks.KoopmanAccelerator(monitor, every=6, horizon=3, probe=(x, y),
+                                           max_horizon=8)
+    model.fit(x, y, epochs=18, batch_size=len(x), shuffle=False, verbose=0,
+              callbacks=[monitor, jump])
+    assert [j["horizon"] for j in jump.jumps] == [3, 6, 8]
+    assert all(j["accepted"] for j in jump.jumps)
+    assert jump.horizon == 8
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    ({"every": 0}, "every"),
+    ({"horizon": 0}, "horizon"),
+    ({"guard": "accuracy"}, "guard must be"),
+    ({"probe": None}, "needs probe"),
+    ({"optimizer_state": "clear"}, "optimizer_state"),
+    ({"min_horizon": 10, "max_horizon": 5}, "must not exceed"),
+])
+def test_bad_arguments(kwargs, words):
+    arguments = {"probe": (np.zeros((2, 3)), np.zeros((2, 1)))}
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=words):
+        kk.callbacks.KoopmanAccelerator(kk.callbacks.KoopmanMonitor(), **arguments)
