@@ -100,11 +100,10 @@ def _dmd_spectrum(y, spacing, rank):
 
     delays = min(len(y) // 2, 256)
     hankel = np.lib.stride_tricks.sliding_window_view(y - y.mean(), delays)
-    result = dmd(hankel, rank=rank, solver="svd")
+    # Modes have unit norm, so |amplitude| is each mode's size; no modes needed.
+    result = dmd(hankel, rank=rank, solver="svd", modes=False)
     eigenvalues = np.asarray(result.eigenvalues)
-    amplitudes = np.abs(np.asarray(result.amplitudes)) * np.linalg.norm(
-        np.asarray(result.modes), axis=0
-    )
+    amplitudes = np.abs(np.asarray(result.amplitudes))
     frequencies = np.abs(np.angle(eigenvalues)) / (2 * np.pi * spacing)
     keep = frequencies > 0
     order = np.argsort(frequencies[keep])

@@ -176,7 +176,7 @@ def negative_sobolev(y_true, y_pred, s=1.0, axis=-1, length=None, window=None):
     kept = [a for a in range(rank) if a not in resolved]
     residual = tf.transpose(residual, kept + resolved)
     if window == "hann":
-        for position, a in enumerate(resolved):
+        for position in range(len(resolved)):
             size = tf.shape(residual)[len(kept) + position]
             shape = [1] * rank
             shape[len(kept) + position] = -1
