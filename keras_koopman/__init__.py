@@ -19,7 +19,7 @@ from keras_koopman._backend import check_backend as _check_backend
 _check_backend()
 
 from keras_koopman import callbacks, depth, losses, spectrum, tensorboard  # noqa: E402
-from keras_koopman.dmd import DMDResult, dmd  # noqa: E402
+from keras_koopman.dmd import DMDResult, dmd, dmd_batch  # noqa: E402
 from keras_koopman.snapshots import SnapshotBuffer  # noqa: E402
 
 __version__ = "0.1.0"
@@ -30,6 +30,7 @@ __all__ = [
     "callbacks",
     "depth",
     "dmd",
+    "dmd_batch",
     "losses",
     "spectrum",
     "tensorboard",

@@ -39,7 +39,7 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["DMDResult", "dmd"]
+__all__ = ["DMDResult", "dmd", "dmd_batch"]
 
 _METHODS = ("exact", "rrr")
 _SOLVERS = ("auto", "svd", "gram")
@@ -360,7 +360,7 @@ class DMDResult:
       residuals: ``[r]`` float64, data-driven residual ``||A z - lambda z||`` of each unit Ritz
         vector ``z`` (the refined Ritz vector for ``method="rrr"``).
       singular_values: float64, every singular value of ``snapshots[:-1]`` (descending).
-      rank: number of modes kept.
+      rank: number of modes kept (an int32 tensor ``[batch]`` for :func:`dmd_batch`).
       dt: time between snapshots.
       method: ``"exact"`` or ``"rrr"``.
 
@@ -402,21 +402,22 @@ class DMDResult:
             snapshot (step 0). Step ``m`` is the first step after the data.
 
         Returns:
-          float64 tensor ``[len(steps), n]``, time-major like the snapshots.
+          float64 tensor ``[len(steps), n]``, time-major like the snapshots (``[batch,
+          len(steps), n]`` for a :func:`dmd_batch` result).
         """
         if self.modes is None:
             raise ValueError("predict needs the modes: compute the DMD with modes=True")
         t = np.atleast_1d(np.asarray(steps, dtype=np.float64))
         if t.ndim != 1 or not np.all(np.isfinite(t)):
             raise ValueError(f"steps must be a finite number or 1-D sequence; got {steps!r}")
-        eigenvalues = tf.convert_to_tensor(self.eigenvalues)
+        eigenvalues = tf.convert_to_tensor(self.eigenvalues)[..., tf.newaxis, :]  # [..., 1, r]
         powers = tf.exp(tf.cast(t, tf.complex128)[:, tf.newaxis] * tf.math.log(eigenvalues))
         powers = tf.where(
-            tf.equal(eigenvalues, 0)[tf.newaxis, :],
+            tf.equal(eigenvalues, 0),
             tf.cast(tf.equal(t, 0)[:, tf.newaxis], tf.complex128),
             powers,
         )
-        weights = powers * tf.convert_to_tensor(self.amplitudes)[tf.newaxis, :]
+        weights = powers * tf.convert_to_tensor(self.amplitudes)[..., tf.newaxis, :]
         return tf.math.real(tf.matmul(weights, tf.convert_to_tensor(self.modes), transpose_b=True))
 
     def numpy(self):
@@ -596,3 +597,164 @@ def result_from(outputs, dt, method, name):
         dt=dt,
         method=method,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Many small DMDs at once
+# --------------------------------------------------------------------------------------------
+
+
+def select_rank_batch(singular, n_cols, code, value, floor):
+    """:func:`select_rank` for each row of ``singular`` ``[batch, p]`` (descending)."""
+    p = singular.shape[-1]
+    top = singular[:, :1]
+    supported = tf.maximum(tf.reduce_sum(tf.cast(singular > floor * top, tf.int32), axis=1), 1)
+    if code == RANK_FIXED:
+        chosen = tf.fill(tf.shape(supported), int(value))
+    elif code == RANK_ENERGY:
+        squared = singular**2
+        total = tf.maximum(tf.reduce_sum(squared, axis=1, keepdims=True), 1e-300)
+        chosen = tf.reduce_sum(tf.cast(tf.cumsum(squared, axis=1) / total < value, tf.int32),
+                               axis=1) + 1
+    else:
+        beta = min(p, n_cols) / max(p, n_cols)
+        median = 0.5 * (singular[:, (p - 1) // 2] + singular[:, p // 2])
+        threshold = gavish_donoho_omega(beta) * median
+        chosen = tf.reduce_sum(tf.cast(singular > threshold[:, tf.newaxis], tf.int32), axis=1)
+    return tf.clip_by_value(chosen, 1, supported)
+
+
+def _quadratic(vectors, matrix):
+    """``diag(V^H M V)`` for a batch: ``vectors [b, p, r]`` complex, ``matrix [b, p, p]``."""
+    image = tf.matmul(tf.cast(matrix, tf.complex128), vectors)
+    return tf.reduce_sum(tf.math.conj(vectors) * image, axis=1)
+
+
+def batch_solve(x, code, value, floor):
+    """Exact DMD of every ``x[b]`` (``[batch, m, n]``, float64), all in ``[m, m]`` space.
+
+    With ``X0 = x[:, :-1]``, ``X1 = x[:, 1:]`` and ``X0 X0^T = V S^2 V^T``: ``U = X0^T V S^-1``,
+    ``A~ = U^T A U = S^-1 V^T (X0 X1^T) V S^-1``, its eigenvectors ``w`` give the exact modes
+    ``X1^T V S^-1 w`` and the residuals ``||X1^T p - lambda X0^T p||`` (``p = V S^-1 w``) come
+    from the three Gram blocks. Directions past each element's rank get ``1/s = 0``: their slots
+    hold eigenvalue 0 with a zero mode and zero amplitude.
+    """
+    m, n = x.shape[1], x.shape[2]
+    p = min(m - 1, n)
+    gram = tf.matmul(x, x, transpose_b=True)  # [b, m, m]
+    g00, g01, g11 = gram[:, :-1, :-1], gram[:, :-1, 1:], gram[:, 1:, 1:]
+    values, vectors = tf.linalg.eigh(g00)
+    values = tf.reverse(values, [1])[:, :p]
+    vectors = tf.reverse(vectors, [2])[:, :, :p]
+    singular = tf.sqrt(tf.maximum(values, 0.0))
+    k = select_rank_batch(singular, n, code, value, floor)
+    keep = tf.range(p)[tf.newaxis, :] < k[:, tf.newaxis]
+    inverse_s = tf.where(keep, 1.0 / tf.where(singular > 0, singular, 1.0), 0.0)
+    scaled = vectors * inverse_s[:, tf.newaxis, :]  # V S^-1, [b, m-1, p]
+    reduced = tf.matmul(scaled, tf.matmul(g01, scaled), transpose_a=True)
+    eigenvalues, ritz = tf.linalg.eig(reduced)
+    # Padded slots sort last: order by modulus, kept directions first.
+    order = tf.argsort(-tf.abs(eigenvalues), axis=1, stable=True)
+    eigenvalues = tf.gather(eigenvalues, order, batch_dims=1)
+    ritz = tf.gather(ritz, order, axis=2, batch_dims=1)
+    ritz = ritz / tf.cast(tf.maximum(_vector_norms(ritz, axis=1), 1e-300), tf.complex128)[
+        :, tf.newaxis, :]
+    combination = tf.matmul(tf.cast(scaled, tf.complex128), ritz)  # p = V S^-1 w, [b, m-1, p]
+    cross = _quadratic(combination, g01)
+    squared = (tf.math.real(_quadratic(combination, g11))
+               + tf.abs(eigenvalues) ** 2 * tf.math.real(_quadratic(combination, g00))
+               - 2.0 * tf.math.real(eigenvalues * tf.math.conj(cross)))
+    residuals = tf.sqrt(tf.maximum(squared, 0.0))
+    # Unit modes X1^T K: norms from the X1 Gram block; zero columns stay zero.
+    norms = tf.sqrt(tf.maximum(tf.math.real(_quadratic(combination, g11)), 0.0))
+    nonzero = norms > 1e-300
+    combination = combination / tf.cast(tf.where(nonzero, norms, 1.0), tf.complex128)[
+        :, tf.newaxis, :]
+    modes = tf.matmul(tf.cast(x[:, 1:], tf.complex128), combination, transpose_a=True)
+    # Amplitudes: least squares x_0 ~= modes b through the normal equations, pseudo-inverted.
+    normal = tf.matmul(modes, modes, adjoint_a=True)
+    rhs = tf.linalg.matvec(modes, tf.cast(x[:, 0], tf.complex128), adjoint_a=True)
+    weights, basis = tf.linalg.eigh(normal)
+    weights = tf.math.real(weights)
+    cutoff = 1e-12 * tf.reduce_max(weights, axis=1, keepdims=True)
+    inverse = tf.where(weights > cutoff, 1.0 / tf.where(weights > 0, weights, 1.0), 0.0)
+    amplitudes = tf.linalg.matvec(
+        basis, tf.cast(inverse, tf.complex128) * tf.linalg.matvec(basis, rhs, adjoint_a=True))
+    return eigenvalues, modes, amplitudes, residuals, singular, k
+
+
+_BATCH_FUNCTIONS = {}
+
+
+def dmd_batch(snapshots, rank=None, dt=1.0):
+    """Exact DMD of many small snapshot sequences at once, in one ``tf.function``.
+
+    ``snapshots[b]`` is one time-major ``[m, n]`` sequence, for instance the incoming weights
+    and bias of output unit ``b`` of a layer over ``m`` epochs (Dogra and Redman's node-wise
+    Koopman operators). The same result as ``kk.dmd(snapshots[b], rank)`` for every ``b``, but
+    computed batched on the device through the ``[m, m]`` Gram matrices (in float64), with no
+    Python loop over ``b``. Each element gets its own rank under the same rule.
+
+    Args:
+      snapshots: array or tensor ``[batch, m, n]`` (``m >= 2``), float32 or float64.
+      rank: as in :func:`dmd` (``None``: Gavish-Donoho per element; int; energy fraction).
+      dt: time between snapshots.
+
+    Returns:
+      A :class:`DMDResult` whose fields have a leading batch axis: eigenvalues, amplitudes and
+      residuals ``[batch, p]``, modes ``[batch, n, p]``, ``p = min(m - 1, n)``. Slots past an
+      element's rank (``result.rank[b]``, an int32 tensor) hold eigenvalue 0, a zero mode and
+      amplitude 0, so ``result.predict(t)`` (``[batch, len(t), n]``) is unaffected by them.
+
+    Raises:
+      ValueError: bad shape, NaN/Inf in ``snapshots``, bad ``rank`` or ``dt``.
+      TypeError: ``snapshots`` is not real.
+
+    Example:
+
+    >>> import numpy as np, keras_koopman as kk
+    >>> t = np.arange(6)[None, :, None]
+    >>> x = np.array([0.5, 0.9])[:, None, None] ** t * np.ones((2, 6, 3))   # two sequences
+    >>> result = kk.dmd_batch(x, rank=1)
+    >>> np.round(result.eigenvalues.numpy().real, 6)
+    array([[0.5],
+           [0.9]])
+    """
+    code, value = parse_rank(rank)
+    dt = check_dt(dt)
+    if isinstance(snapshots, (tf.Tensor, tf.Variable)):
+        tensor = tf.convert_to_tensor(snapshots)
+    else:
+        array = np.asarray(snapshots)
+        if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(
+                array.dtype, np.integer):
+            raise TypeError(f"snapshots must be real float32 or float64; got dtype {array.dtype}")
+        tensor = tf.convert_to_tensor(array if array.dtype in (np.float32, np.float64)
+                                      else array.astype(np.float64))
+    if tensor.shape.rank != 3:
+        raise ValueError(
+            f"snapshots must be 3-D [batch, m, n] (time-major per element); "
+            f"got shape {tuple(tensor.shape)}")
+    if not (tensor.dtype.is_floating and tensor.dtype in (tf.float32, tf.float64)):
+        raise TypeError(f"snapshots must be real float32 or float64; got {tensor.dtype.name}")
+    batch, m, n = tensor.shape
+    if batch < 1 or m < 2 or n < 1:
+        raise ValueError(f"snapshots need batch >= 1, m >= 2 steps and n >= 1 features; got "
+                         f"shape {(batch, m, n)}")
+    key = (code, value, m, n, tensor.dtype)
+    if key not in _BATCH_FUNCTIONS:
+        floor = floor_epsilon(tensor.dtype, "gram")
+
+        def run(x):
+            finite = tf.reduce_all(tf.math.is_finite(x))
+            x = tf.cast(tf.where(finite, x, tf.zeros_like(x)), tf.float64)
+            return (finite, *batch_solve(x, code, value, floor))
+
+        _BATCH_FUNCTIONS[key] = tf.function(
+            run, input_signature=[tf.TensorSpec([None, m, n], tensor.dtype)], autograph=False)
+    finite, eigenvalues, modes, amplitudes, residuals, singular, k = _BATCH_FUNCTIONS[key](tensor)
+    if not bool(finite):
+        raise ValueError("snapshots contains NaN or Inf")
+    return DMDResult(eigenvalues=eigenvalues, modes=modes, amplitudes=amplitudes,
+                     residuals=residuals, singular_values=singular, rank=k, dt=dt,
+                     method="exact")

@@ -347,3 +347,80 @@ def test_modes_false_skips_the_modes_and_keeps_the_spectrum(rng):
     np.testing.assert_allclose(np.abs(spectrum_only.amplitudes), np.abs(full.amplitudes), rtol=1e-8)
     with pytest.raises(ValueError, match="modes=True"):
         kk.dmd(x, rank=6, modes=False).predict([1])
+
+
+# ---------------------------------------------------------------------------------------------
+# dmd_batch: many small DMDs in one call
+
+
+def _batch_of_linear_sequences(batch, m, n, seed=0):
+    """Each element: 2 oscillating + 1 decaying + 1 constant mode in n dims, all different."""
+    rng = np.random.default_rng(seed)
+    sequences = []
+    for b in range(batch):
+        radius, angle, decay = 0.97 - 0.02 * b, 0.2 + 0.1 * b, 0.8 - 0.05 * b
+        values = np.array([radius * np.exp(1j * angle), radius * np.exp(-1j * angle), decay, 1.0])
+        modes = rng.normal(size=(n, 4)) + 0j
+        modes[:, 0] += 1j * rng.normal(size=n)
+        modes[:, 1] = np.conj(modes[:, 0])
+        sequences.append(np.real((values[None, :] ** np.arange(m)[:, None]) @ modes.T))
+    return np.stack(sequences)
+
+
+def test_dmd_batch_matches_kk_dmd_per_element():
+    x = _batch_of_linear_sequences(5, 8, 9)
+    result = kk.dmd_batch(x, rank=4)
+    np.testing.assert_array_equal(result.rank.numpy(), [4] * 5)
+    future = result.predict([8, 20]).numpy()  # [5, 2, 9]
+    for b in range(5):
+        reference = kk.dmd(x[b], rank=4)
+        np.testing.assert_allclose(np.sort_complex(result.eigenvalues.numpy()[b, :4]),
+                                   np.sort_complex(reference.eigenvalues.numpy()), atol=1e-9)
+        np.testing.assert_allclose(future[b], reference.predict([8, 20]).numpy(), atol=1e-8)
+        # Each batched mode is a unit vector parallel to kk.dmd's mode of the same eigenvalue.
+        for j, value in enumerate(result.eigenvalues.numpy()[b, :4]):
+            i = np.argmin(np.abs(reference.eigenvalues.numpy() - value))
+            overlap = np.vdot(reference.modes.numpy()[:, i], result.modes.numpy()[b, :, j])
+            assert abs(abs(overlap) - 1) < 1e-8
+        # Slots past the rank: eigenvalue 0, zero amplitude.
+        np.testing.assert_array_equal(result.eigenvalues.numpy()[b, 4:], 0)
+        np.testing.assert_array_equal(result.amplitudes.numpy()[b, 4:], 0)
+
+
+def test_dmd_batch_matches_numpy_exact_dmd_and_its_residuals_on_noisy_data():
+    rng = np.random.default_rng(1)
+    x = _batch_of_linear_sequences(3, 10, 12, seed=1) + 0.01 * rng.normal(size=(3, 10, 12))
+    result = kk.dmd_batch(x, rank=5)
+    for b in range(3):
+        x0, x1 = x[b, :-1].T, x[b, 1:].T
+        u, s, vh = np.linalg.svd(x0, full_matrices=False)
+        u, s, v = u[:, :5], s[:5], vh[:5].T
+        reduced = u.T @ x1 @ v / s
+        values, vectors = np.linalg.eig(reduced)
+        residuals = np.linalg.norm(x1 @ v / s @ vectors - u @ vectors * values, axis=0)
+        order = np.argsort(-np.abs(values), kind="stable")
+        np.testing.assert_allclose(np.sort_complex(result.eigenvalues.numpy()[b, :5]),
+                                   np.sort_complex(values), atol=1e-9)
+        np.testing.assert_allclose(np.sort(result.residuals.numpy()[b, :5]),
+                                   np.sort(residuals[order]), atol=1e-6)
+
+
+def test_dmd_batch_rank_rules_per_element():
+    rng = np.random.default_rng(2)
+    x = _batch_of_linear_sequences(4, 12, 15, seed=2) + 1e-3 * rng.normal(size=(4, 12, 15))
+    optimal = kk.dmd_batch(x)
+    energy = kk.dmd_batch(x, rank=0.999)
+    for b in range(4):
+        assert int(optimal.rank[b]) == kk.dmd(x[b]).rank
+        assert int(energy.rank[b]) == kk.dmd(x[b], rank=0.999).rank
+
+
+@pytest.mark.parametrize("bad,error,words", [
+    (np.zeros((4, 3)), ValueError, "3-D"),
+    (np.zeros((2, 1, 3)), ValueError, "m >= 2"),
+    (np.zeros((2, 3, 3), complex), TypeError, "real"),
+    (np.full((2, 3, 3), np.nan), ValueError, "NaN"),
+])
+def test_dmd_batch_bad_input(bad, error, words):
+    with pytest.raises(error, match=words):
+        kk.dmd_batch(bad, rank=1)

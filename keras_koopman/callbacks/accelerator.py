@@ -2,16 +2,51 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from keras_koopman._validation import check_int, check_monitor
+from keras_koopman.dmd import dmd_batch, parse_rank
 
 __all__ = ["KoopmanAccelerator"]
 
 _OPTIMIZER_STATES = ("keep", "reset")
+_OBSERVABLES = ("layers", "nodes")
+
+
+def node_index(variables):
+    """``[units, fan_in + 1]`` column indices of each output unit's weights in a group's flat
+    snapshot (variables concatenated, each flattened row-major), or ``None`` when the variables
+    do not share their last axis (the output units of Dense and Conv kernels and biases)."""
+    if not variables or any(len(v.shape) == 0 for v in variables):
+        return None
+    units = int(variables[0].shape[-1])
+    if units < 1 or any(int(v.shape[-1]) != units for v in variables):
+        return None
+    columns, offset = [], 0
+    for variable in variables:
+        size = int(np.prod(variable.shape))
+        # Element (p, j) of the [size / units, units] view sits at offset + p * units + j.
+        columns.append(offset + np.arange(size).reshape(-1, units).T)
+        offset += size
+    return np.concatenate(columns, axis=1)
+
+
+def _compiled_probe(model, x, y):
+    """The model's training loss on ``(x, y)`` in inference mode, as one compiled call."""
+    x = tf.nest.map_structure(tf.convert_to_tensor, x)
+    y = tf.nest.map_structure(tf.convert_to_tensor, y)
+
+    @tf.function(autograph=False)
+    def probe():
+        prediction = model(x, training=False)
+        return model.compute_loss(x=x, y=y, y_pred=prediction, training=False)
+
+    return probe
 
 
 class KoopmanAccelerator(keras.callbacks.Callback):
@@ -62,10 +97,17 @@ class KoopmanAccelerator(keras.callbacks.Callback):
     [True, True]
     """
 
-    def __init__(self, monitor, every=5, horizon=10, guard="loss", probe=None,
-                 optimizer_state="keep", min_horizon=1, max_horizon=10_000, verbose=0):
+    def __init__(self, monitor, every=5, horizon=10, observables="layers", guard="loss",
+                 probe=None, optimizer_state="keep", rank="monitor", min_horizon=1,
+                 max_horizon=10_000, verbose=0):
         super().__init__()
         self.monitor = check_monitor(monitor)
+        if observables not in _OBSERVABLES:
+            raise ValueError(f"observables must be one of {_OBSERVABLES}; got {observables!r}")
+        self.observables = observables
+        if not (isinstance(rank, str) and rank == "monitor"):
+            parse_rank(rank)
+        self._rank = rank
         self.every = check_int(every, "every", 1)
         self.max_horizon = check_int(max_horizon, "max_horizon", 1)
         self.min_horizon = check_int(min_horizon, "min_horizon", 1)
@@ -88,11 +130,27 @@ class KoopmanAccelerator(keras.callbacks.Callback):
         self.optimizer_state = optimizer_state
         self.verbose = verbose
         self.jumps = []
+        self._probe_function = None
+
+    @property
+    def rank(self):
+        """The DMD rank rule of the jumps (the monitor's unless one was given)."""
+        return self.monitor.rank if isinstance(self._rank, str) else self._rank
 
     def on_train_begin(self, logs=None):
         self.monitor.ensure_started(self.model)
+        self._probe_function = None  # traced anew each fit: the model may have been recompiled
 
     def _probe_loss(self):
+        if self._probe_function is None:
+            self._probe_function = _compiled_probe(self.model, *self.probe)
+        try:
+            return float(self._probe_function())
+        except Exception:  # noqa: BLE001 - a model compute_loss cannot trace: Keras' evaluate
+            self._probe_function = self._evaluate_probe
+            return self._evaluate_probe()
+
+    def _evaluate_probe(self):
         x, y = self.probe
         result = self.model.evaluate(x, y, batch_size=len(x), verbose=0, return_dict=True)
         return float(result["loss"])
@@ -103,20 +161,38 @@ class KoopmanAccelerator(keras.callbacks.Callback):
         for name, buffer in self.monitor.buffers.items():
             if len(buffer) < 3 or name in self.monitor.nonfinite_groups:
                 continue
-            result = buffer.dmd(rank=self.monitor.rank, method=self.monitor.method)
-            eigenvalues = np.asarray(result.eigenvalues)
-            # Eigenvalues within the monitor's tolerance of 1 are the converged part: taken as
-            # exactly 1, so that a long jump does not raise 1 + 1e-4 to a large power.
-            eigenvalues = np.where(np.abs(eigenvalues - 1) <= self.monitor.tolerance,
-                                   1.0 + 0j, eigenvalues)
-            steps = len(buffer) - 1 + self.horizon  # amplitudes belong to the oldest snapshot
-            state = np.real(np.asarray(result.modes)
-                            @ (np.asarray(result.amplitudes) * eigenvalues ** steps))
             variables = self.monitor.groups[name]
+            steps = len(buffer) - 1 + self.horizon  # amplitudes belong to the oldest snapshot
+            index = node_index(variables) if self.observables == "nodes" else None
+            if index is None:
+                result = buffer.dmd(rank=self.rank, method=self.monitor.method)
+                state = self._predict(result, steps)[0].numpy()
+            else:
+                snapshots = buffer.snapshots()  # [m, n]
+                nodes = tf.transpose(tf.gather(snapshots, index, axis=1), [1, 0, 2])
+                result = dmd_batch(nodes, rank=self.rank)
+                state = np.empty(index.size)
+                predicted = self._predict(result, steps)[:, 0].numpy()  # [units, fan_in + 1]
+                state[index.ravel()] = predicted.ravel()
             sizes = [int(np.prod(v.shape)) for v in variables]
             pieces = np.split(state, np.cumsum(sizes)[:-1])
-            targets.append((variables, [p.reshape(v.shape) for p, v in zip(pieces, variables)]))
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow shows up as inf below
+                values = [p.reshape(v.shape).astype(v.dtype) for p, v in zip(pieces, variables)]
+            targets.append((variables, values))
         return targets
+
+    def _predict(self, result, steps):
+        """The DMD's state ``steps`` snapshots after the oldest.
+
+        Eigenvalues within the monitor's tolerance of 1 are the converged part: taken as exactly
+        1, so that a long jump does not raise 1 + 1e-4 to a large power. Growing modes are
+        extrapolated like the others (with cross-entropy the logit scale grows, and following
+        it lowers the loss); where that overshoots, the guard undoes the jump.
+        """
+        eigenvalues = result.eigenvalues
+        snapped = tf.where(tf.abs(eigenvalues - 1) <= self.monitor.tolerance,
+                           tf.ones_like(eigenvalues), eigenvalues)
+        return dataclasses.replace(result, eigenvalues=snapped).predict([steps])
 
     def on_epoch_end(self, epoch, logs=None):
         self.monitor.on_epoch_end(epoch, logs)  # no-op if the monitor already ran this epoch
@@ -140,7 +216,7 @@ class KoopmanAccelerator(keras.callbacks.Callback):
                      for v in variables]
             for variables, values in targets:
                 for variable, value in zip(variables, values):
-                    variable.assign(value.astype(variable.dtype))
+                    variable.assign(value)
             accepted = True
             if self.guard == "loss":
                 attempt["loss_after"] = self._probe_loss()

@@ -97,3 +97,88 @@ def test_bad_arguments(kwargs, words):
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=words):
         kk.callbacks.KoopmanAccelerator(kk.callbacks.KoopmanMonitor(), **arguments)
+
+
+def test_node_wise_jump_equals_per_node_kk_dmd():
+    # observables="nodes": one DMD per output unit over its incoming weights and bias, batched.
+    # The jump must equal what kk.dmd on each unit's own snapshots predicts.
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(128, 3))
+    y = np.stack([np.sin(x[:, 0]) + x[:, 1], x[:, 2] * x[:, 0]], axis=1)
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([
+        keras.Input((3,)),
+        keras.layers.Dense(5, activation="tanh", name="hidden", dtype="float64"),
+        keras.layers.Dense(2, name="out", dtype="float64"),
+    ])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    monitor = kk.callbacks.KoopmanMonitor(window=7, rank=3)
+    seen = {}
+
+    class Capture(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.update({name: buffer.snapshots().numpy()
+                         for name, buffer in monitor.buffers.items()})
+
+    jump = kk.callbacks.KoopmanAccelerator(monitor, every=6, horizon=4, observables="nodes",
+                                           guard=None)
+    model.fit(x, y, epochs=6, batch_size=128, shuffle=False, verbose=0,
+              callbacks=[monitor, Capture(), jump])
+    (attempt,) = jump.jumps
+    assert attempt["accepted"]
+    for name in ("hidden", "out"):
+        kernel, bias = model.get_layer(name).get_weights()
+        snapshots = seen[name]  # [7, fan_in * units + units]: kernel row-major, then bias
+        m = len(snapshots)
+        units = bias.shape[0]
+        fan_in = kernel.shape[0]
+        for unit in range(units):
+            columns = [i * units + unit for i in range(fan_in)] + [fan_in * units + unit]
+            result = kk.dmd(snapshots[:, columns].astype(np.float64), rank=3)
+            values = result.eigenvalues.numpy()
+            values = np.where(np.abs(values - 1) <= monitor.tolerance, 1.0, values)
+            expected = np.real(result.modes.numpy() @ (result.amplitudes.numpy()
+                                                       * values ** (m - 1 + 4)))
+            # Agreement to float64 rounding amplified by the rank cut: the batched DMD goes
+            # through Gram matrices, kk.dmd through the SVD of these small snapshots.
+            np.testing.assert_allclose(np.append(kernel[:, unit], bias[unit]), expected,
+                                       rtol=1e-8, atol=1e-10)
+
+
+def test_node_index_of_dense_and_conv_variables():
+    dense = keras.layers.Dense(3)
+    dense.build((None, 2))
+    index = kk.callbacks.accelerator.node_index(dense.weights)
+    flat = np.concatenate([w.numpy().ravel() for w in dense.weights])
+    kernel, bias = dense.get_weights()
+    for unit in range(3):
+        np.testing.assert_array_equal(flat[index[unit]], np.append(kernel[:, unit], bias[unit]))
+    conv = keras.layers.Conv2D(4, 3)
+    conv.build((None, 8, 8, 2))
+    index = kk.callbacks.accelerator.node_index(conv.weights)
+    assert index.shape == (4, 3 * 3 * 2 + 1)
+    flat = np.concatenate([w.numpy().ravel() for w in conv.weights])
+    kernel, bias = conv.get_weights()
+    np.testing.assert_array_equal(flat[index[2]], np.append(kernel[..., 2].ravel(), bias[2]))
+    # Variables that do not share their last axis have no node structure.
+    assert kk.callbacks.accelerator.node_index(
+        [keras.Variable(np.zeros((2, 3))), keras.Variable(np.zeros(4))]) is None
+
+
+def test_a_jump_that_overflows_is_refused_and_leaves_finite_weights():
+    # Gradient descent past its stability limit: the weights oscillate with growing amplitude,
+    # and a 10^5-step extrapolation overflows float32. No NaN or Inf may reach the model.
+    x, y = least_squares()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(3, name="dense")])
+    # The larger Hessian eigenvalue is ~2.7 here: learning rate 0.9 gives a factor ~ -1.4.
+    model.compile(keras.optimizers.SGD(0.9), "mse")
+    monitor = kk.callbacks.KoopmanMonitor(window=6, rank=3, observables="model")
+    jump = kk.callbacks.KoopmanAccelerator(monitor, every=6, horizon=100_000, guard=None,
+                                           max_horizon=100_000)
+    model.fit(x, y, epochs=6, batch_size=len(x), shuffle=False, verbose=0,
+              callbacks=[monitor, jump])
+    (attempt,) = jump.jumps
+    assert not attempt["accepted"] and "not finite" in attempt["reason"]
+    assert all(np.all(np.isfinite(w)) for w in model.get_weights())
+    assert jump.horizon == 50_000
