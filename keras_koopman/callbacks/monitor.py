@@ -14,7 +14,7 @@ import tensorflow as tf
 from keras_koopman import spectrum as spectrum_metrics
 from keras_koopman._validation import check_int, check_number
 from keras_koopman.dmd import check_method, parse_rank
-from keras_koopman.snapshots import SnapshotBuffer
+from keras_koopman.snapshots import SnapshotBuffer, _buffer_dmd, _chronological_gram
 from keras_koopman.tensorboard import summary as tb_summary
 
 __all__ = ["KoopmanMonitor", "SpectrumRecord"]
@@ -424,7 +424,9 @@ class KoopmanMonitor(keras.callbacks.Callback):
                 )
 
     def _make_analysis(self, names):
-        """One traced function analysing every group in ``names``: one dispatch per analysis."""
+        """One function analysing every group in ``names``: one dispatch per analysis. The DMD
+        and metrics inside it are a function shared by every monitor, traced once per process:
+        a new model costs a cheap outer trace, not a trace of the whole DMD."""
         code, value = parse_rank(self.rank)
         code = tf.constant(code, tf.int32)
         value = tf.constant(value, tf.float64)
@@ -435,23 +437,8 @@ class KoopmanMonitor(keras.callbacks.Callback):
             outputs = {}
             for name, buffer in buffers:
                 buffer.refresh_op()
-                finite, eigenvalues, _, amplitudes, residuals, singular, rank = buffer.dmd_op(
-                    code, value, method, with_modes=False
-                )
-                result = types.SimpleNamespace(
-                    eigenvalues=eigenvalues, amplitudes=amplitudes, residuals=residuals
-                )
-                metrics = spectrum_metrics.summary(result, tolerance)
-                outputs[name] = dict(
-                    finite=finite,
-                    eigenvalues=eigenvalues,
-                    amplitudes=amplitudes,
-                    residuals=residuals,
-                    rank=rank,
-                    top_singular=singular[0],
-                    motion=_window_motion(buffer.gram_op()),
-                    **metrics,
-                )
+                function = _analysis_function(method, buffer.dtype, tolerance)
+                outputs[name] = function(*buffer._state(), code, value)
             return outputs
 
         return tf.function(analyse, autograph=False)
@@ -483,6 +470,38 @@ class KoopmanMonitor(keras.callbacks.Callback):
                         tf.summary.scalar(f"koopman/{record.group}/{key}", float(value))
         except Exception as error:  # noqa: BLE001
             self._fail("TensorBoard logging", error, record.group)
+
+
+_ANALYSIS_FUNCTIONS = {}
+
+
+def _analysis_function(method, dtype, tolerance):
+    """The spectrum, metrics and motion of one buffer's state, traced once per process for each
+    (method, dtype, tolerance)."""
+    key = (method, dtype, tolerance)
+    if key not in _ANALYSIS_FUNCTIONS:
+
+        def analyse(snapshots, reference, centred, cross, reference_sq, count, code, value):
+            finite, eigenvalues, _, amplitudes, residuals, singular, rank = _buffer_dmd(
+                snapshots, reference, centred, cross, reference_sq, count, code, value, method,
+                with_modes=False)
+            result = types.SimpleNamespace(
+                eigenvalues=eigenvalues, amplitudes=amplitudes, residuals=residuals)
+            gram = _chronological_gram(centred, cross, reference_sq, count)
+            return dict(finite=finite, eigenvalues=eigenvalues, amplitudes=amplitudes,
+                        residuals=residuals, rank=rank, top_singular=singular[0],
+                        motion=_window_motion(gram),
+                        **spectrum_metrics.summary(result, tolerance))
+
+        signature = [
+            tf.TensorSpec([None, None], dtype), tf.TensorSpec([None], dtype),
+            tf.TensorSpec([None, None], tf.float64), tf.TensorSpec([None], tf.float64),
+            tf.TensorSpec([], tf.float64), tf.TensorSpec([], tf.int64),
+            tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float64),
+        ]
+        _ANALYSIS_FUNCTIONS[key] = tf.function(analyse, input_signature=signature,
+                                               autograph=False)
+    return _ANALYSIS_FUNCTIONS[key]
 
 
 def _window_motion(gram):
