@@ -18,7 +18,7 @@ from keras_koopman._backend import check_backend as _check_backend
 
 _check_backend()
 
-from keras_koopman import callbacks, depth, losses, spectrum, tensorboard  # noqa: E402
+from keras_koopman import callbacks, depth, losses, pruning, spectrum, tensorboard  # noqa: E402
 from keras_koopman.dmd import DMDResult, dmd, dmd_batch  # noqa: E402
 from keras_koopman.snapshots import SnapshotBuffer  # noqa: E402
 
@@ -32,6 +32,7 @@ __all__ = [
     "dmd",
     "dmd_batch",
     "losses",
+    "pruning",
     "spectrum",
     "tensorboard",
     "__version__",

@@ -716,9 +716,10 @@ def dmd_batch(snapshots, rank=None, dt=1.0):
     >>> t = np.arange(6)[None, :, None]
     >>> x = np.array([0.5, 0.9])[:, None, None] ** t * np.ones((2, 6, 3))   # two sequences
     >>> result = kk.dmd_batch(x, rank=1)
-    >>> np.round(result.eigenvalues.numpy().real, 6)
-    array([[0.5],
-           [0.9]])
+    >>> result.rank.numpy(), result.eigenvalues.shape      # 3 slots: min(m - 1, n)
+    (array([1, 1], dtype=int32), TensorShape([2, 3]))
+    >>> np.round(result.eigenvalues.numpy()[:, 0].real, 6)
+    array([0.5, 0.9])
     """
     code, value = parse_rank(rank)
     dt = check_dt(dt)

@@ -22,3 +22,10 @@ def test_restart_example_recovers_a_dead_network():
 def test_early_stopping_example_stops_both_ways():
     koopman_epochs, classic_epochs = load("early_stopping").main(epochs=1000)
     assert 10 <= koopman_epochs < 1000 and classic_epochs < 1000
+
+
+def test_accelerate_example_reaches_plain_sgds_loss_in_fewer_epochs():
+    reached, plain, fast, accelerator = load("accelerate").main(epochs=40)
+    assert reached is not None and reached <= 30  # at least 4/3 fewer epochs
+    assert fast[-1] < plain[-1]
+    assert any(jump["accepted"] for jump in accelerator.jumps)

@@ -55,7 +55,7 @@ def test_a_non_tensorflow_keras_backend_raises_a_clear_error(backend):
 
 
 def test_public_api_names():
-    for name in ("dmd", "DMDResult", "SnapshotBuffer", "spectrum"):
+    for name in ("dmd", "dmd_batch", "DMDResult", "SnapshotBuffer", "spectrum", "pruning"):
         assert hasattr(kk, name), name
     for name in ("spectral_radius", "near_one_fraction", "unstable_count", "max_residual"):
         assert callable(getattr(kk.spectrum, name))
@@ -69,6 +69,16 @@ def test_public_api_names():
         "keras_koopman.snapshots",
         "keras_koopman.spectrum",
         "keras_koopman.tensorboard.summary",
+        "keras_koopman.callbacks.monitor",
+        "keras_koopman.callbacks.early_stopping",
+        "keras_koopman.callbacks.restart",
+        "keras_koopman.callbacks.accelerator",
+        "keras_koopman.losses",
+        "keras_koopman.depth",
+        "keras_koopman.pruning",
+        "keras_koopman.pruning.schedule",
+        "keras_koopman.pruning.wrapper",
+        "keras_koopman.pruning.callback",
     ],
 )
 def test_docstring_examples_run(module):

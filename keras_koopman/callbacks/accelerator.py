@@ -53,28 +53,46 @@ class KoopmanAccelerator(keras.callbacks.Callback):
     """Every ``every`` epochs, moves the weights ``horizon`` steps ahead along their DMD modes.
 
     For each observable group of ``monitor`` with at least 3 snapshots, the DMD of the window
-    (the monitor's ``rank`` rule) predicts the weights ``horizon`` snapshots past the newest one:
+    predicts the weights ``horizon`` snapshots past the newest one:
     ``Re(modes diag(lambda^t) amplitudes)``, with the eigenvalues within the monitor's
     ``tolerance`` of 1 taken as exactly 1. Where the spectrum has converged (eigenvalues at 1,
     the rest decaying), a long horizon lands on the fixed point training is heading to.
 
-    The guard (``guard="loss"``): the loss on the ``probe`` data ``(x, y)`` is evaluated before
-    and after the jump; the jump is kept only if the loss did not get worse, and then the horizon
-    doubles (up to ``max_horizon``); otherwise every weight is put back exactly as it was and the
-    horizon halves (down to ``min_horizon``). A jump to non-finite weights is always undone. With
-    ``guard=None`` every finite jump is kept. After a kept jump the monitor forgets its
-    trajectory (:meth:`KoopmanMonitor.restart`): the jump is not a step of the dynamics.
+    ``observables="layers"`` fits one DMD per group (the monitor's groups: one per layer by
+    default). ``observables="nodes"`` fits Dogra and Redman's node-wise operators ("Optimizing
+    Neural Networks via Koopman Operator Theory", NeurIPS 2020): one small DMD per output unit
+    over its incoming weights and bias (Dense and Conv kernels and biases share their last axis:
+    the units), all units of a layer in one batched call (:func:`keras_koopman.dmd_batch`).
+    Groups whose variables do not share their last axis fall back to one DMD per group.
+
+    The guard (``guard="loss"``): the training loss on the ``probe`` data ``(x, y)`` (the
+    model's compiled loss plus its regularization losses, inference mode, one compiled call) is
+    evaluated before and after the jump; the jump is kept only if the loss did not get worse,
+    and then the horizon doubles (up to ``max_horizon``); otherwise every weight is put back
+    exactly as it was and the horizon halves (down to ``min_horizon``). A jump to weights that
+    are not finite in the variables' dtype is never made. With ``guard=None`` every finite jump
+    is kept. After a kept jump the monitor forgets its trajectory
+    (:meth:`KoopmanMonitor.restart`): the jump is not a step of the dynamics. Keep the probe
+    small (a few thousand samples): it is evaluated in one batch.
 
     Optimizer state: ``"keep"`` (default) leaves momentum and Adam moments as they are;
-    ``"reset"`` sets them to zero after a kept jump.
+    ``"reset"`` sets them to zero after a kept jump. ``bench/acceleration.py`` measures both
+    (``bench/RESULTS.md``, "Optimizer state after a kept jump").
+
+    Fixed cost: the first jump of a new model traces the DMD functions (a few tenths of a
+    second here); each jump after that costs a DMD per group and two probe evaluations
+    (~15 ms for a 5k-weight MLP on 2 CPU cores).
 
     Args:
       monitor: the :class:`KoopmanMonitor` that gathers the snapshots.
       every: epochs between jump attempts.
       horizon: initial number of snapshot steps to jump ahead.
+      observables: ``"layers"`` or ``"nodes"`` (see above).
       guard: ``"loss"`` or ``None``.
       probe: ``(x, y)`` evaluated by the guard (required with ``guard="loss"``).
       optimizer_state: ``"keep"`` or ``"reset"``.
+      rank: DMD rank rule of the jumps: ``"monitor"`` (the monitor's ``rank``), ``None``
+        (Gavish-Donoho, per group or per unit), an int or an energy fraction.
       min_horizon, max_horizon: bounds of the adapted horizon.
       verbose: 1 prints a line per attempt.
 

@@ -84,7 +84,8 @@ class KoopmanMonitor(keras.callbacks.Callback):
       window: how many of the latest snapshots each analysis uses (at least 3).
       rank: DMD rank rule (``None``: Gavish-Donoho; int; float fraction of energy).
       method: ``"exact"`` or ``"rrr"``.
-      analyze_every: analyse after every this many gatherings.
+      analyze_every: analyse after every this many gatherings (``None``: never; the monitor
+        then only gathers, for callbacks that run their own DMD on its buffers).
       log_dir: directory for TensorBoard summaries (``None``: no logging).
       tolerance: distance to 1 counted as "at 1" by ``near_one_fraction``.
       verbose: 1 prints one line per analysis.
@@ -139,7 +140,8 @@ class KoopmanMonitor(keras.callbacks.Callback):
         parse_rank(rank)
         self.rank = rank
         self.method = check_method(method)
-        self.analyze_every = check_int(analyze_every, "analyze_every", 1)
+        self.analyze_every = (None if analyze_every is None
+                              else check_int(analyze_every, "analyze_every", 1))
         if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
             raise ValueError(f"log_dir must be a path or None; got {log_dir!r}")
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
@@ -354,7 +356,10 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self.step += 1
         self._pending_flags.append(flags)
         self._since_analysis += 1
-        if self._since_analysis >= self.analyze_every:
+        if self.analyze_every is None:
+            if len(self._pending_flags) >= self.window:  # bounded; readers check the rest
+                self._check_flags()
+        elif self._since_analysis >= self.analyze_every:
             self._since_analysis = 0
             self._check_flags()
             self._analyze()

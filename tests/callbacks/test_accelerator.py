@@ -182,3 +182,64 @@ def test_a_jump_that_overflows_is_refused_and_leaves_finite_weights():
     assert not attempt["accepted"] and "not finite" in attempt["reason"]
     assert all(np.all(np.isfinite(w)) for w in model.get_weights())
     assert jump.horizon == 50_000
+
+
+MIRRORED_SCRIPT = r"""
+import json, os
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, keras_koopman as kk
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(256, 4)).astype("float32")
+y = (x @ rng.normal(size=(4, 2))).astype("float32")
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="tanh"),
+                              keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.5), "mse")
+monitor = kk.callbacks.KoopmanMonitor(window=6)
+jump = kk.callbacks.KoopmanAccelerator(monitor, every=5, horizon=8, probe=(x, y),
+                                       observables=os.environ["OBSERVABLES"])
+history = model.fit(x, y, epochs=15, batch_size=64, verbose=0, callbacks=[monitor, jump])
+replicas = []
+for variable in model.trainable_variables:
+    inner = variable.value  # a MirroredVariable: one copy per device in .values
+    per_device = [v.numpy() for v in getattr(inner, "values", [inner])]
+    replicas.append(max(float(np.max(np.abs(p - per_device[0]))) for p in per_device))
+print("RESULT " + json.dumps({
+    "replicas": strategy.num_replicas_in_sync,
+    "copies": len(getattr(model.trainable_variables[0].value, "values", [0])),
+    "jumps": [(j["accepted"], j["reason"]) for j in jump.jumps],
+    "finite": all(bool(np.all(np.isfinite(w))) for w in model.get_weights()),
+    "replica_gap": max(replicas),
+    "errors": [str(e) for e in monitor.errors],
+    "loss": history.history["loss"],
+    "probe_loss": float(model.evaluate(x, y, verbose=0)),
+}))
+"""
+
+
+@pytest.mark.parametrize("observables", ["layers", "nodes"])
+def test_accelerator_under_mirrored_strategy_on_two_devices(observables):
+    # A fresh process: logical devices must be configured before TensorFlow starts.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True,
+                          text=True, timeout=300,
+                          env=dict(os.environ, OBSERVABLES=observables, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(li for li in done.stdout.splitlines() if li.startswith("RESULT "))
+    result = json.loads(line[len("RESULT "):])
+    assert result["replicas"] == 2 and result["copies"] == 2
+    assert not result["errors"]
+    assert len(result["jumps"]) == 3 and any(accepted for accepted, _ in result["jumps"])
+    assert all("failed" not in reason for _, reason in result["jumps"])
+    assert result["finite"] and result["replica_gap"] == 0.0  # every replica got the jump
+    assert result["probe_loss"] < result["loss"][0]

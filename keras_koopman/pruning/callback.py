@@ -1,0 +1,240 @@
+"""UpdateKoopmanPruning: gathers the wrapped weights' trajectory and updates the masks."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_koopman._validation import check_int
+from keras_koopman.callbacks.monitor import KoopmanMonitor
+from keras_koopman.dmd import parse_rank
+from keras_koopman.pruning.wrapper import pruning_wrappers
+
+__all__ = ["UpdateKoopmanPruning", "koopman_scores"]
+
+
+def koopman_scores(result, newest):
+    """Score of each weight: ``|b_j lambda_j^newest phi_j|`` for the eigenvalue ``lambda_j``
+    nearest 1, i.e. the size of each weight's share of the mode that carries where training is
+    heading, as it stands in the newest snapshot (``newest`` = its index in the window).
+
+    Args:
+      result: a :class:`keras_koopman.DMDResult` with modes.
+      newest: index of the newest snapshot (window length - 1).
+
+    Returns:
+      float64 array ``[n]``.
+    """
+    eigenvalues = np.asarray(result.eigenvalues)
+    j = int(np.argmin(np.abs(eigenvalues - 1.0)))
+    weight = np.asarray(result.amplitudes)[j] * eigenvalues[j] ** newest
+    return np.abs(np.asarray(result.modes)[:, j] * weight)
+
+
+class UpdateKoopmanPruning(keras.callbacks.Callback):
+    """Updates the masks of every :class:`KoopmanPruning` layer of the model during ``fit``.
+
+    A :class:`keras_koopman.callbacks.KoopmanMonitor` (gathering only, one group per wrapped
+    weight) keeps the last ``window`` snapshots of the wrapped weights on the device. When a
+    wrapper's schedule says so (at the end of a step or an epoch, per its ``unit``; without a
+    schedule: once, as soon as the window is full), each weight is scored and the lowest scores
+    are masked out up to the scheduled sparsity:
+
+    * ``criterion="koopman"``: DMD of the weight's window; the score is the magnitude of its
+      component in the Koopman mode of the eigenvalue nearest 1 (see :func:`koopman_scores`).
+      Before the window is full the magnitude is used.
+    * ``criterion="magnitude"``: ``|w|``.
+
+    Wrappers with ``scope="global"`` share one threshold over all their weights and follow the
+    schedule of the first of them; ``scope="layer"`` prunes each weight to the sparsity on its
+    own. Pruned weights stay pruned. With ``log_dir``, the sparsity of each wrapper
+    (``pruning/<wrapper>/sparsity``) and a histogram of the scores (``pruning/scores``) are
+    written to ``<log_dir>/pruning`` at each update.
+
+    Args:
+      window: snapshots per DMD (at least 3).
+      rank: DMD rank rule (``None``: Gavish-Donoho; int; energy fraction).
+      log_dir: TensorBoard directory or ``None``.
+      verbose: 1 prints a line per update.
+
+    Attributes:
+      updates: one dict per mask update: ``step`` (epoch or optimizer step, per the
+        schedule's unit), ``sparsity`` (scheduled), ``criterion`` (``"koopman"`` or
+        ``"magnitude"`` as used), ``layers`` (wrapper name -> sparsity after the update).
+      monitor: the gathering monitor.
+
+    Example:
+
+    >>> import numpy as np, keras, keras_koopman as kk
+    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+    ...                           keras.layers.Dense(1)])
+    >>> pruned = kk.pruning.prune_koopman(model, target_sparsity=0.75)
+    >>> pruned.compile("adam", "mse")
+    >>> x, y = np.random.rand(64, 8), np.random.rand(64, 1)
+    >>> update = kk.pruning.UpdateKoopmanPruning(window=4)
+    >>> _ = pruned.fit(x, y, epochs=5, verbose=0, callbacks=[update])
+    >>> [(u["step"], u["criterion"]) for u in update.updates]
+    [(2, 'koopman')]
+    >>> round(kk.pruning.strip_pruning(pruned).layers[0].get_weights()[0].size * 0.25)
+    32
+    """
+
+    def __init__(self, window=10, rank=None, log_dir=None, verbose=0):
+        super().__init__()
+        self.window = check_int(window, "window", 3)
+        parse_rank(rank)
+        self.rank = rank
+        if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
+            raise TypeError(f"log_dir must be a path or None; got {type(log_dir).__name__}")
+        self.log_dir = None if log_dir is None else os.fspath(log_dir)
+        self.verbose = verbose
+        self.updates = []
+        self.monitor = None
+        self._model_id = None
+        self._writer = None
+
+    # ------------------------------------------------------------------------------------
+    # set-up
+    def on_train_begin(self, logs=None):
+        self.wrappers = pruning_wrappers(self.model)
+        if not self.wrappers:
+            raise ValueError(
+                "UpdateKoopmanPruning: the model holds no KoopmanPruning layer; wrap it with "
+                "kk.pruning.prune_koopman(model, target_sparsity) first")
+        for wrapper in self.wrappers:
+            wrapper.callback_attached.assign(1)
+        if self._model_id != id(self.model):
+            self._model_id = id(self.model)
+            self._groups = {
+                f"{wrapper.name}/{i}": (wrapper, weight, mask)
+                for wrapper in self.wrappers for i, (weight, mask) in enumerate(wrapper.masked)
+            }
+            self.monitor = KoopmanMonitor(
+                observables=lambda model: {name: [weight] for name, (_, weight, _)
+                                           in self._groups.items()},
+                window=self.window, rank=self.rank, analyze_every=None)
+            self._done_once = set()
+            self._step = 0
+            self._epoch = 0
+        self.monitor.set_model(self.model)
+        self.monitor.on_train_begin()
+        if self.log_dir is not None and self._writer is None:
+            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "pruning"))
+        self._by_step = any(w.schedule is not None and w.schedule.unit == "step"
+                            for w in self.wrappers)
+
+    def on_train_end(self, logs=None):
+        for wrapper in self.wrappers:
+            wrapper.callback_attached.assign(0)
+        self.monitor.on_train_end()
+        if self._writer is not None:
+            self._writer.flush()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.monitor.on_epoch_begin(epoch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        # Keras decides before on_train_begin whether batch hooks run, so this one always
+        # exists (as TF-MOT's step callback does); it returns at once without step schedules.
+        if self._by_step:
+            self._update("step", self._step)
+            self._step += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.monitor.on_epoch_end(epoch, logs)
+        self._update("epoch", self._epoch)
+        self._epoch += 1
+
+    # ------------------------------------------------------------------------------------
+    # mask updates
+    def _due(self, wrapper, unit, t):
+        """The sparsity ``wrapper`` must reach now, or ``None``."""
+        schedule = wrapper.schedule
+        if schedule is None:
+            if unit != "epoch" or wrapper.name in self._done_once:
+                return None
+            full = all(self._stored(name) >= self.window for name, (w, _, _) in
+                       self._groups.items() if w is wrapper)
+            if not full:
+                return None
+            self._done_once.add(wrapper.name)
+            return wrapper.target_sparsity
+        if schedule.unit != unit:
+            return None
+        update, sparsity = schedule(t)
+        return sparsity if update else None
+
+    def _stored(self, name):
+        self.monitor._check_flags()
+        return min(self.monitor._stored.get(name, 0), self.window)
+
+    def _update(self, unit, t):
+        pools = []
+        pooled = [w for w in self.wrappers if w.scope == "global"]
+        if pooled:
+            sparsity = self._due(pooled[0], unit, t)
+            for other in pooled[1:]:
+                self._due(other, unit, t)  # keeps the once-only bookkeeping in step
+            if sparsity is not None:
+                pools.append((sparsity, [g for g in self._groups.items()
+                                         if g[1][0].scope == "global"]))
+        for wrapper in self.wrappers:
+            if wrapper.scope != "layer":
+                continue
+            sparsity = self._due(wrapper, unit, t)
+            if sparsity is not None:
+                for group in self._groups.items():
+                    if group[1][0] is wrapper:
+                        pools.append((sparsity, [group]))
+        if not pools:
+            return
+        used, all_scores = set(), []
+        for sparsity, groups in pools:
+            scores = []
+            for name, (wrapper, weight, mask) in groups:
+                score, how = self._score(name, wrapper, weight)
+                used.add(how)
+                # Pruned weights stay pruned: they sort first.
+                score = np.where(np.asarray(mask.numpy()).ravel() == 0, -1.0, score)
+                scores.append(score)
+                all_scores.append(score[score >= 0])
+            flat = np.concatenate(scores)
+            count = int(np.floor(sparsity * flat.size))
+            keep = np.ones(flat.size, bool)
+            if count:
+                keep[np.argpartition(flat, count - 1)[:count]] = False
+            offset = 0
+            for (name, (wrapper, weight, mask)), score in zip(groups, scores):
+                piece = keep[offset:offset + score.size].reshape(mask.shape)
+                offset += score.size
+                mask.assign(piece.astype(mask.dtype))
+                weight.assign(weight * tf.cast(mask, weight.dtype))
+        record = {"step": t, "sparsity": max(s for s, _ in pools),
+                  "criterion": "koopman" if used == {"koopman"} else
+                  "magnitude" if used == {"magnitude"} else "mixed",
+                  "layers": {w.name: w.sparsity() for w in self.wrappers}}
+        self.updates.append(record)
+        if self._writer is not None:
+            with self._writer.as_default(step=t):
+                for name, value in record["layers"].items():
+                    tf.summary.scalar(f"pruning/{name}/sparsity", value)
+                tf.summary.histogram("pruning/scores", np.concatenate(all_scores))
+        if self.verbose:
+            print(f"UpdateKoopmanPruning: {unit} {t}: sparsity {record['sparsity']:.3f} "
+                  f"({record['criterion']}); " + ", ".join(
+                      f"{k} {v:.3f}" for k, v in record["layers"].items()))
+
+    def _score(self, name, wrapper, weight):
+        """``(scores [size], criterion used)`` for one wrapped weight."""
+        if wrapper.criterion == "koopman":
+            stored = self._stored(name)
+            if stored >= self.window and name not in self.monitor.nonfinite_groups:
+                try:
+                    result = self.monitor.buffers[name].dmd(rank=self.rank)
+                    return koopman_scores(result, stored - 1), "koopman"
+                except ValueError:  # a still or all-zero window: fall back to magnitude
+                    pass
+        return np.abs(np.asarray(weight.numpy(), np.float64)).ravel(), "magnitude"

@@ -1,0 +1,280 @@
+"""KoopmanPruning: a Keras 3 wrapper that holds a mask per prunable weight of a layer."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from keras_koopman.pruning.schedule import PruningSchedule, check_sparsity
+
+__all__ = ["KoopmanPruning", "prune_koopman", "strip_pruning", "pruning_wrappers"]
+
+CRITERIA = ("koopman", "magnitude")
+SCOPES = ("global", "layer")
+# Weights pruned by default, by attribute name: Dense/EinsumDense/Conv kernels, embeddings.
+_DEFAULT_ATTRIBUTES = ("kernel", "embeddings")
+
+
+@keras.saving.register_keras_serializable(package="keras_koopman")
+class MaskConstraint(keras.constraints.Constraint):
+    """Multiplies a weight by its mask after every optimizer step (then applies ``inner``)."""
+
+    def __init__(self, mask, inner=None):
+        self.mask = mask
+        self.inner = inner
+
+    def __call__(self, w):
+        if self.inner is not None:
+            w = self.inner(w)
+        return w * tf.cast(self.mask, w.dtype)
+
+    def get_config(self):  # the mask is a weight of the wrapper, rebuilt with it
+        return {}
+
+
+def prunable_weights(layer):
+    """The weights of ``layer`` that pruning masks: ``layer.get_prunable_weights()`` if the
+    layer defines it, else its ``kernel`` and ``embeddings`` attributes."""
+    if hasattr(layer, "get_prunable_weights"):
+        return list(layer.get_prunable_weights())
+    return [getattr(layer, name) for name in _DEFAULT_ATTRIBUTES
+            if isinstance(getattr(layer, name, None), keras.Variable)]
+
+
+@keras.saving.register_keras_serializable(package="keras_koopman")
+class KoopmanPruning(keras.layers.Wrapper):
+    """Wraps a layer so that its prunable weights can be pruned by masks.
+
+    For each prunable weight (Dense and Conv kernels, ``Embedding`` embeddings, or what the layer
+    lists in ``get_prunable_weights()``) the wrapper holds a non-trainable mask of the same shape
+    (ones at first). The stored weight is kept equal to ``weight * mask``, so the forward pass
+    uses the masked weight and pruned entries stay exactly zero: a constraint on the weight
+    multiplies it by the mask after every optimizer step (inside the compiled train step), and
+    :class:`UpdateKoopmanPruning` applies a mask as soon as it changes.
+
+    Training a model that holds these wrappers needs :class:`UpdateKoopmanPruning` among the
+    callbacks of ``fit``: without it the train step fails with an error naming it.
+
+    Args:
+      layer: the Keras layer to wrap.
+      target_sparsity: fraction of the prunable weights to remove, in ``[0, 1)``.
+      schedule: a :class:`PruningSchedule` or ``None`` (prune to ``target_sparsity`` once the
+        first snapshot window is full, then keep the masks).
+      criterion: ``"koopman"`` or ``"magnitude"``.
+      scope: ``"global"`` (one threshold over every wrapped weight of the model) or
+        ``"layer"`` (each weight pruned to the sparsity on its own).
+
+    Example:
+
+    >>> import keras, keras_koopman as kk
+    >>> dense = kk.pruning.KoopmanPruning(keras.layers.Dense(4), target_sparsity=0.5)
+    >>> model = keras.Sequential([keras.Input((3,)), dense])
+    >>> [w.path.split("/")[-1] for w in dense.non_trainable_weights]
+    ['kernel_mask', 'callback_attached']
+    """
+
+    def __init__(self, layer, target_sparsity=0.5, schedule=None, criterion="koopman",
+                 scope="global", **kwargs):
+        if not isinstance(layer, keras.layers.Layer):
+            raise TypeError(f"layer must be a keras Layer; got {type(layer).__name__}")
+        kwargs.setdefault("name", f"prune_{layer.name}")
+        super().__init__(layer, **kwargs)
+        self.target_sparsity = check_sparsity(target_sparsity, "target_sparsity")
+        if schedule is not None and not isinstance(schedule, PruningSchedule):
+            raise TypeError(
+                "schedule must be kk.pruning.ConstantSparsity, PolynomialDecay (a "
+                f"PruningSchedule) or None; got {type(schedule).__name__}")
+        self.schedule = schedule
+        if criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {CRITERIA}; got {criterion!r}")
+        self.criterion = criterion
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}; got {scope!r}")
+        self.scope = scope
+        self.masked = []  # [(weight, mask)]
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        weights = prunable_weights(self.layer)
+        if not weights:
+            raise ValueError(
+                f"layer {self.layer.name!r} ({type(self.layer).__name__}) has no prunable "
+                "weights (no kernel or embeddings, no get_prunable_weights()); do not name it "
+                "in prune_koopman(layers=...)")
+        self.masked = []
+        for weight in weights:
+            mask = self.add_weight(name=f"{weight.name}_mask", shape=weight.shape,
+                                   initializer="ones", trainable=False, dtype=weight.dtype)
+            weight.constraint = MaskConstraint(mask, weight.constraint)
+            self.masked.append((weight, mask))
+        self.callback_attached = self.add_weight(name="callback_attached", shape=(),
+                                                 initializer="zeros", trainable=False,
+                                                 dtype="int32")
+
+    def call(self, inputs, *args, training=None, **kwargs):
+        if training:
+            # The flag is a variable, so a train function traced in an earlier fit checks it
+            # again in every later one.
+            tf.debugging.assert_positive(
+                tf.convert_to_tensor(self.callback_attached),
+                message=f"{self.name}: a model with KoopmanPruning layers trains only with "
+                        "kk.pruning.UpdateKoopmanPruning() in the callbacks of fit")
+        return self.layer(inputs, *args, **kwargs)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def sparsity(self):
+        """Fraction of masked-out entries over this wrapper's prunable weights."""
+        total = sum(int(tf.size(mask)) for _, mask in self.masked)
+        zeros = sum(int(tf.reduce_sum(tf.cast(mask == 0, tf.int32)))
+                    for _, mask in self.masked)
+        return zeros / max(total, 1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(target_sparsity=self.target_sparsity,
+                      schedule=None if self.schedule is None
+                      else keras.saving.serialize_keras_object(self.schedule),
+                      criterion=self.criterion, scope=self.scope)
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["layer"] = keras.saving.deserialize_keras_object(
+            config["layer"], custom_objects=custom_objects)
+        if config.get("schedule") is not None:
+            config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
+        return cls(**config)
+
+
+def pruning_wrappers(model):
+    """Every :class:`KoopmanPruning` layer in ``model`` (nested models included), in order."""
+    found = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, KoopmanPruning) and layer not in found:
+            found.append(layer)
+    return found
+
+
+def _copy_of(layer):
+    return layer.__class__.from_config(layer.get_config())
+
+
+def _check_model(model, name):
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"{name} must be a keras Model or Layer; got {type(model).__name__}")
+    if not (isinstance(model, keras.Sequential) or type(model).__name__ == "Functional"):
+        raise ValueError(
+            f"{name}: only Sequential and Functional models can be cloned; wrap the layers of "
+            "a subclassed model yourself with kk.pruning.KoopmanPruning")
+
+
+def _copy_weights(source, target):
+    """Copies weights layer by layer (same order); wrapped layers get the inner weights."""
+    for original, clone in zip(source.layers, target.layers):
+        if isinstance(clone, KoopmanPruning) and not isinstance(original, KoopmanPruning):
+            clone.layer.set_weights(original.get_weights())
+        elif isinstance(original, KoopmanPruning) and not isinstance(clone, KoopmanPruning):
+            weights = {id(w): w for w in original.layer.weights}
+            masks = {id(w): m for w, m in original.masked}
+            values = [(w * tf.cast(masks[id(w)], w.dtype)).numpy() if id(w) in masks
+                      else w.numpy() for w in weights.values()]
+            clone.set_weights(values)
+        else:
+            clone.set_weights(original.get_weights())
+
+
+def prune_koopman(model_or_layer, target_sparsity, schedule=None, criterion="koopman",
+                  layers=None, scope="global"):
+    """Wraps a model's prunable layers (or one layer) in :class:`KoopmanPruning`.
+
+    A Sequential or Functional model is cloned (its weights copied; shared layers stay shared)
+    with every layer that has prunable weights wrapped, or only the layers named in ``layers``.
+    Train the result with :class:`UpdateKoopmanPruning` among the callbacks, then
+    :func:`strip_pruning` it.
+
+    Args:
+      model_or_layer: a Sequential or Functional ``keras.Model``, or a single layer.
+      target_sparsity: fraction of the prunable weights to remove, in ``[0, 1)``.
+      schedule: :class:`ConstantSparsity`, :class:`PolynomialDecay` or ``None`` (prune to
+        ``target_sparsity`` as soon as the first snapshot window is full, keep it after).
+      criterion: ``"koopman"`` (score = magnitude of each weight's component in the Koopman
+        mode of the eigenvalue nearest 1; Redman et al., ICLR 2022) or ``"magnitude"``.
+      layers: names of the layers to prune (default: every layer with prunable weights).
+      scope: ``"global"`` threshold across the pruned layers or ``"layer"`` per weight.
+
+    Returns:
+      The wrapped model (uncompiled) or the wrapped layer.
+
+    Example:
+
+    >>> import keras, keras_koopman as kk
+    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, name="a"),
+    ...                           keras.layers.Dense(2, name="b")])
+    >>> pruned = kk.pruning.prune_koopman(model, target_sparsity=0.9)
+    >>> [layer.name for layer in pruned.layers]
+    ['prune_a', 'prune_b']
+    """
+    options = dict(target_sparsity=target_sparsity, schedule=schedule, criterion=criterion,
+                   scope=scope)
+    if isinstance(model_or_layer, keras.layers.Layer) and not isinstance(
+            model_or_layer, keras.Model):
+        if layers is not None:
+            raise ValueError("layers names layers of a model; got a single layer to wrap")
+        return KoopmanPruning(model_or_layer, **options)
+    model = model_or_layer
+    _check_model(model, "model_or_layer")
+    KoopmanPruning(keras.layers.Identity(), **options)  # validates the options up front
+    names = [layer.name for layer in model.layers]
+    if layers is not None:
+        if isinstance(layers, str) or not all(isinstance(n, str) for n in layers):
+            raise ValueError(f"layers must be a list of layer names; got {layers!r}")
+        unknown = [n for n in layers if n not in names]
+        if unknown:
+            raise ValueError(f"layers names {unknown}, not layers of the model ({names})")
+        for name in layers:
+            if not prunable_weights(model.get_layer(name)):
+                raise ValueError(
+                    f"layer {name!r} ({type(model.get_layer(name)).__name__}) has no prunable "
+                    "weights (kernel, embeddings or get_prunable_weights())")
+    chosen = set(layers) if layers is not None else {
+        layer.name for layer in model.layers if prunable_weights(layer)}
+    if not chosen:
+        raise ValueError("the model has no layer with prunable weights")
+
+    def wrap(layer):
+        if layer.name in chosen:
+            return KoopmanPruning(_copy_of(layer), **options)
+        return _copy_of(layer)
+
+    pruned = keras.models.clone_model(model, clone_function=wrap)
+    _copy_weights(model, pruned)
+    return pruned
+
+
+def strip_pruning(model):
+    """A plain Keras model: every :class:`KoopmanPruning` replaced by its layer, with the masks
+    applied to the weights (pruned entries exactly 0). The result holds no wrapper and no mask
+    and loads without keras-koopman.
+
+    Example:
+
+    >>> import keras, keras_koopman as kk
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="a")])
+    >>> small = kk.pruning.strip_pruning(kk.pruning.prune_koopman(model, 0.5))
+    >>> [type(layer).__name__ for layer in small.layers]
+    ['Dense']
+    """
+    _check_model(model, "model")
+
+    def unwrap(layer):
+        if isinstance(layer, KoopmanPruning):
+            inner = _copy_of(layer.layer)
+            return inner
+        return _copy_of(layer)
+
+    plain = keras.models.clone_model(model, clone_function=unwrap)
+    _copy_weights(model, plain)
+    return plain
