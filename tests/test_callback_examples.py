@@ -29,3 +29,11 @@ def test_accelerate_example_reaches_plain_sgds_loss_in_fewer_epochs():
     assert reached is not None and reached <= 30  # at least 4/3 fewer epochs
     assert fast[-1] < plain[-1]
     assert any(jump["accepted"] for jump in accelerator.jumps)
+
+
+def test_prune_example_keeps_accuracy_at_90_percent_sparsity_and_shrinks_the_file():
+    accuracy, sizes, update = load("prune").main(epochs=30, sparsity=0.9)
+    assert accuracy["pruned"] > accuracy["dense"] - 0.05
+    assert sizes["pruned"] < 0.4 * sizes["dense"]
+    assert {record["criterion"] for record in update.updates} == {"koopman"}
+    assert abs(update.updates[-1]["sparsity"] - 0.9) < 1e-9

@@ -1,0 +1,215 @@
+"""Koopman pruning against global magnitude pruning on the same schedule.
+
+Models (scikit-learn's 8x8 digits, 1,347 training / 450 validation images, split per seed):
+  MLP   64-128(relu)-64(relu)-10, Adam 1e-3, batch 32, 40 epochs
+  CNN   Conv2D(16, 3, relu) - Conv2D(16, 3, relu) - Flatten - Dense(10), Adam 1e-3, batch 32,
+        30 epochs
+Every kernel is wrapped (``prune_koopman(model, s, schedule, criterion)``, global threshold) and
+pruned along ``PolynomialDecay(0, s, begin, end, frequency=1, unit="epoch")``:
+  early  begin at 10% of the epochs, end at 40%
+  late   begin at 70% of the epochs (the loss has flattened), end at 85%
+``UpdateKoopmanPruning(window=5)``: Koopman scores once 5 snapshots are stored (the early
+schedule begins after 4 epochs, so every update is a Koopman update).
+
+Reported: validation accuracy after the last epoch (median over seeds) of the dense model, of
+Koopman pruning and of magnitude pruning; the deflated size of the stripped ``.keras`` file
+relative to the dense one (seed 0, Koopman); a plot ``bench/pruning.png``.
+
+Run:  python bench/pruning.py               (5 seeds; about 25 minutes here)
+      python bench/pruning.py --seeds 1 --output /tmp/r.md
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import zipfile
+
+import numpy as np
+
+from _results import RESULTS, header, report
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+
+import keras_koopman as kk  # noqa: E402
+
+EPOCHS = {"mlp": 40, "cnn": 30}
+SPARSITIES = (0.5, 0.8, 0.9, 0.95)
+TIMINGS = {"early": (0.1, 0.4), "late": (0.7, 0.85)}
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def split(seed, model):
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = (data.data / 16.0).astype("float32")
+    if model == "cnn":
+        x = x.reshape(-1, 8, 8, 1)
+    order = np.random.default_rng(seed).permutation(len(x))
+    train, val = order[:1347], order[1347:]
+    return x[train], data.target[train], x[val], data.target[val]
+
+
+def build(model, seed):
+    keras.utils.set_random_seed(seed)
+    if model == "mlp":
+        layers = [keras.Input((64,)), keras.layers.Dense(128, activation="relu"),
+                  keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)]
+    else:
+        layers = [keras.Input((8, 8, 1)), keras.layers.Conv2D(16, 3, activation="relu"),
+                  keras.layers.Conv2D(16, 3, activation="relu"), keras.layers.Flatten(),
+                  keras.layers.Dense(10)]
+    return keras.Sequential(layers)
+
+
+def compile_(model):
+    model.compile(keras.optimizers.Adam(1e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+
+
+def deflated_size(model):
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "m.keras")
+        model.save(path)
+        out = os.path.join(folder, "m.zip")
+        with zipfile.ZipFile(path) as source, zipfile.ZipFile(out, "w",
+                                                              zipfile.ZIP_DEFLATED) as target:
+            for item in source.namelist():
+                target.writestr(item, source.read(item))
+        return os.path.getsize(out)
+
+
+def run(model_name, seed, sparsity=None, timing=None, criterion=None, size=False):
+    x, y, xv, yv = split(seed, model_name)
+    epochs = EPOCHS[model_name]
+    model = build(model_name, seed)
+    callbacks = []
+    if sparsity is not None:
+        begin, end = (round(f * epochs) for f in TIMINGS[timing])
+        schedule = kk.pruning.PolynomialDecay(0.0, sparsity, begin_step=begin, end_step=end,
+                                              frequency=1, unit="epoch")
+        model = kk.pruning.prune_koopman(model, sparsity, schedule=schedule,
+                                         criterion=criterion)
+        callbacks = [kk.pruning.UpdateKoopmanPruning(window=5)]
+    compile_(model)
+    keras.utils.set_random_seed(seed + 1000)
+    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, callbacks=callbacks)
+    accuracy = float(model.evaluate(xv, yv, verbose=0, return_dict=True)["accuracy"])
+    out = {"accuracy": accuracy}
+    if callbacks:
+        out["criteria"] = {u["criterion"] for u in callbacks[0].updates}
+        small = kk.pruning.strip_pruning(model)
+        kernels = [w for layer in small.layers for w in layer.weights if "kernel" in w.path]
+        out["sparsity"] = float(sum(int(np.sum(w.numpy() == 0)) for w in kernels)
+                                / sum(int(np.prod(w.shape)) for w in kernels))
+        if size:
+            out["size"] = deflated_size(small)
+    elif size:
+        out["size"] = deflated_size(model)
+    keras.backend.clear_session()
+    return out
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 4, figsize=(16, 3.6), sharey=False)
+    for ax, (model_name, timing) in zip(axes, [(m, t) for m in EPOCHS for t in TIMINGS]):
+        dense = results[(model_name, None, None, None)]
+        ax.axhline(np.median(dense), color="grey", ls=":", label="dense")
+        for criterion, colour in (("koopman", "tab:blue"), ("magnitude", "tab:orange")):
+            values = [results[(model_name, s, timing, criterion)] for s in SPARSITIES]
+            medians = [np.median(v) for v in values]
+            low = [np.min(v) for v in values]
+            high = [np.max(v) for v in values]
+            ax.plot([100 * s for s in SPARSITIES], medians, "o-", color=colour,
+                    label=criterion)
+            ax.fill_between([100 * s for s in SPARSITIES], low, high, color=colour, alpha=0.15)
+        ax.set_title(f"{model_name.upper()}, pruning begun {timing}")
+        ax.set_xlabel("sparsity (%)")
+        ax.set_ylabel("validation accuracy")
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="lower left")
+    figure.suptitle("Koopman vs magnitude pruning on digits (median over seeds, band: min-max)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--output", default=RESULTS)
+    args = parser.parse_args()
+    started = time.time()
+    seeds = range(args.seeds)
+    results, sizes, criteria, reached = {}, {}, {}, {}
+    for model_name in EPOCHS:
+        key = (model_name, None, None, None)
+        runs = [run(model_name, s, size=(s == 0)) for s in seeds]
+        results[key] = [r["accuracy"] for r in runs]
+        sizes[model_name] = runs[0]["size"]
+        print(model_name, "dense", np.median(results[key]), f"[{time.time() - started:.0f} s]",
+              flush=True)
+        for timing in TIMINGS:
+            for sparsity in SPARSITIES:
+                for criterion in ("koopman", "magnitude"):
+                    key = (model_name, sparsity, timing, criterion)
+                    runs = [run(model_name, s, sparsity, timing, criterion,
+                                size=(s == 0 and criterion == "koopman" and timing == "early"))
+                            for s in seeds]
+                    results[key] = [r["accuracy"] for r in runs]
+                    criteria[key] = set().union(*(r["criteria"] for r in runs))
+                    reached[key] = np.median([r["sparsity"] for r in runs])
+                    if "size" in runs[0]:
+                        sizes[(model_name, sparsity)] = runs[0]["size"]
+                    print(model_name, timing, sparsity, criterion,
+                          f"{np.median(results[key]):.4f}", sorted(criteria[key]),
+                          f"[{time.time() - started:.0f} s]", flush=True)
+    png = plot(results, os.path.join(HERE, "pruning.png"))
+    lines = ["| model | begun | sparsity | dense | Koopman | magnitude | Koopman - magnitude | "
+             "stripped size |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    goals = []
+    for model_name in EPOCHS:
+        dense = np.median(results[(model_name, None, None, None)])
+        for timing in TIMINGS:
+            for sparsity in SPARSITIES:
+                k = np.median(results[(model_name, sparsity, timing, "koopman")])
+                m = np.median(results[(model_name, sparsity, timing, "magnitude")])
+                size = sizes.get((model_name, sparsity))
+                size_text = "" if size is None else f"{size / sizes[model_name]:.2f}x"
+                lines.append(f"| {model_name} | {timing} | {100 * sparsity:.0f}% "
+                             f"(reached {100 * reached[(model_name, sparsity, timing, 'koopman')]:.1f}%)"
+                             f" | {dense:.4f} | {k:.4f} | {m:.4f} | {k - m:+.4f} | {size_text} |")
+                if sparsity == 0.9 and timing == "early":
+                    goals.append(f"- {model_name}, 90%, begun early: Koopman {k:.4f} vs "
+                                 f"magnitude {m:.4f} (goal: Koopman >= magnitude): "
+                                 f"{'met' if k >= m else 'NOT met'}")
+    used = sorted(set().union(*(c for key, c in criteria.items() if key[3] == "koopman")))
+    command = "python bench/pruning.py " + " ".join(
+        a for a in sys.argv[1:] if not a.startswith("--output") and a != args.output)
+    body = "\n".join([
+        *header(command.strip()),
+        f"- seeds: {args.seeds}; validation accuracy after the last epoch, medians over seeds; "
+        f"run time {time.time() - started:.0f} s",
+        f"- criteria the Koopman runs' updates used: {', '.join(used)}",
+        "- stripped size: deflated `.keras` of `strip_pruning(model)` / the dense model's "
+        "(seed 0, Koopman, begun early)",
+        f"- plot: `bench/{os.path.basename(png)}`",
+        "", "### Goal (90% sparsity, begun early)", "", *goals, "", *lines, "",
+        "![Koopman vs magnitude pruning](pruning.png)",
+    ])
+    report("Koopman pruning (`bench/pruning.py`)", body, args.output)
+
+
+if __name__ == "__main__":
+    main()
