@@ -30,6 +30,7 @@ network, node operators, Adam among the optimizers compared. ``optimizer state``
 0.9 and with Adam.
 
 Run:  python bench/acceleration.py                (all rows, 5 seeds; about 35 minutes here)
+      python bench/acceleration.py --part state      (only the optimizer-state table)
       python bench/acceleration.py --seeds 1 --tasks digits_mlp --output /tmp/r.md   (quick)
 """
 
@@ -171,14 +172,7 @@ def row(label, figures):
             f"{sum(f['kept'] for f in figures)}/{sum(f['attempts'] for f in figures)} |")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=TASKS)
-    parser.add_argument("--no-state-rows", action="store_true")
-    parser.add_argument("--output", default=RESULTS)
-    args = parser.parse_args()
-    seeds = range(args.seeds)
+def main_table(args, seeds):
     lines = ["| task / optimizer / operators | epochs to target | fewer epochs | "
              "wall time | final loss ratio | kept jumps |", "|---|---:|---:|---:|---:|---:|"]
     sgd_fewer = {}
@@ -208,21 +202,6 @@ def main():
                     lines.append(f"| (non-finite weights left in {task}/{optimizer}/{variant}) "
                                  "| | | | | |")
                 print(lines[-1], f"[{time.time() - started:.0f} s]", flush=True)
-    state_lines = []
-    if not args.no_state_rows and "digits_mlp" in args.tasks:
-        state_lines = ["| digits MLP, optimizer, optimizer_state | epochs to target | "
-                       "fewer epochs | wall time | final loss ratio | kept jumps |",
-                       "|---|---:|---:|---:|---:|---:|"]
-        for optimizer in ("momentum", "adam"):
-            runs = {state: [] for state in ("plain", "keep", "reset")}
-            for s in seeds:
-                runs["plain"].append(run("digits_mlp", optimizer, "plain", s))
-                for state in ("keep", "reset"):
-                    runs[state].append(run("digits_mlp", optimizer, "layers", s, state))
-            for state in ("keep", "reset"):
-                figures = compare(runs["plain"], runs[state])
-                state_lines.append(row(f"{optimizer} / {state}", figures))
-                print(state_lines[-1], flush=True)
     goals = []
     for variant in ("layers", "nodes"):
         met = [t for t in args.tasks if sgd_fewer.get((t, variant), (0, 0))[0] >= 1.5
@@ -233,20 +212,49 @@ def main():
     worst = max(worst_final)
     goals.append(f"- worst median final-loss ratio {worst[0]:.3f} ({worst[1]}) (goal <= 1.05): "
                  f"{'met' if worst[0] <= 1.05 else 'NOT met'}")
+    return [f"- seeds: {args.seeds}; medians over seeds; run time {time.time() - started:.0f} s",
+            "- target: the plain run's training loss (whole training set) after its last "
+            "epoch; `fewer`: plain epochs / accelerated epochs to the target; `wall`: plain / "
+            "accelerated wall time to it (from the call of fit, benchmark's evaluation "
+            "excluded); `final`: accelerated / plain final training loss",
+            "", "### Goals", "", *goals, "", *lines, ""]
+
+
+def state_table(args, seeds):
+    started = time.time()
+    lines = ["| digits MLP, optimizer, optimizer_state | epochs to target | fewer epochs | "
+             "wall time | final loss ratio | kept jumps |", "|---|---:|---:|---:|---:|---:|"]
+    for optimizer in ("momentum", "adam"):
+        runs = {state: [] for state in ("plain", "keep", "reset")}
+        for s in seeds:
+            runs["plain"].append(run("digits_mlp", optimizer, "plain", s))
+            for state in ("keep", "reset"):
+                runs[state].append(run("digits_mlp", optimizer, "layers", s, state))
+        for state in ("keep", "reset"):
+            lines.append(row(f"{optimizer} / {state}", compare(runs["plain"], runs[state])))
+            print(lines[-1], flush=True)
+    return [f"- seeds: {args.seeds}; layer-wise jumps; SGD with momentum 0.9 (learning rate "
+            "0.01) and Adam 1e-3; columns as in the section above; run time "
+            f"{time.time() - started:.0f} s", "", *lines, ""]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--part", choices=("all", "main", "state"), default="all",
+                        help="main: the task table; state: optimizer_state keep vs reset")
+    parser.add_argument("--output", default=RESULTS)
+    args = parser.parse_args()
+    seeds = range(args.seeds)
     command = "python bench/acceleration.py " + " ".join(
         a for a in sys.argv[1:] if not a.startswith("--output") and a != args.output)
-    body = "\n".join([
-        *header(command.strip()),
-        f"- seeds: {args.seeds}; medians over seeds; run time {time.time() - started:.0f} s",
-        "- target: the plain run's training loss (whole training set) after its last epoch; "
-        "`fewer`: plain epochs / accelerated epochs to the target; `wall`: plain / accelerated "
-        "wall time to it (benchmark's evaluation excluded); `final`: accelerated / plain final "
-        "training loss",
-        "", "### Goals", "", *goals, "", *lines, "",
-        *(["### Optimizer state after a kept jump (layer-wise)", "", *state_lines, ""]
-          if state_lines else []),
-    ])
-    report("Koopman acceleration (`bench/acceleration.py`)", body, args.output)
+    if args.part in ("all", "main"):
+        body = "\n".join([*header(command.strip()), *main_table(args, seeds)])
+        report("Koopman acceleration (`bench/acceleration.py`)", body, args.output)
+    if args.part in ("all", "state"):
+        body = "\n".join([*header(command.strip()), *state_table(args, seeds)])
+        report("Koopman acceleration: optimizer state after a kept jump", body, args.output)
 
 
 if __name__ == "__main__":

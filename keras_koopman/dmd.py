@@ -605,8 +605,9 @@ def result_from(outputs, dt, method, name):
 
 
 def select_rank_batch(singular, n_cols, code, value, floor):
-    """:func:`select_rank` for each row of ``singular`` ``[batch, p]`` (descending)."""
-    p = singular.shape[-1]
+    """:func:`select_rank` for each row of ``singular`` ``[batch, p]`` (descending); ``code``
+    and ``value`` are Python numbers, the shapes may be dynamic."""
+    p = tf.shape(singular)[1]
     top = singular[:, :1]
     supported = tf.maximum(tf.reduce_sum(tf.cast(singular > floor * top, tf.int32), axis=1), 1)
     if code == RANK_FIXED:
@@ -617,8 +618,10 @@ def select_rank_batch(singular, n_cols, code, value, floor):
         chosen = tf.reduce_sum(tf.cast(tf.cumsum(squared, axis=1) / total < value, tf.int32),
                                axis=1) + 1
     else:
-        beta = min(p, n_cols) / max(p, n_cols)
-        median = 0.5 * (singular[:, (p - 1) // 2] + singular[:, p // 2])
+        rows, cols = tf.cast(p, tf.float64), tf.cast(n_cols, tf.float64)
+        beta = tf.minimum(rows, cols) / tf.maximum(rows, cols)
+        median = 0.5 * (tf.gather(singular, (p - 1) // 2, axis=1)
+                        + tf.gather(singular, p // 2, axis=1))
         threshold = gavish_donoho_omega(beta) * median
         chosen = tf.reduce_sum(tf.cast(singular > threshold[:, tf.newaxis], tf.int32), axis=1)
     return tf.clip_by_value(chosen, 1, supported)
@@ -639,8 +642,8 @@ def batch_solve(x, code, value, floor):
     from the three Gram blocks. Directions past each element's rank get ``1/s = 0``: their slots
     hold eigenvalue 0 with a zero mode and zero amplitude.
     """
-    m, n = x.shape[1], x.shape[2]
-    p = min(m - 1, n)
+    n = tf.shape(x)[2]
+    p = tf.minimum(tf.shape(x)[1] - 1, n)
     gram = tf.matmul(x, x, transpose_b=True)  # [b, m, m]
     g00, g01, g11 = gram[:, :-1, :-1], gram[:, :-1, 1:], gram[:, 1:, 1:]
     values, vectors = tf.linalg.eigh(g00)
@@ -742,7 +745,7 @@ def dmd_batch(snapshots, rank=None, dt=1.0):
     if batch < 1 or m < 2 or n < 1:
         raise ValueError(f"snapshots need batch >= 1, m >= 2 steps and n >= 1 features; got "
                          f"shape {(batch, m, n)}")
-    key = (code, value, m, n, tensor.dtype)
+    key = (code, value, tensor.dtype)  # shapes are dynamic: one trace serves every window
     if key not in _BATCH_FUNCTIONS:
         floor = floor_epsilon(tensor.dtype, "gram")
 
@@ -752,7 +755,8 @@ def dmd_batch(snapshots, rank=None, dt=1.0):
             return (finite, *batch_solve(x, code, value, floor))
 
         _BATCH_FUNCTIONS[key] = tf.function(
-            run, input_signature=[tf.TensorSpec([None, m, n], tensor.dtype)], autograph=False)
+            run, input_signature=[tf.TensorSpec([None, None, None], tensor.dtype)],
+            autograph=False)
     finite, eigenvalues, modes, amplitudes, residuals, singular, k = _BATCH_FUNCTIONS[key](tensor)
     if not bool(finite):
         raise ValueError("snapshots contains NaN or Inf")

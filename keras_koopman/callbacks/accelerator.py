@@ -36,6 +36,16 @@ def node_index(variables):
     return np.concatenate(columns, axis=1)
 
 
+def optimizer_slots(optimizer):
+    """The optimizer's per-weight state (momentum, Adam moments, ...): its variables except the
+    step counter, the learning rate and other scalars."""
+    keep = {id(optimizer.iterations)}
+    rate = getattr(optimizer, "_learning_rate", None)
+    if isinstance(rate, keras.Variable):
+        keep.add(id(rate))
+    return [v for v in optimizer.variables if id(v) not in keep and len(v.shape) > 0]
+
+
 def _compiled_probe(model, x, y):
     """The model's training loss on ``(x, y)`` in inference mode, as one compiled call."""
     x = tf.nest.map_structure(tf.convert_to_tensor, x)
@@ -244,9 +254,8 @@ class KoopmanAccelerator(keras.callbacks.Callback):
             if accepted:
                 saved = None
                 if self.optimizer_state == "reset" and self.model.optimizer is not None:
-                    for variable in self.model.optimizer.variables:
-                        if "iteration" not in variable.path:
-                            variable.assign(np.zeros(variable.shape, variable.dtype))
+                    for variable in optimizer_slots(self.model.optimizer):
+                        variable.assign(np.zeros(variable.shape, variable.dtype))
                 self.monitor.restart()
             else:
                 self._restore(saved)

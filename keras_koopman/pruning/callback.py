@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from keras_koopman._validation import check_int
 from keras_koopman.callbacks.monitor import KoopmanMonitor
-from keras_koopman.dmd import parse_rank
+from keras_koopman.dmd import dmd, parse_rank
 from keras_koopman.pruning.wrapper import pruning_wrappers
 
 __all__ = ["UpdateKoopmanPruning", "koopman_scores"]
@@ -43,9 +43,9 @@ class UpdateKoopmanPruning(keras.callbacks.Callback):
     schedule: once, as soon as the window is full), each weight is scored and the lowest scores
     are masked out up to the scheduled sparsity:
 
-    * ``criterion="koopman"``: DMD of the weight's window; the score is the magnitude of its
-      component in the Koopman mode of the eigenvalue nearest 1 (see :func:`koopman_scores`).
-      Before the window is full the magnitude is used.
+    * ``criterion="koopman"``: DMD of the weight's window (over the entries not yet pruned);
+      the score is the magnitude of its component in the Koopman mode of the eigenvalue nearest
+      1 (see :func:`koopman_scores`). Before the window is full the magnitude is used.
     * ``criterion="magnitude"``: ``|w|``.
 
     Wrappers with ``scope="global"`` share one threshold over all their weights and follow the
@@ -195,7 +195,7 @@ class UpdateKoopmanPruning(keras.callbacks.Callback):
         for sparsity, groups in pools:
             scores = []
             for name, (wrapper, weight, mask) in groups:
-                score, how = self._score(name, wrapper, weight)
+                score, how = self._score(name, wrapper, weight, mask)
                 used.add(how)
                 # Pruned weights stay pruned: they sort first.
                 score = np.where(np.asarray(mask.numpy()).ravel() == 0, -1.0, score)
@@ -227,14 +227,26 @@ class UpdateKoopmanPruning(keras.callbacks.Callback):
                   f"({record['criterion']}); " + ", ".join(
                       f"{k} {v:.3f}" for k, v in record["layers"].items()))
 
-    def _score(self, name, wrapper, weight):
-        """``(scores [size], criterion used)`` for one wrapped weight."""
+    def _score(self, name, wrapper, weight, mask):
+        """``(scores [size], criterion used)`` for one wrapped weight.
+
+        The DMD runs on the entries the mask still keeps: entries pruned inside the window
+        jump to zero there, and that jump (not a step of training) would otherwise show up as a
+        decaying mode and shrink every score of the tensor.
+        """
         if wrapper.criterion == "koopman":
             stored = self._stored(name)
             if stored >= self.window and name not in self.monitor.nonfinite_groups:
+                kept = np.flatnonzero(np.asarray(mask.numpy()).ravel())
+                scores = np.zeros(int(np.prod(weight.shape)))
                 try:
-                    result = self.monitor.buffers[name].dmd(rank=self.rank)
-                    return koopman_scores(result, stored - 1), "koopman"
+                    buffer = self.monitor.buffers[name]
+                    if kept.size == scores.size:
+                        result = buffer.dmd(rank=self.rank)
+                    else:
+                        result = dmd(tf.gather(buffer.snapshots(), kept, axis=1), rank=self.rank)
+                    scores[kept] = koopman_scores(result, stored - 1)
+                    return scores, "koopman"
                 except ValueError:  # a still or all-zero window: fall back to magnitude
                     pass
         return np.abs(np.asarray(weight.numpy(), np.float64)).ravel(), "magnitude"

@@ -243,3 +243,34 @@ def test_accelerator_under_mirrored_strategy_on_two_devices(observables):
     assert all("failed" not in reason for _, reason in result["jumps"])
     assert result["finite"] and result["replica_gap"] == 0.0  # every replica got the jump
     assert result["probe_loss"] < result["loss"][0]
+
+
+@pytest.mark.parametrize("optimizer", [
+    lambda: keras.optimizers.SGD(0.1, momentum=0.9), lambda: keras.optimizers.Adam(0.01)])
+def test_optimizer_state_reset_zeroes_the_moments_but_not_the_rate_or_the_step(optimizer):
+    x, y = least_squares()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(3, name="dense")])
+    model.compile(optimizer(), "mse")
+    rate = float(model.optimizer.learning_rate)
+    monitor = kk.callbacks.KoopmanMonitor(window=6, rank=3, observables="model")
+    jump = kk.callbacks.KoopmanAccelerator(monitor, every=5, horizon=5, guard=None,
+                                           optimizer_state="reset")
+    moments = {}
+
+    class Moments(keras.callbacks.Callback):  # runs after the accelerator
+        def on_epoch_end(self, epoch, logs=None):
+            moments[epoch] = [np.abs(v.numpy()).max() for v in
+                              kk.callbacks.accelerator.optimizer_slots(self.model.optimizer)]
+
+    model.fit(x, y, epochs=5, batch_size=16, verbose=0, callbacks=[monitor, jump, Moments()])
+    assert jump.jumps[0]["accepted"]
+    slots = kk.callbacks.accelerator.optimizer_slots(model.optimizer)
+    assert slots and len(slots) == len(model.optimizer.variables) - 2  # minus step and rate
+    assert moments[3] and max(moments[3]) > 0 and max(moments[4]) == 0.0
+    assert float(model.optimizer.learning_rate) == pytest.approx(rate)
+    assert int(model.optimizer.iterations) == 5 * 4  # 64 samples / 16 per batch, 5 epochs
+    # Training goes on from the jump: the next epochs still lower the loss.
+    before = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, epochs=3, batch_size=16, verbose=0)
+    assert model.evaluate(x, y, verbose=0) < before
