@@ -111,7 +111,11 @@ def run(model_name, seed, sparsity=None, timing=None, criterion=None, size=False
         if size:
             out["size"] = deflated_size(small)
     elif size:
-        out["size"] = deflated_size(model)
+        # Uncompiled copy: a compiled model's file also holds Adam's moments, the stripped
+        # model's does not.
+        plain = keras.models.clone_model(model)
+        plain.set_weights(model.get_weights())
+        out["size"] = deflated_size(plain)
     keras.backend.clear_session()
     return out
 
