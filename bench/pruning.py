@@ -22,9 +22,7 @@ Run:  python bench/pruning.py               (5 seeds; about 25 minutes here)
 import argparse
 import os
 import sys
-import tempfile
 import time
-import zipfile
 
 import numpy as np
 
@@ -73,18 +71,6 @@ def compile_(model):
                   metrics=["accuracy"])
 
 
-def deflated_size(model):
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "m.keras")
-        model.save(path)
-        out = os.path.join(folder, "m.zip")
-        with zipfile.ZipFile(path) as source, zipfile.ZipFile(out, "w",
-                                                              zipfile.ZIP_DEFLATED) as target:
-            for item in source.namelist():
-                target.writestr(item, source.read(item))
-        return os.path.getsize(out)
-
-
 def run(model_name, seed, sparsity=None, timing=None, criterion=None, size=False):
     x, y, xv, yv = split(seed, model_name)
     epochs = EPOCHS[model_name]
@@ -109,13 +95,13 @@ def run(model_name, seed, sparsity=None, timing=None, criterion=None, size=False
         out["sparsity"] = float(sum(int(np.sum(w.numpy() == 0)) for w in kernels)
                                 / sum(int(np.prod(w.shape)) for w in kernels))
         if size:
-            out["size"] = deflated_size(small)
+            out["size"] = kk.pruning.compressed_size(small)
     elif size:
         # Uncompiled copy: a compiled model's file also holds Adam's moments, the stripped
         # model's does not.
         plain = keras.models.clone_model(model)
         plain.set_weights(model.get_weights())
-        out["size"] = deflated_size(plain)
+        out["size"] = kk.pruning.compressed_size(plain)
     keras.backend.clear_session()
     return out
 

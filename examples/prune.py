@@ -10,8 +10,6 @@ Run:  python examples/prune.py        (about 30 seconds here)
 """
 
 import os
-import tempfile
-import zipfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -38,16 +36,6 @@ def compile_(model):
                   metrics=["accuracy"])
 
 
-def deflated_size(model, folder):
-    path = os.path.join(folder, "model.keras")
-    model.save(path)
-    out = os.path.join(folder, "model.zip")
-    with zipfile.ZipFile(path) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-        for item in source.namelist():
-            zf.writestr(item, source.read(item))
-    return os.path.getsize(out)
-
-
 def main(epochs=30, sparsity=0.9):
     data = load_digits()
     x, y = (data.data / 16.0).astype("float32"), data.target
@@ -69,8 +57,10 @@ def main(epochs=30, sparsity=0.9):
 
     accuracy = {name: model.evaluate(x[val], y[val], verbose=0, return_dict=True)["accuracy"]
                 for name, model in (("dense", dense), ("pruned", small))}
-    with tempfile.TemporaryDirectory() as folder:
-        sizes = {"dense": deflated_size(dense, folder), "pruned": deflated_size(small, folder)}
+    plain = build()  # the trained dense weights in an uncompiled model, like the stripped one
+    plain.set_weights(dense.get_weights())
+    sizes = {"dense": kk.pruning.compressed_size(plain),
+             "pruned": kk.pruning.compressed_size(kk.pruning.strip_pruning(pruned))}
     print(f"validation accuracy: dense {accuracy['dense']:.4f}, "
           f"{100 * sparsity:.0f}% pruned {accuracy['pruned']:.4f}")
     for record in update.updates:

@@ -26,6 +26,7 @@ from keras_koopman.pruning.callback import UpdateKoopmanPruning, koopman_scores
 from keras_koopman.pruning.schedule import ConstantSparsity, PolynomialDecay, PruningSchedule
 from keras_koopman.pruning.wrapper import (
     KoopmanPruning,
+    compressed_size,
     prune_koopman,
     pruning_wrappers,
     strip_pruning,
@@ -37,6 +38,7 @@ __all__ = [
     "PolynomialDecay",
     "PruningSchedule",
     "UpdateKoopmanPruning",
+    "compressed_size",
     "koopman_scores",
     "prune_koopman",
     "pruning_wrappers",

@@ -7,7 +7,8 @@ import tensorflow as tf
 
 from keras_koopman.pruning.schedule import PruningSchedule, check_sparsity
 
-__all__ = ["KoopmanPruning", "prune_koopman", "strip_pruning", "pruning_wrappers"]
+__all__ = ["KoopmanPruning", "compressed_size", "prune_koopman", "strip_pruning",
+           "pruning_wrappers"]
 
 CRITERIA = ("koopman", "magnitude")
 SCOPES = ("global", "layer")
@@ -278,3 +279,34 @@ def strip_pruning(model):
     plain = keras.models.clone_model(model, clone_function=unwrap)
     _copy_weights(model, plain)
     return plain
+
+
+def compressed_size(model):
+    """Bytes of ``model`` saved as ``.keras`` with every member deflated (``.keras`` files are
+    stored uncompressed): the size a pruned model shrinks to once zipped.
+
+    Save an uncompiled model to compare like with like: a compiled one also stores its
+    optimizer's state.
+
+    Example:
+
+    >>> import keras, keras_koopman as kk
+    >>> model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(256)])
+    >>> zeros = keras.models.clone_model(model)
+    >>> zeros.set_weights([0 * w for w in model.get_weights()])
+    >>> kk.pruning.compressed_size(zeros) < 0.2 * kk.pruning.compressed_size(model)
+    True
+    """
+    import os
+    import tempfile
+    import zipfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.keras")
+        model.save(path)
+        deflated = os.path.join(folder, "model.zip")
+        with zipfile.ZipFile(path) as source, zipfile.ZipFile(
+                deflated, "w", zipfile.ZIP_DEFLATED) as target:
+            for item in source.namelist():
+                target.writestr(item, source.read(item))
+        return os.path.getsize(deflated)
