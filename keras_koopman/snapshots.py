@@ -393,20 +393,26 @@ def _buffer_dmd(buffer, reference, centred, cross, reference_sq, count, code, va
 _DMD_FUNCTIONS = {}
 
 
+def state_signature(dtype):
+    """Input signature of a function of a buffer's ``_state()`` plus the rank ``code, value``:
+    shape-polymorphic, so one trace serves every buffer of that dtype."""
+    return [
+        tf.TensorSpec([None, None], dtype),
+        tf.TensorSpec([None], dtype),
+        tf.TensorSpec([None, None], tf.float64),
+        tf.TensorSpec([None], tf.float64),
+        tf.TensorSpec([], tf.float64),
+        tf.TensorSpec([], tf.int64),
+        tf.TensorSpec([], tf.int32),
+        tf.TensorSpec([], tf.float64),
+    ]
+
+
 def _dmd_function(method, with_modes, dtype):
     """One traced function per (method, modes, dtype), shared by every buffer."""
     key = (method, with_modes, dtype)
     if key not in _DMD_FUNCTIONS:
-        signature = [
-            tf.TensorSpec([None, None], dtype),
-            tf.TensorSpec([None], dtype),
-            tf.TensorSpec([None, None], tf.float64),
-            tf.TensorSpec([None], tf.float64),
-            tf.TensorSpec([], tf.float64),
-            tf.TensorSpec([], tf.int64),
-            tf.TensorSpec([], tf.int32),
-            tf.TensorSpec([], tf.float64),
-        ]
+        signature = state_signature(dtype)
 
         def run(buffer, reference, centred, cross, reference_sq, count, code, value):
             return _buffer_dmd(buffer, reference, centred, cross, reference_sq, count, code,

@@ -14,7 +14,12 @@ import tensorflow as tf
 from keras_koopman import spectrum as spectrum_metrics
 from keras_koopman._validation import check_int, check_number
 from keras_koopman.dmd import check_method, parse_rank
-from keras_koopman.snapshots import SnapshotBuffer, _buffer_dmd, _chronological_gram
+from keras_koopman.snapshots import (
+    SnapshotBuffer,
+    _buffer_dmd,
+    _chronological_gram,
+    state_signature,
+)
 from keras_koopman.tensorboard import summary as tb_summary
 
 __all__ = ["KoopmanMonitor", "SpectrumRecord"]
@@ -498,13 +503,7 @@ def _analysis_function(method, dtype, tolerance):
                         motion=_window_motion(gram),
                         **spectrum_metrics.summary(result, tolerance))
 
-        signature = [
-            tf.TensorSpec([None, None], dtype), tf.TensorSpec([None], dtype),
-            tf.TensorSpec([None, None], tf.float64), tf.TensorSpec([None], tf.float64),
-            tf.TensorSpec([], tf.float64), tf.TensorSpec([], tf.int64),
-            tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float64),
-        ]
-        _ANALYSIS_FUNCTIONS[key] = tf.function(analyse, input_signature=signature,
+        _ANALYSIS_FUNCTIONS[key] = tf.function(analyse, input_signature=state_signature(dtype),
                                                autograph=False)
     return _ANALYSIS_FUNCTIONS[key]
 

@@ -195,10 +195,11 @@ class UpdateKoopmanPruning(keras.callbacks.Callback):
         for sparsity, groups in pools:
             scores = []
             for name, (wrapper, weight, mask) in groups:
-                score, how = self._score(name, wrapper, weight, mask)
+                flat_mask = np.asarray(mask.numpy()).ravel()
+                score, how = self._score(name, wrapper, weight, flat_mask)
                 used.add(how)
                 # Pruned weights stay pruned: they sort first.
-                score = np.where(np.asarray(mask.numpy()).ravel() == 0, -1.0, score)
+                score = np.where(flat_mask == 0, -1.0, score)
                 scores.append(score)
                 all_scores.append(score[score >= 0])
             flat = np.concatenate(scores)
@@ -228,7 +229,7 @@ class UpdateKoopmanPruning(keras.callbacks.Callback):
                       f"{k} {v:.3f}" for k, v in record["layers"].items()))
 
     def _score(self, name, wrapper, weight, mask):
-        """``(scores [size], criterion used)`` for one wrapped weight.
+        """``(scores [size], criterion used)`` for one wrapped weight (``mask``: its flat mask).
 
         The DMD runs on the entries the mask still keeps: entries pruned inside the window
         jump to zero there, and that jump (not a step of training) would otherwise show up as a
@@ -237,7 +238,7 @@ class UpdateKoopmanPruning(keras.callbacks.Callback):
         if wrapper.criterion == "koopman":
             stored = self._stored(name)
             if stored >= self.window and name not in self.monitor.nonfinite_groups:
-                kept = np.flatnonzero(np.asarray(mask.numpy()).ravel())
+                kept = np.flatnonzero(mask)
                 scores = np.zeros(int(np.prod(weight.shape)))
                 try:
                     buffer = self.monitor.buffers[name]

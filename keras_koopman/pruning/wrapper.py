@@ -271,10 +271,7 @@ def strip_pruning(model):
     _check_model(model, "model")
 
     def unwrap(layer):
-        if isinstance(layer, KoopmanPruning):
-            inner = _copy_of(layer.layer)
-            return inner
-        return _copy_of(layer)
+        return _copy_of(layer.layer if isinstance(layer, KoopmanPruning) else layer)
 
     plain = keras.models.clone_model(model, clone_function=unwrap)
     _copy_weights(model, plain)
