@@ -233,7 +233,13 @@ class UpdateKoopmanPruning(keras.callbacks.Callback):
 
         The DMD runs on the entries the mask still keeps: entries pruned inside the window
         jump to zero there, and that jump (not a step of training) would otherwise show up as a
-        decaying mode and shrink every score of the tensor.
+        decaying mode and shrink every score of the tensor. The Koopman scores of a tensor are
+        then put on the scale of its weights (same root mean square over the kept entries): the
+        mode decides which entries of a tensor matter, while a global threshold shares the
+        sparsity among tensors as magnitude pruning does. Unscaled, one tensor whose mode
+        nearest 1 sits at 0.9 or 1.05 has all its scores shrunk or inflated by ``|lambda|^t``,
+        and the global threshold can empty it (measured: 0.08 validation accuracy in a seed of
+        the CNN bench at 90%).
         """
         if wrapper.criterion == "koopman":
             stored = self._stored(name)
@@ -246,8 +252,16 @@ class UpdateKoopmanPruning(keras.callbacks.Callback):
                         result = buffer.dmd(rank=self.rank)
                     else:
                         result = dmd(tf.gather(buffer.snapshots(), kept, axis=1), rank=self.rank)
-                    scores[kept] = koopman_scores(result, stored - 1)
+                    scores[kept] = _on_weight_scale(koopman_scores(result, stored - 1),
+                                                    weight, kept)
                     return scores, "koopman"
                 except ValueError:  # a still or all-zero window: fall back to magnitude
                     pass
         return np.abs(np.asarray(weight.numpy(), np.float64)).ravel(), "magnitude"
+
+
+def _on_weight_scale(scores, weight, kept):
+    """``scores`` (of the ``kept`` entries) scaled to the root mean square of those weights."""
+    values = np.asarray(weight.numpy(), np.float64).ravel()[kept]
+    size = np.sqrt(np.mean(scores**2))
+    return scores * (np.sqrt(np.mean(values**2)) / size) if size > 0 else scores

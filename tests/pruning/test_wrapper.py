@@ -108,7 +108,10 @@ def test_koopman_pruning_in_fit_uses_the_dmd_of_each_weights_window():
             kept = (np.arange(snapshots.shape[1]) if before is None
                     else np.flatnonzero(before[k]))  # the DMD sees the unpruned entries only
             score = np.full(snapshots.shape[1], -1.0)
-            score[kept] = kk.pruning.koopman_scores(kk.dmd(snapshots[:, kept]), 3)
+            raw = kk.pruning.koopman_scores(kk.dmd(snapshots[:, kept]), 3)
+            # Each tensor's scores on the scale of its weights (root mean square of the kept).
+            newest = snapshots[-1, kept]
+            score[kept] = raw * np.sqrt(np.mean(newest**2) / np.mean(raw**2))
             scores.append(score)
         scores = np.concatenate(scores)
         masks = np.concatenate(seen[epoch, "masks"])
