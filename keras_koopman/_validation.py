@@ -1,6 +1,7 @@
 """Argument checks shared by the callbacks: clear ValueErrors/TypeErrors naming the argument."""
 
 import numbers
+import os
 
 
 def check_int(value, name, minimum):
@@ -29,3 +30,23 @@ def check_monitor(monitor):
             f"monitor must be a kk.callbacks.KoopmanMonitor; got {type(monitor).__name__}"
         )
     return monitor
+
+
+def check_log_dir(log_dir, name="log_dir"):
+    """``log_dir`` as a string (``None`` passes), created if needed; TypeError for a non-path,
+    ValueError if it cannot be created or written: found before training starts, not at the
+    first summary in the middle of ``fit``."""
+    if log_dir is None:
+        return None
+    if not isinstance(log_dir, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path or None; got {type(log_dir).__name__}")
+    path = os.fspath(log_dir)
+    if "://" in path:  # gs://, s3://, hdfs://: tf.summary writes there; nothing to check here
+        return path
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"{name} {path!r} cannot be created: {error}") from error
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {path!r} is not writable by this process")
+    return path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import types
 import warnings
 
@@ -12,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_koopman import spectrum as spectrum_metrics
-from keras_koopman._validation import check_int, check_number
+from keras_koopman._validation import check_int, check_log_dir, check_number
 from keras_koopman.dmd import check_method, parse_rank
 from keras_koopman.snapshots import (
     SnapshotBuffer,
@@ -78,7 +77,11 @@ class KoopmanMonitor(keras.callbacks.Callback):
 
     Other Koopman callbacks take ``monitor=`` and read its history, so snapshots are gathered
     once per step however many callbacks use them. Buffers survive repeated ``fit`` calls on the
-    same model. The monitor never stops training: a failure warns once, is recorded in
+    same model; a different model (rebuilt between fits) gets new buffers, while history and
+    step numbers carry on. Layers without trainable weights (``Flatten``, ``Dropout``, frozen
+    layers) are not watched; weights that do not move give a spectrum ``{1}`` with ``motion`` 0;
+    a group whose weights turn NaN or Inf is skipped from then on with one warning and listed
+    in :attr:`nonfinite_groups`. The monitor never stops training: a failure warns once, is recorded in
     :attr:`errors`, and monitoring carries on (or, if the set-up failed, switches itself off).
 
     Args:
@@ -91,7 +94,8 @@ class KoopmanMonitor(keras.callbacks.Callback):
       method: ``"exact"`` or ``"rrr"``.
       analyze_every: analyse after every this many gatherings (``None``: never; the monitor
         then only gathers, for callbacks that run their own DMD on its buffers).
-      log_dir: directory for TensorBoard summaries (``None``: no logging).
+      log_dir: directory for TensorBoard summaries (``None``: no logging); created at
+        construction, where a path that cannot be written raises ``ValueError``.
       tolerance: distance to 1 counted as "at 1" by ``near_one_fraction``.
       verbose: 1 prints one line per analysis.
 
@@ -147,9 +151,7 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self.method = check_method(method)
         self.analyze_every = (None if analyze_every is None
                               else check_int(analyze_every, "analyze_every", 1))
-        if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
-            raise ValueError(f"log_dir must be a path or None; got {log_dir!r}")
-        self.log_dir = None if log_dir is None else os.fspath(log_dir)
+        self.log_dir = check_log_dir(log_dir)
         self.tolerance = check_number(tolerance, "tolerance")
         self.verbose = verbose
 
@@ -254,9 +256,11 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self._analysis_functions = {}
         self._stored = {name: 0 for name in self.buffers}
         self._model_id = id(self.model)
-        self.step = -1
-        self.history = []
-        self._analysed_steps = set()
+        # A new model (rebuilt between fits) starts a new trajectory in new buffers; history
+        # and step numbers carry on, so TensorBoard steps never repeat.
+        self.nonfinite_groups = set()
+        self._pending_flags = []
+        self._since_analysis = 0
 
     def _make_gather(self, jit_compile):
         groups = [(self.buffers[name], variables) for name, variables in self.groups.items()]

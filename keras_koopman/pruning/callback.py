@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_koopman._validation import check_int
+from keras_koopman._validation import check_int, check_log_dir
 from keras_koopman.callbacks.monitor import KoopmanMonitor
 from keras_koopman.dmd import dmd, parse_rank
 from keras_koopman.pruning.wrapper import pruning_wrappers
@@ -87,9 +87,7 @@ class UpdateKoopmanPruning(keras.callbacks.Callback):
         self.window = check_int(window, "window", 3)
         parse_rank(rank)
         self.rank = rank
-        if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
-            raise TypeError(f"log_dir must be a path or None; got {type(log_dir).__name__}")
-        self.log_dir = None if log_dir is None else os.fspath(log_dir)
+        self.log_dir = check_log_dir(log_dir)
         self.verbose = verbose
         self.updates = []
         self.monitor = None

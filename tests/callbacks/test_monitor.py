@@ -219,7 +219,6 @@ def test_a_bad_layer_name_disables_the_monitor_but_not_training():
         ({"rank": 0}, "rank"),
         ({"method": "svd"}, "method"),
         ({"analyze_every": 0}, "analyze_every"),
-        ({"log_dir": 3}, "log_dir"),
         ({"tolerance": -1}, "tolerance"),
     ],
 )
