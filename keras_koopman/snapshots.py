@@ -32,14 +32,67 @@ def _check_positive_int(value, name, minimum):
     return int(value)
 
 
-def _check_dtype(dtype):
+def _check_dtype(dtype, name="dtype", allowed=(tf.float32, tf.float64)):
+    names = " or ".join(repr(d.name) for d in allowed)
     try:
         dtype = tf.as_dtype(dtype)
     except TypeError as error:
-        raise TypeError(f"dtype must be 'float32' or 'float64'; got {dtype!r}") from error
-    if dtype not in (tf.float32, tf.float64):
-        raise ValueError(f"dtype must be 'float32' or 'float64'; got {dtype.name!r}")
+        raise TypeError(f"{name} must be {names}; got {dtype!r}") from error
+    if dtype not in allowed:
+        raise ValueError(f"{name} must be {names}; got {dtype.name!r}")
     return dtype
+
+
+# Columns per block when low-precision storage is widened to float32 for a product: bounds the
+# transient copy to window * _BLOCK * 4 bytes.
+_BLOCK = 1 << 20
+# Sketch rows each sum this many sampled weights at most (see SnapshotBuffer's ``sketch``).
+_DENSITY = 64
+
+
+def _products(a, b):
+    """``a b^T`` in float64 (``a [r, n]``, ``b [w, n]``, static ``n``). Low-precision storage
+    (bfloat16) is widened to float32 block by block, never the whole buffer at once."""
+    if a.dtype in (tf.float32, tf.float64):
+        return tf.cast(tf.matmul(a, b, transpose_b=True), tf.float64)
+    n = int(a.shape[1])
+    total = None
+    for start in range(0, n, _BLOCK):
+        block = tf.matmul(tf.cast(a[:, start:start + _BLOCK], tf.float32),
+                          tf.cast(b[:, start:start + _BLOCK], tf.float32), transpose_b=True)
+        block = tf.cast(block, tf.float64)
+        total = block if total is None else total + block
+    return total
+
+
+class _Sketch:
+    """A fixed sparse random projection ``R^n -> R^k``: row ``i`` sums ``density`` distinct
+    weights (sampled once, without replacement, from a seeded generator) with random signs,
+    scaled by ``sqrt(n / (k * density))`` so that norms are kept on average. Only the
+    ``k * density`` sampled indices are stored and read: memory and time per snapshot do not
+    grow with ``n``."""
+
+    def __init__(self, n, k, density, seed):
+        rng = np.random.default_rng(seed)
+        picked = np.sort(rng.choice(n, size=k * density, replace=False)).astype(np.int64)
+        rows = rng.permutation(np.repeat(np.arange(k, dtype=np.int32), density))
+        self.indices, self.rows = picked, rows
+        self.signs = rng.choice(np.array([-1.0, 1.0]), size=k * density)
+        self.scale = float(np.sqrt(n / (k * density)))
+        self.k, self.density = k, density
+
+    def project(self, parts, sizes, dtype):
+        """``S x`` for ``x`` given as consecutive 1-D ``parts`` of lengths ``sizes``."""
+        values, start = [], 0
+        for part, size in zip(parts, sizes):
+            low, high = np.searchsorted(self.indices, [start, start + size])
+            if high > low:
+                local = (self.indices[low:high] - start).astype(np.int32)
+                values.append(tf.gather(part, local))
+            start += size
+        values = tf.concat(values, axis=0) if len(values) > 1 else values[0]
+        signed = values * tf.constant(self.signs * self.scale, dtype)
+        return tf.math.unsorted_segment_sum(signed, self.rows, self.k)
 
 
 class SnapshotBuffer:
@@ -56,13 +109,31 @@ class SnapshotBuffer:
     reference), and the Gram matrix is assembled from the centred parts in float64: weight
     vectors of size ~1 that move by ~1e-3 per step keep the digits of their motion.
 
+    **Big vectors.** ``storage_dtype="bfloat16"`` stores the centred snapshots in half the
+    memory (about 3 significant digits of the motion); the Gram matrix is still accumulated in
+    float64 (products widened to float32 block by block). ``sketch=k`` stores a fixed sparse
+    random projection of each snapshot to ``k`` numbers instead (compressed DMD): each of the
+    ``k`` sketch coordinates is a signed sum of ``sketch_density`` weights sampled once without
+    replacement (default ``min(64, n_features // k)``), so memory is ``O(k * window)`` and a
+    snapshot reads ``k * sketch_density`` weights whatever ``n_features`` is. For low-rank
+    weight dynamics (rank below ``window``, spread over many weights) the sketch keeps the
+    eigenvalues; :meth:`snapshots` then returns the sketched ``[count, k]`` vectors and modes
+    are not available (``dmd(modes=True)`` raises): callers that need modes (the pruning
+    callback, the accelerator) use unsketched buffers.
+
     Snapshots are time-major: :meth:`snapshots` returns ``[count, n_features]``, oldest first.
 
     Args:
       n_features: length of one snapshot vector.
       window: how many of the latest snapshots are kept (at least 2).
-      dtype: ``"float32"`` (default) or ``"float64"``: storage of the snapshots.
+      dtype: ``"float32"`` (default) or ``"float64"``: the snapshots' dtype (what
+        :meth:`append` takes and :meth:`snapshots` returns).
       name: name scope for the variables.
+      sketch: ``None`` (store snapshots in full) or ``k < n_features``: store a ``k``-number
+        random sketch of each snapshot.
+      storage_dtype: ``None`` (= ``dtype``), ``"float32"``, ``"float64"`` or ``"bfloat16"``.
+      sketch_density: weights summed per sketch coordinate (``None``: ``min(64, n // k)``).
+      seed: seed of the sketch.
 
     Example:
 
@@ -76,16 +147,33 @@ class SnapshotBuffer:
     0.8
     """
 
-    def __init__(self, n_features, window, dtype="float32", name="snapshot_buffer"):
+    def __init__(self, n_features, window, dtype="float32", name="snapshot_buffer", *,
+                 sketch=None, storage_dtype=None, sketch_density=None, seed=0):
         self._n = _check_positive_int(n_features, "n_features", 1)
         self._window = _check_positive_int(window, "window", 2)
         self._dtype = _check_dtype(dtype)
+        self._storage = (self._dtype if storage_dtype is None else _check_dtype(
+            storage_dtype, "storage_dtype", (tf.float32, tf.float64, tf.bfloat16)))
+        self._sketch = None
+        if sketch is not None:
+            k = _check_positive_int(sketch, "sketch", 1)
+            if k >= self._n:
+                raise ValueError(f"sketch must be smaller than n_features = {self._n} "
+                                 f"(or None); got {k}")
+            density = (min(_DENSITY, self._n // k) if sketch_density is None else
+                       _check_positive_int(sketch_density, "sketch_density", 1))
+            if k * density > self._n:
+                raise ValueError(f"sketch * sketch_density = {k * density} exceeds "
+                                 f"n_features = {self._n}")
+            self._sketch = _Sketch(self._n, k, density, _check_positive_int(seed, "seed", 0))
+        self._width = self._n if self._sketch is None else self._sketch.k
         with tf.name_scope(name):
             self._buffer = tf.Variable(
-                tf.zeros([self._window, self._n], self._dtype), trainable=False, name="snapshots"
+                tf.zeros([self._window, self._width], self._storage), trainable=False,
+                name="snapshots"
             )
             self._reference = tf.Variable(
-                tf.zeros([self._n], self._dtype), trainable=False, name="reference"
+                tf.zeros([self._width], self._dtype), trainable=False, name="reference"
             )
             self._centred_gram = tf.Variable(
                 tf.zeros([self._window, self._window], tf.float64), trainable=False, name="gram"
@@ -126,6 +214,23 @@ class SnapshotBuffer:
         return self._dtype
 
     @property
+    def storage_dtype(self):
+        return self._storage
+
+    @property
+    def sketch(self):
+        """``k`` of a sketched buffer, else ``None``."""
+        return None if self._sketch is None else self._sketch.k
+
+    @property
+    def nbytes(self):
+        """Bytes held by the buffer's variables and sketch indices."""
+        total = sum(int(np.prod(v.shape)) * v.dtype.size for v in self.variables)
+        if self._sketch is not None:
+            total += self._sketch.indices.nbytes + self._sketch.rows.nbytes
+        return total
+
+    @property
     def count(self):
         """How many snapshots were appended in total (not capped at ``window``)."""
         return int(self._count.numpy())
@@ -147,9 +252,12 @@ class SnapshotBuffer:
         ]
 
     def __repr__(self):
+        extra = "" if self._storage == self._dtype else f", storage_dtype={self._storage.name!r}"
+        if self._sketch is not None:
+            extra += f", sketch={self._sketch.k}"
         return (
             f"SnapshotBuffer(n_features={self._n}, window={self._window}, "
-            f"dtype={self._dtype.name!r}, count={self.count})"
+            f"dtype={self._dtype.name!r}{extra}, count={self.count})"
         )
 
     # ----------------------------------------------------------------------------------------
@@ -199,6 +307,9 @@ class SnapshotBuffer:
             raise ValueError(
                 f"the pieces of x add up to {sum(sizes)} numbers; the buffer holds {self._n}"
             )
+        if self._sketch is not None:
+            parts = [self._sketch.project(parts, sizes, self._dtype)]
+            sizes = [self._sketch.k]
         offsets = np.cumsum([0] + sizes[:-1]).tolist()
 
         def set_reference():
@@ -220,12 +331,14 @@ class SnapshotBuffer:
         cross = tf.zeros([], tf.float64)
         for part, offset, size in zip(parts, offsets, sizes):
             part_reference = reference[offset:offset + size]
-            centred = part - part_reference
-            snapshots = _update_slice(snapshots, centred[tf.newaxis], [head, offset])
+            stored = tf.cast(part - part_reference, self._storage)
+            snapshots = _update_slice(snapshots, stored[tf.newaxis], [head, offset])
+            # From the stored (rounded) values, so that the Gram matrix matches the buffer.
+            centred = tf.cast(stored, self._dtype)
             cross += tf.cast(tf.reduce_sum(centred * part_reference), tf.float64)
         index = head[tf.newaxis, tf.newaxis]
         if update_gram:
-            row = tf.cast(tf.linalg.matvec(snapshots, snapshots[head]), tf.float64)
+            row = _products(snapshots[head][tf.newaxis], snapshots)[0]
             self._centred_gram.assign(_replace_rows(self._centred_gram.read_value(), index, row[None]))
         self._stale.assign(tf.tensor_scatter_nd_update(
             self._stale.read_value(), index, tf.constant([not update_gram])
@@ -244,14 +357,12 @@ class SnapshotBuffer:
 
             def some_rows():
                 stale = tf.where(stale_flags)  # [s, 1] int64
-                rows = tf.matmul(tf.gather_nd(snapshots, stale), snapshots, transpose_b=True)
-                return _replace_rows(
-                    self._centred_gram.read_value(), stale, tf.cast(rows, tf.float64)
-                )
+                rows = _products(tf.gather_nd(snapshots, stale), snapshots)
+                return _replace_rows(self._centred_gram.read_value(), stale, rows)
 
             def every_row():
                 # One product of the buffer with itself: cheaper than gathering many rows.
-                return tf.cast(tf.matmul(snapshots, snapshots, transpose_b=True), tf.float64)
+                return _products(snapshots, snapshots)
 
             many = 4 * tf.reduce_sum(tf.cast(stale_flags, tf.int32)) >= self._window
             self._centred_gram.assign(tf.cond(many, every_row, some_rows))
@@ -291,7 +402,8 @@ class SnapshotBuffer:
         # Gather from a read tensor: a gather on the variable itself would switch it to
         # copy-on-read, making every later read copy the whole buffer.
         order = _order(self._count.read_value(), self._window)
-        return tf.gather(self._buffer.read_value(), order) + self._reference[tf.newaxis, :]
+        stored = tf.cast(tf.gather(self._buffer.read_value(), order), self._dtype)
+        return stored + self._reference[tf.newaxis, :]
 
     def gram_op(self):
         """Float64 Gram matrix of :meth:`snapshots`, oldest first (graph-friendly).
@@ -317,6 +429,7 @@ class SnapshotBuffer:
           rank, method, dt: as in :func:`keras_koopman.dmd`.
           modes: ``False`` skips the one pass over the snapshots (``result.modes`` is ``None``):
             the spectrum, amplitudes and residuals then cost only ``[window, window]`` work.
+            A sketched buffer has no modes: ``modes=True`` raises there.
 
         Returns:
           A :class:`keras_koopman.DMDResult`.
@@ -327,13 +440,18 @@ class SnapshotBuffer:
         code, value = parse_rank(rank)
         check_method(method)
         dt = check_dt(dt)
+        if modes and self._sketch is not None:
+            raise ValueError(
+                f"this SnapshotBuffer is sketched (sketch={self._sketch.k}): its modes would live "
+                "in the sketch space, not on the weights; call dmd(modes=False) for the spectrum, "
+                "or use an unsketched buffer for modes")
         stored = len(self)
         if stored < 2:
             raise ValueError(
                 f"SnapshotBuffer.dmd needs at least 2 snapshots; {stored} stored so far"
             )
         self._refresh()
-        function = _dmd_function(method, bool(modes), self._dtype)
+        function = _dmd_function(method, bool(modes), self._storage, self._dtype)
         code = tf.constant(code, tf.int32)
         outputs = function(*self._state(), code, tf.constant(value, tf.float64))
         return result_from(outputs, dt, method, "the stored snapshots")
@@ -372,7 +490,10 @@ def _chronological_gram(centred, cross, reference_sq, count):
 def _buffer_dmd(buffer, reference, centred, cross, reference_sq, count, code, value, method,
                 with_modes):
     """DMD of a buffer's state; shape-polymorphic so one trace serves every buffer."""
-    floor = floor_epsilon(buffer.dtype, "gram")
+    # The snapshots' dtype, not the storage's: bfloat16 rounds the centred motion, whose size
+    # next to the top singular value (that of the uncentred weights) is unknown here; the rank
+    # rule sees the rounding as noise.
+    floor = floor_epsilon(reference.dtype, "gram")
     finite, gram = guard_finite(_chronological_gram(centred, cross, reference_sq, count))
     outputs = gram_solve(gram, tf.shape(buffer)[1], code, value, floor, method)
     eigenvalues, combination, residuals, amplitudes, singular, k = outputs
@@ -385,7 +506,7 @@ def _buffer_dmd(buffer, reference, centred, cross, reference_sq, count, code, va
         combination,
         tf.stack([window, tf.shape(combination, tf.int64)[1]]),
     )
-    modes, norms = form_modes(buffer, slots, reference)
+    modes, norms = form_modes(tf.cast(buffer, reference.dtype), slots, reference)
     amplitudes *= tf.cast(norms, tf.complex128)
     return finite, eigenvalues, modes, amplitudes, residuals, singular, k
 
@@ -393,11 +514,11 @@ def _buffer_dmd(buffer, reference, centred, cross, reference_sq, count, code, va
 _DMD_FUNCTIONS = {}
 
 
-def state_signature(dtype):
+def state_signature(storage_dtype, dtype):
     """Input signature of a function of a buffer's ``_state()`` plus the rank ``code, value``:
-    shape-polymorphic, so one trace serves every buffer of that dtype."""
+    shape-polymorphic, so one trace serves every buffer of those dtypes."""
     return [
-        tf.TensorSpec([None, None], dtype),
+        tf.TensorSpec([None, None], storage_dtype),
         tf.TensorSpec([None], dtype),
         tf.TensorSpec([None, None], tf.float64),
         tf.TensorSpec([None], tf.float64),
@@ -408,11 +529,11 @@ def state_signature(dtype):
     ]
 
 
-def _dmd_function(method, with_modes, dtype):
-    """One traced function per (method, modes, dtype), shared by every buffer."""
-    key = (method, with_modes, dtype)
+def _dmd_function(method, with_modes, storage_dtype, dtype):
+    """One traced function per (method, modes, dtypes), shared by every buffer."""
+    key = (method, with_modes, storage_dtype, dtype)
     if key not in _DMD_FUNCTIONS:
-        signature = state_signature(dtype)
+        signature = state_signature(storage_dtype, dtype)
 
         def run(buffer, reference, centred, cross, reference_sq, count, code, value):
             return _buffer_dmd(buffer, reference, centred, cross, reference_sq, count, code,

@@ -260,3 +260,91 @@ def test_refresh_of_few_or_many_deferred_rows_gives_the_exact_gram(rng, deferred
         assert bool(append_later(tf.constant(row)))
     stored = rows[-12:]
     np.testing.assert_allclose(buffer.gram().numpy(), stored @ stored.T, rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------
+# Big vectors: sketched and bfloat16 storage
+
+
+def low_rank_trajectory(n, m, eigenvalues=(1.0, 0.9, 0.7, 0.5), seed=0):
+    """``x_k = sum_j lambda_j^k phi_j``: exactly rank ``len(eigenvalues)`` dynamics in R^n."""
+    rng = np.random.default_rng(seed)
+    modes = rng.standard_normal((n, len(eigenvalues)))
+    powers = np.asarray(eigenvalues)[None, :] ** np.arange(m)[:, None]
+    return powers @ modes.T
+
+
+@pytest.mark.parametrize("dtype,tolerance", [("float64", 1e-8), ("float32", 2e-3)])
+def test_a_sketch_keeps_the_eigenvalues_of_low_rank_dynamics(dtype, tolerance):
+    x = low_rank_trajectory(n=50_000, m=10)
+    buffer = kk.SnapshotBuffer(50_000, 10, dtype=dtype, sketch=128)
+    for row in x:
+        buffer.append(row.astype(dtype))
+    sketched = np.sort_complex(buffer.dmd(rank=4, modes=False).eigenvalues.numpy())
+    np.testing.assert_allclose(sketched, [0.5, 0.7, 0.9, 1.0], atol=tolerance)
+    assert buffer.snapshots().shape == (10, 128)
+    # Memory: the sketch, not the vectors.
+    assert buffer.nbytes < 128 * 10 * 8 * 3 + 128 * 64 * 12 < 50_000 * 10 * 8 / 5
+
+
+def test_a_sketch_is_a_fixed_linear_map_that_keeps_inner_products_on_average():
+    n, k = 100_000, 2048
+    rng = np.random.default_rng(1)
+    u, v = rng.standard_normal(n), rng.standard_normal(n)
+    v = 0.6 * u + 0.8 * v  # correlation 0.6
+    sketched = []
+    for seed in (0, 0, 1):
+        buffer = kk.SnapshotBuffer(n, 3, dtype="float64", sketch=k, seed=seed)
+        for row in (u, v, u + 2 * v):
+            buffer.append(row)
+        sketched.append(buffer.snapshots().numpy())
+    np.testing.assert_array_equal(sketched[0], sketched[1])  # same seed, same map
+    assert not np.allclose(sketched[0], sketched[2])  # another seed, another map
+    su, sv, sw = sketched[0]
+    np.testing.assert_allclose(sw, su + 2 * sv, rtol=1e-9, atol=1e-9)  # linear
+    # Norms and the correlation survive up to the sketch's ~1/sqrt(k) error.
+    assert np.linalg.norm(su) / np.linalg.norm(u) == pytest.approx(1.0, abs=0.15)
+    correlation = su @ sv / (np.linalg.norm(su) * np.linalg.norm(sv))
+    assert correlation == pytest.approx(0.6, abs=0.1)
+
+
+def test_bfloat16_storage_halves_memory_and_keeps_a_float64_gram_of_what_it_stores():
+    x = 1.0 + 0.1 * low_rank_trajectory(n=3_000, m=8)
+    full = kk.SnapshotBuffer(3_000, 8)
+    half = kk.SnapshotBuffer(3_000, 8, storage_dtype="bfloat16")
+    for row in x.astype(np.float32):
+        full.append(row)
+        half.append(row)
+    assert half._buffer.dtype == tf.bfloat16
+    assert half.nbytes < 0.6 * full.nbytes
+    # What it stores: the centred snapshots rounded to bfloat16, plus the float32 reference.
+    reference = x[0].astype(np.float32)
+    centred = tf.cast(tf.cast(x.astype(np.float32) - reference, tf.bfloat16), tf.float64).numpy()
+    stored = centred + reference.astype(np.float64)
+    np.testing.assert_allclose(half.snapshots().numpy(), stored, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(half.gram().numpy(), stored @ stored.T, rtol=1e-6)
+    assert np.max(np.abs(stored - x)) < 2**-8 * np.max(np.abs(x - x[0]))
+    eigenvalues = np.sort_complex(half.dmd(rank=4).eigenvalues.numpy())
+    np.testing.assert_allclose(eigenvalues, [0.5, 0.7, 0.9, 1.0], atol=0.02)
+    assert half.dmd(rank=4).modes.shape == (3_000, 4)  # unsketched: modes available
+
+
+@pytest.mark.parametrize("kwargs,error,words", [
+    ({"sketch": 10}, ValueError, "sketch must be smaller"),
+    ({"sketch": 0}, ValueError, "sketch"),
+    ({"sketch": 2, "sketch_density": 6}, ValueError, "sketch_density"),
+    ({"storage_dtype": "int8"}, ValueError, "storage_dtype"),
+    ({"storage_dtype": "float16"}, ValueError, "storage_dtype"),
+])
+def test_bad_sketch_and_storage_arguments_raise(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        kk.SnapshotBuffer(10, 4, **kwargs)
+
+
+def test_a_sketched_buffer_has_no_modes_and_says_so():
+    buffer = kk.SnapshotBuffer(1_000, 4, sketch=16)
+    for k in range(4):
+        buffer.append(np.full(1_000, 0.5**k, np.float32))
+    with pytest.raises(ValueError, match="modes=False"):
+        buffer.dmd()
+    assert buffer.dmd(modes=False).modes is None

@@ -97,7 +97,9 @@ class KoopmanAccelerator(keras.callbacks.Callback):
     (~15 ms for a 5k-weight MLP on 2 CPU cores).
 
     Args:
-      monitor: the :class:`KoopmanMonitor` that gathers the snapshots.
+      monitor: the :class:`KoopmanMonitor` that gathers the snapshots. Groups it sketches
+        (big groups, see its ``sketch``) have no modes and are not extrapolated (one
+        warning); give the monitor ``sketch=None`` to extrapolate every group.
       every: epochs between jump attempts.
       horizon: initial number of snapshot steps to jump ahead.
       observables: ``"layers"`` or ``"nodes"`` (see above).
@@ -132,6 +134,7 @@ class KoopmanAccelerator(keras.callbacks.Callback):
                  probe=None, optimizer_state="reset", rank="monitor", min_horizon=1,
                  max_horizon=10_000, verbose=0):
         super().__init__()
+        self._sketched_warned = set()
         self.monitor = check_monitor(monitor)
         if observables not in _OBSERVABLES:
             raise ValueError(f"observables must be one of {_OBSERVABLES}; got {observables!r}")
@@ -191,6 +194,14 @@ class KoopmanAccelerator(keras.callbacks.Callback):
         targets = []
         for name, buffer in self.monitor.buffers.items():
             if len(buffer) < 3 or name in self.monitor.nonfinite_groups:
+                continue
+            if buffer.sketch is not None:
+                if name not in self._sketched_warned:
+                    self._sketched_warned.add(name)
+                    warnings.warn(f"KoopmanAccelerator: the monitor sketches group {name!r}; "
+                                  "a sketch has no modes, so that group is not extrapolated "
+                                  "(KoopmanMonitor(sketch=None) keeps every group in full)",
+                                  RuntimeWarning, stacklevel=2)
                 continue
             variables = self.monitor.groups[name]
             steps = len(buffer) - 1 + self.horizon  # amplitudes belong to the oldest snapshot

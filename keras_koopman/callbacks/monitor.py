@@ -98,6 +98,15 @@ class KoopmanMonitor(keras.callbacks.Callback):
         construction, where a path that cannot be written raises ``ValueError``.
       tolerance: distance to 1 counted as "at 1" by ``near_one_fraction``.
       verbose: 1 prints one line per analysis.
+      sketch: how big groups are stored. ``"auto"`` (default): every group in full while all
+        the buffers together fit in ``snapshot_memory`` bytes; past that, the biggest groups
+        are sketched to 2048 numbers per snapshot (see :class:`keras_koopman.SnapshotBuffer`)
+        until they fit. An int ``k``: every group with more than ``2 k`` weights is sketched to
+        ``k``. ``None``: never sketch. A sketched group keeps its spectrum (for low-rank
+        weight dynamics) but has no modes: :class:`KoopmanAccelerator` skips it.
+      storage_dtype: ``"float32"`` or ``"bfloat16"`` (half the memory, about 3 digits of the
+        motion; the Gram matrices stay float64).
+      snapshot_memory: the byte budget of ``sketch="auto"`` (default 512 MiB).
 
     Example:
 
@@ -122,6 +131,9 @@ class KoopmanMonitor(keras.callbacks.Callback):
         log_dir=None,
         tolerance=0.01,
         verbose=0,
+        sketch="auto",
+        storage_dtype="float32",
+        snapshot_memory=512 * 2**20,
     ):
         super().__init__()
         if not (
@@ -154,6 +166,14 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self.log_dir = check_log_dir(log_dir)
         self.tolerance = check_number(tolerance, "tolerance")
         self.verbose = verbose
+        if not (sketch is None or sketch == "auto"):
+            sketch = check_int(sketch, "sketch (when not 'auto' or None)", 1)
+        self.sketch = sketch
+        if storage_dtype not in ("float32", "bfloat16"):
+            raise ValueError(
+                f"storage_dtype must be 'float32' or 'bfloat16'; got {storage_dtype!r}")
+        self.storage_dtype = storage_dtype
+        self.snapshot_memory = check_int(snapshot_memory, "snapshot_memory", 1)
 
         self.history = []
         self.errors = []
@@ -248,10 +268,14 @@ class KoopmanMonitor(keras.callbacks.Callback):
 
     def _build(self):
         self.groups = self._resolve_groups(self.model)
-        self.buffers = {}
-        for name, variables in self.groups.items():
-            size = sum(int(np.prod(v.shape)) for v in variables)
-            self.buffers[name] = SnapshotBuffer(size, self.window, name=f"koopman_{name}")
+        sizes = {name: sum(int(np.prod(v.shape)) for v in variables)
+                 for name, variables in self.groups.items()}
+        sketches = self._sketch_sizes(sizes)
+        self.buffers = {
+            name: SnapshotBuffer(size, self.window, name=f"koopman_{name}",
+                                 sketch=sketches.get(name), storage_dtype=self.storage_dtype)
+            for name, size in sizes.items()
+        }
         self._gather = self._make_gather(jit_compile=True)
         self._analysis_functions = {}
         self._stored = {name: 0 for name in self.buffers}
@@ -261,6 +285,23 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self.nonfinite_groups = set()
         self._pending_flags = []
         self._since_analysis = 0
+
+    def _sketch_sizes(self, sizes):
+        """``{group: k}`` for the groups to sketch, per the ``sketch`` rule."""
+        if self.sketch is None:
+            return {}
+        if self.sketch != "auto":
+            return {name: self.sketch for name, size in sizes.items() if size > 2 * self.sketch}
+        k = _AUTO_SKETCH
+        per_number = self.window * (2 if self.storage_dtype == "bfloat16" else 4)
+        total = sum(sizes.values()) * per_number
+        chosen = {}
+        for name in sorted(sizes, key=sizes.get, reverse=True):
+            if total <= self.snapshot_memory or sizes[name] <= 2 * k:
+                break
+            chosen[name] = k
+            total -= (sizes[name] - k) * per_number
+        return chosen
 
     def _make_gather(self, jit_compile):
         groups = [(self.buffers[name], variables) for name, variables in self.groups.items()]
@@ -451,7 +492,8 @@ class KoopmanMonitor(keras.callbacks.Callback):
             outputs = {}
             for name, buffer in buffers:
                 buffer.refresh_op()
-                function = _analysis_function(method, buffer.dtype, tolerance)
+                function = _analysis_function(method, buffer.storage_dtype, buffer.dtype,
+                                              tolerance)
                 outputs[name] = function(*buffer._state(), code, value)
             return outputs
 
@@ -487,12 +529,13 @@ class KoopmanMonitor(keras.callbacks.Callback):
 
 
 _ANALYSIS_FUNCTIONS = {}
+_AUTO_SKETCH = 2048  # numbers per snapshot of a group that sketch="auto" sketches
 
 
-def _analysis_function(method, dtype, tolerance):
+def _analysis_function(method, storage_dtype, dtype, tolerance):
     """The spectrum, metrics and motion of one buffer's state, traced once per process for each
-    (method, dtype, tolerance)."""
-    key = (method, dtype, tolerance)
+    (method, dtypes, tolerance)."""
+    key = (method, storage_dtype, dtype, tolerance)
     if key not in _ANALYSIS_FUNCTIONS:
 
         def analyse(snapshots, reference, centred, cross, reference_sq, count, code, value):
@@ -507,8 +550,8 @@ def _analysis_function(method, dtype, tolerance):
                         motion=_window_motion(gram),
                         **spectrum_metrics.summary(result, tolerance))
 
-        _ANALYSIS_FUNCTIONS[key] = tf.function(analyse, input_signature=state_signature(dtype),
-                                               autograph=False)
+        _ANALYSIS_FUNCTIONS[key] = tf.function(
+            analyse, input_signature=state_signature(storage_dtype, dtype), autograph=False)
     return _ANALYSIS_FUNCTIONS[key]
 
 

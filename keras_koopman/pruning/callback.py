@@ -113,7 +113,8 @@ class UpdateKoopmanPruning(keras.callbacks.Callback):
             self.monitor = KoopmanMonitor(
                 observables=lambda model: {name: [weight] for name, (_, weight, _)
                                            in self._groups.items()},
-                window=self.window, rank=self.rank, analyze_every=None)
+                window=self.window, rank=self.rank, analyze_every=None,
+                sketch=None)  # scores need modes: never sketched
             self._done_once = set()
             self._step = 0
             self._epoch = 0
