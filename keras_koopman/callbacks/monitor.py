@@ -19,6 +19,7 @@ from keras_koopman.snapshots import (
     _chronological_gram,
     state_signature,
 )
+from keras_koopman.callbacks import _backup
 from keras_koopman.tensorboard import summary as tb_summary
 
 __all__ = ["KoopmanMonitor", "SpectrumRecord"]
@@ -107,6 +108,16 @@ class KoopmanMonitor(keras.callbacks.Callback):
       storage_dtype: ``"float32"`` or ``"bfloat16"`` (half the memory, about 3 digits of the
         motion; the Gram matrices stay float64).
       snapshot_memory: the byte budget of ``sketch="auto"`` (default 512 MiB).
+      backup_dir: where to keep the monitor's state for resuming after a crash (``None``: no
+        backup). Use it with ``keras.callbacks.BackupAndRestore`` (the same directory is fine):
+        after every epoch the buffers, counters and history are saved (the two newest states
+        are kept); a process killed mid-fit and started again with the same command resumes
+        from the state that matches the epoch ``BackupAndRestore`` resumes from, so history
+        and TensorBoard steps continue as in an uninterrupted run (a session-start event in the
+        event file makes TensorBoard drop the steps logged after that state; so does a new
+        process that logs to the same ``log_dir`` without resuming: its steps replace the old
+        run's from its first step on). The state is removed
+        when ``fit`` ends normally, as ``BackupAndRestore`` removes its own.
 
     Example:
 
@@ -134,6 +145,7 @@ class KoopmanMonitor(keras.callbacks.Callback):
         sketch="auto",
         storage_dtype="float32",
         snapshot_memory=512 * 2**20,
+        backup_dir=None,
     ):
         super().__init__()
         if not (
@@ -174,6 +186,8 @@ class KoopmanMonitor(keras.callbacks.Callback):
                 f"storage_dtype must be 'float32' or 'bfloat16'; got {storage_dtype!r}")
         self.storage_dtype = storage_dtype
         self.snapshot_memory = check_int(snapshot_memory, "snapshot_memory", 1)
+        self.backup_dir = check_log_dir(backup_dir, "backup_dir")
+        self._resume_pending = False
 
         self.history = []
         self.errors = []
@@ -330,16 +344,46 @@ class KoopmanMonitor(keras.callbacks.Callback):
         try:
             if self._model_id != id(self.model):
                 self._build()
-                self._take_snapshot()  # the weights training starts from
+                if self.backup_dir and _backup.saved_epochs(self.backup_dir):
+                    # Resume once the epoch training restarts from is known (on_epoch_begin).
+                    self._resume_pending = True
+                else:
+                    self._take_snapshot()  # the weights training starts from
             if self.log_dir and self._writer is None:
                 self._writer = tf.summary.create_file_writer(self.log_dir)
+                if not self._resume_pending:
+                    # TensorBoard takes a run's first session start as its beginning and any
+                    # later one as a restart (see _resume).
+                    _backup.write_session_start(self._writer, max(self.step, 0))
         except Exception as error:  # noqa: BLE001 - never break fit
             self.disabled = True
             self._fail("set-up", error)
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._resume(epoch)
         self.epoch = epoch
         self._last_batch = -1
+
+    def _resume(self, epoch):
+        """Loads the state saved when ``epoch`` was next (after a crash), once per fit."""
+        if not self._resume_pending:
+            return
+        self._resume_pending = False
+        try:
+            restored = _backup.load(self, self.backup_dir, epoch)
+        except Exception as error:  # noqa: BLE001
+            self._fail("resuming from backup_dir", error)
+            restored = False
+        if not restored:
+            if epoch > 0:
+                self._fail("resuming from backup_dir", ValueError(
+                    f"no saved state matches epoch {epoch}; the trajectory starts anew"))
+            self._take_snapshot()
+            return
+        if self._writer is not None:
+            # TensorBoard drops what this run's files hold from this step on: steps logged
+            # after the restored state (before the crash) are logged again, once.
+            _backup.write_session_start(self._writer, self.step + 1)
 
     def _on_train_batch_end(self, batch, logs=None):
         if self.disabled:
@@ -356,16 +400,25 @@ class KoopmanMonitor(keras.callbacks.Callback):
         if self._epoch_done == (self._fit_index, epoch):
             return
         self._epoch_done = (self._fit_index, epoch)
+        self._resume(epoch)
         self.epoch = epoch
         if not self.disabled and self.every == "epoch":
             self._take_snapshot()
         if self._writer is not None:
             self._writer.flush()
+        if self.backup_dir and not self.disabled:
+            try:
+                self._check_flags()
+                _backup.save(self, self.backup_dir, epoch + 1)
+            except Exception as error:  # noqa: BLE001
+                self._fail("saving to backup_dir", error)
 
     def on_train_end(self, logs=None):
         self._in_fit = False
         if self._writer is not None:
             self._writer.flush()
+        if self.backup_dir:
+            _backup.remove(self.backup_dir)
 
     def restart(self):
         """Forgets the trajectory (after the weights were re-initialised) and snapshots anew.

@@ -1,0 +1,203 @@
+"""Monitoring big models: memory and time per snapshot and per analysis at 1e6 to 1e8 weights.
+
+One ``Dense(d -> d)`` layer (``d^2`` = 1e6, 1e7, 1e8 kernel weights plus ``d`` biases) whose
+weights follow exactly low-rank synthetic dynamics, set before each snapshot:
+
+    W_k = W_0 + sum_j lambda_j^k u_j v_j^T,   lambda = (0.95, 0.8, 0.6)
+
+so the true Koopman eigenvalues of the kernel's trajectory are {1, 0.95, 0.8, 0.6} (W_0 is the
+mode at 1). A :class:`KoopmanMonitor` (window 20, rank 4) gathers the layer through its public
+hooks; each configuration runs in its own process so that its peak memory is its own:
+
+  full       float32 buffer (only where it fits: up to 1e7)
+  bfloat16   ``storage_dtype="bfloat16"`` (up to 1e7)
+  sketch     ``sketch=2048`` (every size)
+  auto       the default ``sketch="auto"`` (what the monitor picks by itself)
+
+Snapshots are timed through ``on_epoch_end`` (gathering only); an analysis is timed after each
+further snapshot, as in ``fit`` with ``analyze_every=1`` (it computes that snapshot's Gram row).
+
+Reported per configuration: the buffers' bytes, the extra peak resident memory while monitoring
+(``VmHWM`` after resetting it through ``/proc/self/clear_refs``, minus the resident memory
+before the monitor was made), the first snapshot (tracing and XLA compilation), the median time
+of a snapshot and of an analysis, and the largest distance of the 4 estimated eigenvalues to
+the true ones.
+
+Goal (issue 8): a 1e8-weight model monitored with < 1 GB of extra memory and < 50 ms per
+snapshot on this machine.
+
+Run:  python bench/scale.py                      (about 5 minutes here)
+      python bench/scale.py --sizes 1e6 --output /tmp/r.md
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from _results import RESULTS, header, report
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+WINDOW = 20
+EIGENVALUES = (0.95, 0.8, 0.6)
+CONFIGS = {
+    "full": dict(sketch=None),
+    "bfloat16": dict(sketch=None, storage_dtype="bfloat16"),
+    "sketch": dict(sketch=2048),
+    "auto": dict(),
+}
+FULL_LIMIT = 2e7  # full and bfloat16 buffers only up to here (1e8 in full: 8 GB)
+
+
+def _status(field):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak():
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+
+
+def one(size, config):
+    """Runs one configuration in this process; returns its figures."""
+    import numpy as np
+    import keras
+    import tensorflow as tf
+
+    import keras_koopman as kk
+
+    d = int(round(np.sqrt(size)))
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((d,)), keras.layers.Dense(d, name="big")])
+    layer = model.get_layer("big")
+    rng = np.random.default_rng(0)
+    u = tf.constant((rng.standard_normal((d, 3)) / np.sqrt(d)).astype(np.float32))
+    v = tf.constant(rng.standard_normal((3, d)).astype(np.float32))
+    start = tf.Variable(layer.kernel.value)  # W_0
+    lambdas = tf.constant(EIGENVALUES, tf.float32)
+
+    @tf.function(jit_compile=True)
+    def move(k):
+        powers = lambdas ** tf.cast(k, tf.float32)
+        layer.kernel.assign(start + tf.matmul(u * powers, v))
+
+    move(0)
+    move(1)  # compiled, transients freed: the baseline below is the model's own memory
+    baseline = _status("VmRSS")
+    monitor = kk.callbacks.KoopmanMonitor(window=WINDOW, rank=4, analyze_every=None,
+                                          **CONFIGS[config])
+    monitor.set_model(model)
+    peak = 0
+    move(0)
+    _reset_peak()
+    started = time.perf_counter()
+    monitor.on_train_begin()  # builds the buffers and takes snapshot 0
+    np.asarray(monitor._pending_flags[-1])
+    first = time.perf_counter() - started
+    peak = max(peak, _status("VmHWM") - baseline)
+    snapshot_times = []
+    for k in range(1, WINDOW + 5):
+        move(k)
+        _reset_peak()
+        started = time.perf_counter()
+        monitor.on_epoch_end(k - 1)
+        np.asarray(monitor._pending_flags[-1] if monitor._pending_flags else 0)
+        snapshot_times.append(time.perf_counter() - started)
+        peak = max(peak, _status("VmHWM") - baseline)
+    monitor._check_flags()
+    monitor._analyze()  # computes the Gram rows of every snapshot so far
+    analysis_times = []
+    for k in range(WINDOW + 5, WINDOW + 9):
+        # As in fit with analyze_every=1: a snapshot, then an analysis that computes its row.
+        move(k)
+        monitor.on_epoch_end(k - 1)
+        monitor._check_flags()
+        _reset_peak()
+        started = time.perf_counter()
+        monitor._analyze()
+        analysis_times.append(time.perf_counter() - started)
+        peak = max(peak, _status("VmHWM") - baseline)
+    record = monitor.latest("big")
+    truth = np.array([1.0, *EIGENVALUES])
+    estimated = record.eigenvalues if record is not None else np.zeros(0)
+    error = (float(max(np.min(np.abs(estimated - t)) for t in truth)) if estimated.size
+             else float("nan"))
+    buffer = monitor.buffers["big"]
+    return {
+        "size": size, "config": config, "n": buffer.n_features,
+        "stored": ("sketch %d" % buffer.sketch if buffer.sketch else "full")
+        + (" bfloat16" if buffer.storage_dtype == tf.bfloat16 else ""),
+        "bytes": buffer.nbytes, "peak": peak, "first": first,
+        "snapshot_ms": 1e3 * float(np.median(snapshot_times[1:])),
+        "analysis_ms": 1e3 * float(np.median(analysis_times[1:])),
+        "error": error, "errors": len(monitor.errors),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1e6,1e7,1e8")
+    parser.add_argument("--output", default=RESULTS)
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # "size,config": child process
+    args = parser.parse_args()
+    if args.one:
+        size, config = args.one.split(",")
+        print(json.dumps(one(float(size), config)))
+        return
+    started = time.time()
+    rows = []
+    for size in (float(s) for s in args.sizes.split(",")):
+        for config in CONFIGS:
+            if config in ("full", "bfloat16") and size > FULL_LIMIT:
+                continue
+            done = subprocess.run([sys.executable, __file__, "--one", f"{size},{config}"],
+                                  capture_output=True, text=True, timeout=1800)
+            if done.returncode != 0:
+                raise SystemExit(f"{size:.0e} {config} failed:\n{done.stderr[-3000:]}")
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(f"{size:.0e} {config:9s} {row['stored']:22s} buffers {row['bytes'] / 2**20:8.1f} MiB"
+                  f"  extra peak {row['peak'] / 2**20:8.1f} MiB  first {row['first']:6.2f} s"
+                  f"  snapshot {row['snapshot_ms']:8.2f} ms  analysis {row['analysis_ms']:8.2f} ms"
+                  f"  eigenvalue error {row['error']:.1e}  [{time.time() - started:.0f} s]",
+                  flush=True)
+    lines = ["| weights | configuration | stored as | buffers (MiB) | extra peak memory (MiB) | "
+             "first snapshot (s) | per snapshot (ms) | per analysis (ms) | eigenvalue error |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row['n']:,} | {row['config']} | {row['stored']} | "
+                     f"{row['bytes'] / 2**20:.1f} | {row['peak'] / 2**20:.1f} | "
+                     f"{row['first']:.2f} | {row['snapshot_ms']:.2f} | {row['analysis_ms']:.2f} | "
+                     f"{row['error']:.1e} |")
+    goal = [r for r in rows if r["size"] >= 1e8 and r["config"] == "auto"]
+    goal_text = []
+    for row in goal:
+        met = row["peak"] < 2**30 and row["snapshot_ms"] < 50
+        goal_text.append(f"- {row['n']:,} weights, default monitor (`sketch=\"auto\"`): extra peak "
+                         f"memory {row['peak'] / 2**20:.0f} MiB, {row['snapshot_ms']:.1f} ms per "
+                         f"snapshot (goal < 1024 MiB and < 50 ms): {'met' if met else 'NOT met'}")
+    command = "python bench/scale.py " + " ".join(
+        a for a in sys.argv[1:] if not a.startswith("--output") and a != args.output)
+    body = "\n".join([
+        *header(command.strip()),
+        f"- one `Dense(d, d)` layer, window {WINDOW}, rank 4, true eigenvalues "
+        f"{{1, {', '.join(map(str, EIGENVALUES))}}}; each row its own process; run time "
+        f"{time.time() - started:.0f} s",
+        "- extra peak memory: peak resident memory while monitoring minus the resident memory "
+        "before the monitor was made (the model and the synthetic dynamics' own memory excluded)",
+        "- eigenvalue error: largest distance of an estimated eigenvalue to the true ones",
+        "", "### Goal", "", *goal_text, "", *lines,
+    ])
+    report("Scaling up: sketched and bfloat16 snapshots (`bench/scale.py`)", body, args.output)
+
+
+if __name__ == "__main__":
+    main()
