@@ -349,7 +349,7 @@ class KoopmanMonitor(keras.callbacks.Callback):
                     self._resume_pending = True
                 else:
                     self._take_snapshot()  # the weights training starts from
-            if self.log_dir and self._writer is None:
+            if self.log_dir and self._writer is None and _writes_summaries(self.model):
                 self._writer = tf.summary.create_file_writer(self.log_dir)
                 if not self._resume_pending:
                     # TensorBoard takes a run's first session start as its beginning and any
@@ -615,6 +615,14 @@ def _window_motion(gram):
     ratio = tf.sqrt(distance / tf.where(last > 0, last, 1.0))
     inf = tf.constant(float("inf"), tf.float64)
     return tf.where(last > 0, ratio, tf.where(distance > 0, inf, tf.zeros_like(distance)))
+
+
+def _writes_summaries(model):
+    """False on the workers of a multi-worker strategy other than the chief: only the chief
+    writes TensorBoard events (every worker gathers and analyses the same, all-reduced
+    weights, so every worker takes the same decisions)."""
+    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    return bool(getattr(strategy.extended, "should_save_summary", True))
 
 
 def _value(variable):
