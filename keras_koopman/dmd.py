@@ -249,8 +249,9 @@ def snapshot_gram(x):
 
 
 def assemble_gram(centred_gram, cross, reference_sq):
-    """Raw Gram from its centred parts (see :func:`snapshot_gram`)."""
-    return centred_gram + cross[:, tf.newaxis] + cross[tf.newaxis, :] + reference_sq
+    """Raw Gram from its centred parts (see :func:`snapshot_gram`); leading batch axes too."""
+    return (centred_gram + cross[..., :, tf.newaxis] + cross[..., tf.newaxis, :]
+            + reference_sq[..., tf.newaxis, tf.newaxis])
 
 
 def gram_solve(gram, n_cols, code, value, floor, method):
@@ -633,24 +634,27 @@ def _quadratic(vectors, matrix):
     return tf.reduce_sum(tf.math.conj(vectors) * image, axis=1)
 
 
-def batch_solve(x, code, value, floor):
-    """Exact DMD of every ``x[b]`` (``[batch, m, n]``, float64), all in ``[m, m]`` space.
+def batch_gram_solve(gram, n_cols, code, value, floor):
+    """Exact DMD spectra of a batch from its Gram matrices alone: ``gram [batch, m, m]``
+    (float64) of time-major sequences ``x[b]`` with ``n_cols`` (scalar or ``[batch]``) features.
 
     With ``X0 = x[:, :-1]``, ``X1 = x[:, 1:]`` and ``X0 X0^T = V S^2 V^T``: ``U = X0^T V S^-1``,
     ``A~ = U^T A U = S^-1 V^T (X0 X1^T) V S^-1``, its eigenvectors ``w`` give the exact modes
     ``X1^T V S^-1 w`` and the residuals ``||X1^T p - lambda X0^T p||`` (``p = V S^-1 w``) come
-    from the three Gram blocks. Directions past each element's rank get ``1/s = 0``: their slots
-    hold eigenvalue 0 with a zero mode and zero amplitude.
+    from the three Gram blocks; so do the amplitudes (least squares ``x_0 ~= modes b`` through the
+    normal equations). Directions past each element's rank get ``1/s = 0``: their slots hold
+    eigenvalue 0 with a zero mode and zero amplitude.
+
+    Returns ``eigenvalues, combination, amplitudes, residuals, singular, k``: the unit modes are
+    ``X1^T combination`` (``combination [batch, m-1, p]``).
     """
-    n = tf.shape(x)[2]
-    p = tf.minimum(tf.shape(x)[1] - 1, n)
-    gram = tf.matmul(x, x, transpose_b=True)  # [b, m, m]
+    p = tf.minimum(tf.shape(gram)[1] - 1, tf.reduce_min(tf.cast(n_cols, tf.int32)))
     g00, g01, g11 = gram[:, :-1, :-1], gram[:, :-1, 1:], gram[:, 1:, 1:]
     values, vectors = tf.linalg.eigh(g00)
     values = tf.reverse(values, [1])[:, :p]
     vectors = tf.reverse(vectors, [2])[:, :, :p]
     singular = tf.sqrt(tf.maximum(values, 0.0))
-    k = select_rank_batch(singular, n, code, value, floor)
+    k = select_rank_batch(singular, n_cols, code, value, floor)
     keep = tf.range(p)[tf.newaxis, :] < k[:, tf.newaxis]
     inverse_s = tf.where(keep, 1.0 / tf.where(singular > 0, singular, 1.0), 0.0)
     scaled = vectors * inverse_s[:, tf.newaxis, :]  # V S^-1, [b, m-1, p]
@@ -673,16 +677,26 @@ def batch_solve(x, code, value, floor):
     nonzero = norms > 1e-300
     combination = combination / tf.cast(tf.where(nonzero, norms, 1.0), tf.complex128)[
         :, tf.newaxis, :]
-    modes = tf.matmul(tf.cast(x[:, 1:], tf.complex128), combination, transpose_a=True)
-    # Amplitudes: least squares x_0 ~= modes b through the normal equations, pseudo-inverted.
-    normal = tf.matmul(modes, modes, adjoint_a=True)
-    rhs = tf.linalg.matvec(modes, tf.cast(x[:, 0], tf.complex128), adjoint_a=True)
+    # Amplitudes: x_0 ~= modes b; modes^H modes = K^H G11 K, modes^H x_0 = K^H X1 x_0.
+    normal = tf.matmul(combination, tf.matmul(tf.cast(g11, tf.complex128), combination),
+                       adjoint_a=True)
+    rhs = tf.linalg.matvec(combination, tf.cast(gram[:, 1:, 0], tf.complex128), adjoint_a=True)
     weights, basis = tf.linalg.eigh(normal)
     weights = tf.math.real(weights)
     cutoff = 1e-12 * tf.reduce_max(weights, axis=1, keepdims=True)
     inverse = tf.where(weights > cutoff, 1.0 / tf.where(weights > 0, weights, 1.0), 0.0)
     amplitudes = tf.linalg.matvec(
         basis, tf.cast(inverse, tf.complex128) * tf.linalg.matvec(basis, rhs, adjoint_a=True))
+    return eigenvalues, combination, amplitudes, residuals, singular, k
+
+
+def batch_solve(x, code, value, floor):
+    """Exact DMD of every ``x[b]`` (``[batch, m, n]``, float64), all in ``[m, m]`` space
+    (:func:`batch_gram_solve`), plus the modes ``[batch, n, p]``."""
+    gram = tf.matmul(x, x, transpose_b=True)  # [b, m, m]
+    eigenvalues, combination, amplitudes, residuals, singular, k = batch_gram_solve(
+        gram, tf.shape(x)[2], code, value, floor)
+    modes = tf.matmul(tf.cast(x[:, 1:], tf.complex128), combination, transpose_a=True)
     return eigenvalues, modes, amplitudes, residuals, singular, k
 
 

@@ -80,7 +80,10 @@ def near_one_fraction(result_or_eigenvalues, tolerance=0.01, amplitudes=None):
     return tf.math.divide_no_nan(tf.reduce_sum(near * weights), total)
 
 
-def unstable_count(result_or_eigenvalues, tolerance=1e-3):
+_UNSTABLE = 1e-3  # |lambda| above 1 + this counts as unstable
+
+
+def unstable_count(result_or_eigenvalues, tolerance=_UNSTABLE):
     """Number of eigenvalues outside the unit circle: ``|lambda| > 1 + tolerance``."""
     tolerance = _check_tolerance(tolerance)
     moduli = tf.abs(_eigenvalues(result_or_eigenvalues))
@@ -112,4 +115,28 @@ def summary(result, tolerance=0.01, weighted=True):
         ),
         "unstable_count": unstable_count(result),
         "max_residual": max_residual(result),
+    }
+
+
+def summary_batch(eigenvalues, amplitudes, residuals, rank, tolerance=0.01):
+    """:func:`summary` (amplitude-weighted) of a batch of spectra at once: ``eigenvalues``,
+    ``amplitudes``, ``residuals`` ``[batch, p]`` whose first ``rank[b]`` slots are element
+    ``b``'s spectrum (the rest is padding, as :func:`keras_koopman.dmd_batch` leaves it).
+    Returns a dict of ``[batch]`` tensors."""
+    tolerance = _check_tolerance(tolerance)
+    eigenvalues = tf.cast(eigenvalues, tf.complex128)
+    kept = tf.range(tf.shape(eigenvalues)[1])[tf.newaxis, :] < tf.cast(rank, tf.int32)[:, None]
+    moduli = tf.where(kept, tf.abs(eigenvalues), 0.0)
+    weights = tf.where(kept, tf.abs(tf.cast(amplitudes, tf.complex128)), 0.0)
+    near = tf.cast(tf.abs(eigenvalues - 1.0) <= tolerance, tf.float64)
+    residuals = tf.cast(residuals, tf.float64)
+    finite = kept & tf.math.is_finite(residuals)
+    largest = tf.reduce_max(tf.where(finite, residuals, -1.0), axis=1)
+    return {
+        "spectral_radius": tf.reduce_max(moduli, axis=1),
+        "near_one_fraction": tf.math.divide_no_nan(tf.reduce_sum(near * weights, axis=1),
+                                                   tf.reduce_sum(weights, axis=1)),
+        "unstable_count": tf.reduce_sum(tf.cast(moduli > 1.0 + _UNSTABLE, tf.int32), axis=1),
+        "max_residual": tf.where(tf.reduce_any(finite, axis=1), largest,
+                                 tf.constant(float("nan"), tf.float64)),
     }

@@ -41,7 +41,13 @@ def _layout(monitor):
 
 
 def _variables(monitor):
-    return [v for buffer in monitor.buffers.values() for v in buffer.variables]
+    seen, variables = set(), []
+    for buffer in monitor.buffers.values():
+        for variable in buffer.variables:  # packed groups share their pack's variables
+            if id(variable) not in seen:
+                seen.add(id(variable))
+                variables.append(variable)
+    return variables
 
 
 def save(monitor, backup_dir, epoch):

@@ -13,6 +13,7 @@ import tensorflow as tf
 from keras_koopman import spectrum as spectrum_metrics
 from keras_koopman._validation import check_int, check_log_dir, check_number
 from keras_koopman.dmd import check_method, parse_rank
+from keras_koopman.packed import PackedBuffers, PackedView
 from keras_koopman.snapshots import (
     SnapshotBuffer,
     _buffer_dmd,
@@ -285,9 +286,18 @@ class KoopmanMonitor(keras.callbacks.Callback):
         sizes = {name: sum(int(np.prod(v.shape)) for v in variables)
                  for name, variables in self.groups.items()}
         sketches = self._sketch_sizes(sizes)
+        small = [name for name, size in sizes.items()
+                 if size <= _PACK_MAX_SIZE and name not in sketches]
+        self._pack = None
+        if (len(small) >= _PACK_MIN_GROUPS and self.method == "exact"
+                and self.storage_dtype == "float32"):
+            # Many small groups: one buffer and one batched analysis for all of them.
+            self._pack = PackedBuffers({name: sizes[name] for name in small}, self.window)
         self.buffers = {
-            name: SnapshotBuffer(size, self.window, name=f"koopman_{name}",
-                                 sketch=sketches.get(name), storage_dtype=self.storage_dtype)
+            name: (PackedView(self._pack, self._pack.names.index(name))
+                   if self._pack is not None and name in self._pack.names else
+                   SnapshotBuffer(size, self.window, name=f"koopman_{name}",
+                                  sketch=sketches.get(name), storage_dtype=self.storage_dtype))
             for name, size in sizes.items()
         }
         self._gather = self._make_gather(jit_compile=True)
@@ -318,17 +328,26 @@ class KoopmanMonitor(keras.callbacks.Callback):
         return chosen
 
     def _make_gather(self, jit_compile):
-        groups = [(self.buffers[name], variables) for name, variables in self.groups.items()]
+        groups = [(name, self.buffers[name], variables)
+                  for name, variables in self.groups.items()]
+        pack = self._pack
+
+        def flat(variables):
+            return [tf.reshape(tf.cast(_value(v), tf.float32), [-1]) for v in variables]
 
         def gather():
-            flags = []
-            for buffer, variables in groups:
-                flat = [tf.reshape(tf.cast(_value(v), tf.float32), [-1]) for v in variables]
-                # Each variable goes straight into its slice of the buffer row (no concatenated
-                # copy); the Gram rows wait for the next analysis: one product there instead of
-                # a pass over the buffer at every snapshot.
-                flags.append(buffer.append_op(flat, update_gram=False))
-            return tf.stack(flags)
+            flags = {}
+            if pack is not None:
+                packed = pack.append_op([part for name in pack.names
+                                         for part in flat(self.groups[name])])
+                flags.update({name: packed[i] for i, name in enumerate(pack.names)})
+            for name, buffer, variables in groups:
+                if pack is None or name not in flags:
+                    # Each variable goes straight into its slice of the buffer row (no
+                    # concatenated copy); the Gram rows wait for the next analysis: one product
+                    # there instead of a pass over the buffer at every snapshot.
+                    flags[name] = buffer.append_op(flat(variables), update_gram=False)
+            return tf.stack([flags[name] for name, _, _ in groups])
 
         return tf.function(gather, jit_compile=jit_compile, autograph=False)
 
@@ -494,10 +513,13 @@ class KoopmanMonitor(keras.callbacks.Callback):
             outputs = self._analysis_functions[eligible]()
             outputs = {name: {key: np.asarray(value) for key, value in values.items()}
                        for name, values in outputs.items()}
+            outputs.update(_unpack(outputs.pop(_PACKED, None), self._pack))
         except Exception as error:  # noqa: BLE001
             self._fail("analysis", error)
             return
         for name in eligible:
+            if name not in outputs:  # a packed group behind the others (a skipped snapshot)
+                continue
             values = outputs[name]
             stored = min(self._stored[name], self.window)
             metrics = {key: values[key].item() for key in _METRICS}
@@ -535,14 +557,20 @@ class KoopmanMonitor(keras.callbacks.Callback):
         """One function analysing every group in ``names``: one dispatch per analysis. The DMD
         and metrics inside it are a function shared by every monitor, traced once per process:
         a new model costs a cheap outer trace, not a trace of the whole DMD."""
-        code, value = parse_rank(self.rank)
-        code = tf.constant(code, tf.int32)
-        value = tf.constant(value, tf.float64)
-        buffers = [(name, self.buffers[name]) for name in names]
+        rule = parse_rank(self.rank)  # Python numbers: the batched rank rule branches on them
+        code = tf.constant(rule[0], tf.int32)
+        value = tf.constant(rule[1], tf.float64)
+        pack = self._pack
+        packed = pack is not None and any(name in pack.names for name in names)
+        buffers = [(name, self.buffers[name]) for name in names
+                   if pack is None or name not in pack.names]
         method, tolerance = self.method, self.tolerance
 
         def analyse():
             outputs = {}
+            if packed:
+                pack.refresh_op()
+                outputs[_PACKED] = pack.analysis_op(*rule, tolerance)
             for name, buffer in buffers:
                 buffer.refresh_op()
                 function = _analysis_function(method, buffer.storage_dtype, buffer.dtype,
@@ -582,6 +610,27 @@ class KoopmanMonitor(keras.callbacks.Callback):
 
 
 _ANALYSIS_FUNCTIONS = {}
+# Groups of at most _PACK_MAX_SIZE weights share one PackedBuffers when there are at least
+# _PACK_MIN_GROUPS of them.
+_PACK_MAX_SIZE = 4096
+_PACK_MIN_GROUPS = 32
+_PACKED = "\x00packed"  # key of the packed groups' outputs (no group can be named so)
+
+
+def _unpack(outputs, pack):
+    """The batched outputs of a pack as ``{group: values}`` like a single buffer's."""
+    if outputs is None:
+        return {}
+    unpacked = {}
+    for i, name in enumerate(pack.names):
+        if not outputs["analysed"][i]:
+            continue
+        k = int(outputs["rank"][i])
+        values = {key: value[i] for key, value in outputs.items()}
+        for key in ("eigenvalues", "amplitudes", "residuals"):
+            values[key] = values[key][:k]
+        unpacked[name] = values
+    return unpacked
 _AUTO_SKETCH = 2048  # numbers per snapshot of a group that sketch="auto" sketches
 
 
@@ -609,9 +658,10 @@ def _analysis_function(method, storage_dtype, dtype, tolerance):
 
 
 def _window_motion(gram):
-    """``|x_newest - x_oldest| / |x_newest|`` from the window's Gram matrix (0 if all zero)."""
-    last, first = gram[-1, -1], gram[0, 0]
-    distance = tf.maximum(last + first - 2.0 * gram[0, -1], 0.0)
+    """``|x_newest - x_oldest| / |x_newest|`` from the window's Gram matrix (0 if all zero);
+    ``gram`` may have leading batch axes."""
+    last, first = gram[..., -1, -1], gram[..., 0, 0]
+    distance = tf.maximum(last + first - 2.0 * gram[..., 0, -1], 0.0)
     ratio = tf.sqrt(distance / tf.where(last > 0, last, 1.0))
     inf = tf.constant(float("inf"), tf.float64)
     return tf.where(last > 0, ratio, tf.where(distance > 0, inf, tf.zeros_like(distance)))

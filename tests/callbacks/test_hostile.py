@@ -183,3 +183,69 @@ def test_an_unwritable_log_dir_raises_before_training(tmp_path, make):
     make(str(created))
     assert created.is_dir()
 
+
+
+def many_tiny_layers(count, seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((4,))
+    outputs = [keras.layers.Dense(1, name=f"tiny_{i}")(inputs) for i in range(count)]
+    model = keras.Model(inputs, keras.layers.Add()(outputs))
+    model.compile(keras.optimizers.SGD(0.02), "mse")
+    return model
+
+
+def test_many_tiny_layers_share_one_buffer_and_match_separate_buffers(monkeypatch):
+    from keras_koopman.callbacks import monitor as monitor_module
+
+    x, y = data()
+    y = y[:, :1]
+    model = many_tiny_layers(40)
+    packed = kk.callbacks.KoopmanMonitor(window=5)
+    separate = kk.callbacks.KoopmanMonitor(window=5)
+
+    class NoPacking(keras.callbacks.Callback):  # between the two: the second one builds apart
+        def on_train_begin(self, logs=None):
+            monkeypatch.setattr(monitor_module, "_PACK_MIN_GROUPS", 10**9)
+
+    model.fit(x, y, epochs=6, verbose=0, callbacks=[packed, NoPacking(), separate])
+    assert packed._pack is not None and separate._pack is None
+    assert len(packed.buffers) == 40 and not packed.errors and not separate.errors
+    assert [(r.step, r.group, r.rank) for r in packed.history] == [
+        (r.step, r.group, r.rank) for r in separate.history]
+    assert len(packed.history) == 5 * 40  # steps 2 to 6
+    for a, b in zip(packed.history, separate.history):
+        np.testing.assert_allclose(a.eigenvalues, b.eigenvalues, atol=1e-6)
+        np.testing.assert_allclose(np.abs(a.amplitudes), np.abs(b.amplitudes), rtol=1e-5,
+                                   atol=1e-9)
+        np.testing.assert_allclose(a.residuals, b.residuals, atol=1e-6)
+        for key in ("spectral_radius", "near_one_fraction", "unstable_count", "motion"):
+            assert a.metrics[key] == pytest.approx(b.metrics[key], rel=1e-5, abs=1e-8), key
+    # Each group's stored window is its layer's trajectory.
+    layer = model.get_layer("tiny_7")
+    np.testing.assert_allclose(packed.buffers["tiny_7"].snapshots().numpy(),
+                               separate.buffers["tiny_7"].snapshots().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(packed.buffers["tiny_7"].snapshots().numpy()[-1],
+                               np.concatenate([layer.kernel.numpy().ravel(),
+                                               layer.bias.numpy().ravel()]), rtol=1e-6)
+
+
+def test_a_nan_in_one_packed_group_skips_only_that_group():
+    x, y = data()
+    model = many_tiny_layers(36)
+    monitor = kk.callbacks.KoopmanMonitor(window=4)
+
+    class Poison(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 3:  # the last epoch: training itself stays finite until then
+                kernel = self.model.get_layer("tiny_3").kernel
+                kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y[:, :1], epochs=4, verbose=0, callbacks=[Poison(), monitor])
+    assert monitor._pack is not None
+    assert monitor.nonfinite_groups == {"tiny_3"}
+    assert len(koopman_warnings(caught, "'tiny_3'")) == 1
+    newest = [r for r in monitor.history if r.step == 4]
+    assert len(newest) == 35 and "tiny_3" not in {r.group for r in newest}
+    assert np.all(np.isfinite(monitor.buffers["tiny_3"].snapshots().numpy()))
