@@ -26,8 +26,15 @@ the true ones.
 Goal (issue 8): a 1e8-weight model monitored with < 1 GB of extra memory and < 50 ms per
 snapshot on this machine.
 
-Run:  python bench/scale.py                      (about 5 minutes here)
-      python bench/scale.py --sizes 1e6 --output /tmp/r.md
+Second part, many tiny layers: a Functional model of ``--layers`` (default 10,000) parallel
+``Dense(1)`` layers on 4 inputs, summed; the monitor (one group per layer, window 5) packs them
+into one buffer. Reported: the monitor's set-up (buffers, the first snapshot's trace and XLA
+compilation), the time per snapshot and per analysis, the number of traced gather functions,
+and the wall time of 3 epochs of ``fit`` with and without the monitor (after a first ``fit``
+that compiled the train step).
+
+Run:  python bench/scale.py                      (about 15 minutes here)
+      python bench/scale.py --sizes 1e6 --layers 200 --output /tmp/r.md
 """
 
 import argparse
@@ -142,15 +149,73 @@ def one(size, config):
     }
 
 
+def tiny_layers(count):
+    """The many-tiny-layers part, in this process."""
+    import numpy as np
+    import keras
+
+    import keras_koopman as kk
+
+    started = time.perf_counter()
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    outputs = [keras.layers.Dense(1, name=f"tiny_{i}")(inputs) for i in range(count)]
+    model = keras.Model(inputs, keras.layers.Add()(outputs))
+    # The output sums every layer: a step size of 0.5 / count keeps SGD stable.
+    model.compile(keras.optimizers.SGD(0.5 / count), "mse")
+    build = time.perf_counter() - started
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 4)).astype("float32")
+    y = x.sum(axis=1, keepdims=True)
+    started = time.perf_counter()
+    model.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    first_fit = time.perf_counter() - started
+    monitor = kk.callbacks.KoopmanMonitor(window=5)
+    monitor.set_model(model)
+    started = time.perf_counter()
+    monitor.on_train_begin()  # analyze_every=1: the snapshot's flags are read (a sync)
+    setup = time.perf_counter() - started
+    snapshot, analysis = [], []
+    for epoch in range(8):
+        model.fit(x, y, epochs=1, batch_size=64, verbose=0)
+        started = time.perf_counter()
+        monitor.on_epoch_end(epoch)  # a snapshot, then an analysis from the third on
+        elapsed = time.perf_counter() - started
+        (snapshot if monitor.step < 2 else analysis).append(elapsed)
+    monitor.on_train_end()
+    records = len(monitor.history)
+    timings = {}
+    for label, callbacks in (("plain", []), ("monitored", [monitor]), ("plain2", []),
+                             ("monitored2", [monitor])):
+        started = time.perf_counter()
+        model.fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=callbacks)
+        timings[label] = time.perf_counter() - started
+    plain = min(timings["plain"], timings["plain2"])
+    monitored = min(timings["monitored"], timings["monitored2"])
+    return {"layers": count, "groups": len(monitor.buffers),
+            "packed": 0 if monitor._pack is None else monitor._pack.groups,
+            "gather_traces": monitor._gather.experimental_get_tracing_count(),
+            "build": build, "first_fit": first_fit, "setup": setup,
+            "snapshot_ms": 1e3 * float(np.median(snapshot[1:] or snapshot)),
+            "first_analysis": analysis[0], "analysis_ms": 1e3 * float(np.median(analysis[1:])),
+            "records": records, "analyses": len(analysis), "errors": len(monitor.errors),
+            "fit_plain": plain, "fit_monitored": monitored}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1e6,1e7,1e8")
+    parser.add_argument("--layers", type=int, default=10_000)
     parser.add_argument("--output", default=RESULTS)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # "size,config": child process
+    parser.add_argument("--tiny", type=int, help=argparse.SUPPRESS)  # child process
     args = parser.parse_args()
     if args.one:
         size, config = args.one.split(",")
         print(json.dumps(one(float(size), config)))
+        return
+    if args.tiny:
+        print(json.dumps(tiny_layers(args.tiny)))
         return
     started = time.time()
     rows = []
@@ -169,6 +234,12 @@ def main():
                   f"  snapshot {row['snapshot_ms']:8.2f} ms  analysis {row['analysis_ms']:8.2f} ms"
                   f"  eigenvalue error {row['error']:.1e}  [{time.time() - started:.0f} s]",
                   flush=True)
+    done = subprocess.run([sys.executable, __file__, "--tiny", str(args.layers)],
+                          capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        raise SystemExit(f"tiny layers failed:\n{done.stderr[-3000:]}")
+    tiny = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"{tiny['layers']} tiny layers: {tiny}", flush=True)
     lines = ["| weights | configuration | stored as | buffers (MiB) | extra peak memory (MiB) | "
              "first snapshot (s) | per snapshot (ms) | per analysis (ms) | eigenvalue error |",
              "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -195,6 +266,18 @@ def main():
         "before the monitor was made (the model and the synthetic dynamics' own memory excluded)",
         "- eigenvalue error: largest distance of an estimated eigenvalue to the true ones",
         "", "### Goal", "", *goal_text, "", *lines,
+        "", f"### {tiny['layers']:,} tiny layers (`Dense(1)` on 4 inputs, window 5)", "",
+        f"- groups: {tiny['groups']:,}, of which packed into one buffer: {tiny['packed']:,}; "
+        f"traced gather functions: {tiny['gather_traces']}; monitor errors: {tiny['errors']}",
+        f"- Keras alone: building the model {tiny['build']:.1f} s, first `fit` (1 epoch, "
+        f"compiling the train step) {tiny['first_fit']:.1f} s",
+        f"- monitor set-up (buffers, first snapshot with tracing and XLA compilation): "
+        f"{tiny['setup']:.1f} s; per snapshot {tiny['snapshot_ms']:.1f} ms; first analysis "
+        f"{tiny['first_analysis']:.1f} s, then {tiny['analysis_ms']:.0f} ms per analysis of all "
+        f"groups ({tiny['records']:,} records over {tiny['analyses']} analyses)",
+        f"- 3 epochs of `fit` (4 batches each; best of 2): plain {tiny['fit_plain']:.2f} s, "
+        f"with the monitor {tiny['fit_monitored']:.2f} s "
+        f"({tiny['fit_monitored'] / tiny['fit_plain']:.2f}x)",
     ])
     report("Scaling up: sketched and bfloat16 snapshots (`bench/scale.py`)", body, args.output)
 
