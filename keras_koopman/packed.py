@@ -111,15 +111,15 @@ class PackedBuffers:
 
     def refresh_op(self):
         """Computes the Gram rows of the slots written since the last refresh (graph mode)."""
-        buffer = self.buffer.read_value()
+        buffer = tf.cast(self.buffer.read_value(), tf.float64)  # products in float64
         stale = self.stale.read_value()
         gram = self.centred_gram.read_value()
         for j in range(self.window):
 
             def row(gram=gram, j=j):
                 products = tf.transpose(buffer * buffer[j][tf.newaxis, :])  # [n, w]
-                rows = tf.cast(tf.math.unsorted_segment_sum(products, self.segments,
-                                                            self.groups), tf.float64)  # [g, w]
+                rows = tf.math.unsorted_segment_sum(products, self.segments,
+                                                    self.groups)  # [g, w]
                 at_j = tf.one_hot(j, self.window, on_value=True, off_value=False,
                                   dtype=tf.bool)
                 gram = tf.where(at_j[tf.newaxis, :, tf.newaxis], rows[:, tf.newaxis, :], gram)
