@@ -156,6 +156,9 @@ def tiny_layers(count):
 
     import keras_koopman as kk
 
+    def progress(text):
+        print(f"[{count} tiny layers] {text}", file=sys.stderr, flush=True)
+
     started = time.perf_counter()
     keras.utils.set_random_seed(0)
     inputs = keras.Input((4,))
@@ -164,17 +167,20 @@ def tiny_layers(count):
     # The output sums every layer: a step size of 0.5 / count keeps SGD stable.
     model.compile(keras.optimizers.SGD(0.5 / count), "mse")
     build = time.perf_counter() - started
+    progress(f"model built in {build:.0f} s")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((256, 4)).astype("float32")
     y = x.sum(axis=1, keepdims=True)
     started = time.perf_counter()
     model.fit(x, y, epochs=1, batch_size=64, verbose=0)
     first_fit = time.perf_counter() - started
+    progress(f"first fit {first_fit:.0f} s")
     monitor = kk.callbacks.KoopmanMonitor(window=5)
     monitor.set_model(model)
     started = time.perf_counter()
     monitor.on_train_begin()  # analyze_every=1: the snapshot's flags are read (a sync)
     setup = time.perf_counter() - started
+    progress(f"monitor set-up {setup:.1f} s")
     snapshot, analysis = [], []
     for epoch in range(8):
         model.fit(x, y, epochs=1, batch_size=64, verbose=0)
@@ -235,9 +241,9 @@ def main():
                   f"  eigenvalue error {row['error']:.1e}  [{time.time() - started:.0f} s]",
                   flush=True)
     done = subprocess.run([sys.executable, __file__, "--tiny", str(args.layers)],
-                          capture_output=True, text=True, timeout=3600)
+                          stdout=subprocess.PIPE, text=True, timeout=3600)  # progress: stderr
     if done.returncode != 0:
-        raise SystemExit(f"tiny layers failed:\n{done.stderr[-3000:]}")
+        raise SystemExit("the tiny-layers run failed (its traceback is above)")
     tiny = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"{tiny['layers']} tiny layers: {tiny}", flush=True)
     lines = ["| weights | configuration | stored as | buffers (MiB) | extra peak memory (MiB) | "

@@ -61,8 +61,12 @@ def _products(a, b):
     n = int(a.shape[1])
     total = None
     for start in range(0, n, _BLOCK):
-        block = tf.matmul(tf.cast(a[:, start:start + _BLOCK], tf.float64),
-                          tf.cast(b[:, start:start + _BLOCK], tf.float64), transpose_b=True)
+        # One block at a time: each waits for the sum so far, so at most one widened block
+        # is alive (TensorFlow would otherwise run them all at once).
+        with tf.control_dependencies([] if total is None else [total]):
+            block = tf.matmul(tf.cast(a[:, start:start + _BLOCK], tf.float64),
+                              tf.cast(b[:, start:start + _BLOCK], tf.float64),
+                              transpose_b=True)
         total = block if total is None else total + block
     return total
 
@@ -117,7 +121,8 @@ class SnapshotBuffer:
     random projection of each snapshot to ``k`` numbers instead (compressed DMD): each of the
     ``k`` sketch coordinates is a signed sum of ``sketch_density`` weights sampled once without
     replacement (default ``min(64, n_features // k)``), so memory is ``O(k * window)`` and a
-    snapshot reads ``k * sketch_density`` weights whatever ``n_features`` is. For low-rank
+    snapshot reads ``k * sketch_density`` weights whatever ``n_features`` is (the NaN/Inf check
+    too: a NaN in a weight the sketch does not sample cannot reach the buffer, and goes unseen). For low-rank
     weight dynamics (rank below ``window``, spread over many weights) the sketch keeps the
     eigenvalues; :meth:`snapshots` then returns the sketched ``[count, k]`` vectors and modes
     are not available (``dmd(modes=True)`` raises): callers that need modes (the pruning
@@ -299,19 +304,21 @@ class SnapshotBuffer:
         two analyses then cost one matrix product instead of one pass over the buffer each.
         """
         parts = list(x) if isinstance(x, (list, tuple)) else [x]
-        finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(p)) for p in parts]))
-        tf.cond(finite, lambda: self._write(parts, update_gram), tf.no_op)
-        return finite
-
-    def _write(self, parts, update_gram):
         sizes = [int(part.shape[0]) for part in parts]
         if sum(sizes) != self._n:
             raise ValueError(
                 f"the pieces of x add up to {sum(sizes)} numbers; the buffer holds {self._n}"
             )
         if self._sketch is not None:
+            # Only the sampled weights are read, the finiteness check included: a NaN in a
+            # weight the sketch does not sample cannot reach the buffer.
             parts = [self._sketch.project(parts, sizes, self._dtype)]
-            sizes = [self._sketch.k]
+        finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(p)) for p in parts]))
+        tf.cond(finite, lambda: self._write(parts, update_gram), tf.no_op)
+        return finite
+
+    def _write(self, parts, update_gram):
+        sizes = [int(part.shape[0]) for part in parts]
         offsets = np.cumsum([0] + sizes[:-1]).tolist()
 
         def set_reference():
