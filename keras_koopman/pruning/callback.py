@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_koopman._validation import check_int, check_log_dir
-from keras_koopman.callbacks.monitor import KoopmanMonitor
+from keras_koopman.callbacks.monitor import KoopmanMonitor, _writes_summaries
 from keras_koopman.dmd import dmd, parse_rank
 from keras_koopman.pruning.wrapper import pruning_wrappers
 
@@ -120,7 +120,7 @@ class UpdateKoopmanPruning(keras.callbacks.Callback):
             self._epoch = 0
         self.monitor.set_model(self.model)
         self.monitor.on_train_begin()
-        if self.log_dir is not None and self._writer is None:
+        if self.log_dir is not None and self._writer is None and _writes_summaries(self.model):
             self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "pruning"))
         self._by_step = any(w.schedule is not None and w.schedule.unit == "step"
                             for w in self.wrappers)
