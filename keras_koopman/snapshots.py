@@ -152,6 +152,12 @@ class SnapshotBuffer:
     (12, TensorShape([8, 3]))
     >>> round(float(buffer.dmd(rank=1).eigenvalues.numpy()[0].real), 4)
     0.8
+    >>> big = kk.SnapshotBuffer(n_features=100_000, window=8, sketch=256)   # 256 numbers kept
+    >>> for k in range(8):
+    ...     big.append(0.8 ** k * np.ones(100_000, np.float32))
+    >>> spectrum = big.dmd(rank=1, modes=False).eigenvalues.numpy()
+    >>> big.nbytes < 100_000 * 4, round(float(spectrum[0].real), 4)
+    (True, 0.8)
     """
 
     def __init__(self, n_features, window, dtype="float32", name="snapshot_buffer", *,
