@@ -133,8 +133,6 @@ class PackedBuffers:
         """Spectra, amplitudes, residuals, ranks, metrics and motion of every group whose count
         is the highest (``analysed`` marks them), as ``[groups, ...]`` tensors; run
         :meth:`refresh_op` first."""
-        from keras_koopman.callbacks.monitor import _window_motion
-
         counts = self.counts.read_value()
         count = tf.reduce_max(counts)
         stored = tf.minimum(count, self.window)
@@ -150,7 +148,8 @@ class PackedBuffers:
             gram, tf.constant(self.sizes), code, value, floor)
         outputs = dict(analysed=tf.equal(counts, count), finite=finite, eigenvalues=eigenvalues,
                        amplitudes=amplitudes, residuals=residuals, rank=rank,
-                       top_singular=singular[:, 0], motion=_window_motion(gram))
+                       top_singular=singular[:, 0],
+                       motion=spectrum_metrics.window_motion(gram))
         outputs.update(spectrum_metrics.summary_batch(eigenvalues, amplitudes, residuals, rank,
                                                       tolerance))
         return outputs
@@ -200,9 +199,6 @@ class PackedView:
     def dmd(self, rank=None, method="exact", dt=1.0, modes=True):
         """``kk.dmd`` of this group's stored snapshots."""
         return dmd(self.snapshots(), rank=rank, method=method, dt=dt, modes=modes)
-
-    def reset(self):
-        self.pack.reset()
 
     def __repr__(self):
         return (f"PackedView(group={self.pack.names[self.index]!r}, "

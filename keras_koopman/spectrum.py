@@ -140,3 +140,13 @@ def summary_batch(eigenvalues, amplitudes, residuals, rank, tolerance=0.01):
         "max_residual": tf.where(tf.reduce_any(finite, axis=1), largest,
                                  tf.constant(float("nan"), tf.float64)),
     }
+
+
+def window_motion(gram):
+    """``|x_newest - x_oldest| / |x_newest|`` from the window's Gram matrix (0 if all zero);
+    ``gram`` may have leading batch axes."""
+    last, first = gram[..., -1, -1], gram[..., 0, 0]
+    distance = tf.maximum(last + first - 2.0 * gram[..., 0, -1], 0.0)
+    ratio = tf.sqrt(distance / tf.where(last > 0, last, 1.0))
+    inf = tf.constant(float("inf"), tf.float64)
+    return tf.where(last > 0, ratio, tf.where(distance > 0, inf, tf.zeros_like(distance)))

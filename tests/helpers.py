@@ -90,3 +90,18 @@ def phase_alignment(a, b):
     b = np.asarray(b)
     inner = np.abs(np.sum(np.conj(a) * b, axis=0))
     return inner / (np.linalg.norm(a, axis=0) * np.linalg.norm(b, axis=0))
+
+
+# Start of the subprocess scripts that run a model over two logical CPUs (the devices must be
+# configured before TensorFlow starts, hence a fresh process): imports, devices, inputs x.
+TWO_CPUS_SCRIPT = r"""
+import json, os
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, keras_koopman as kk
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(256, 4)).astype("float32")
+"""

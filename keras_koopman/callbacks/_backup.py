@@ -41,13 +41,7 @@ def _layout(monitor):
 
 
 def _variables(monitor):
-    seen, variables = set(), []
-    for buffer in monitor.buffers.values():
-        for variable in buffer.variables:  # packed groups share their pack's variables
-            if id(variable) not in seen:
-                seen.add(id(variable))
-                variables.append(variable)
-    return variables
+    return [v for storage in monitor._storages() for v in storage.variables]
 
 
 def save(monitor, backup_dir, epoch):

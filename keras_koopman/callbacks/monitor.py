@@ -83,8 +83,9 @@ class KoopmanMonitor(keras.callbacks.Callback):
     step numbers carry on. Layers without trainable weights (``Flatten``, ``Dropout``, frozen
     layers) are not watched; weights that do not move give a spectrum ``{1}`` with ``motion`` 0;
     a group whose weights turn NaN or Inf is skipped from then on with one warning and listed
-    in :attr:`nonfinite_groups`. The monitor never stops training: a failure warns once, is recorded in
-    :attr:`errors`, and monitoring carries on (or, if the set-up failed, switches itself off).
+    in :attr:`nonfinite_groups`. The monitor never stops training: a failure warns once, is
+    recorded in :attr:`errors`, and monitoring carries on (or, if the set-up failed, switches
+    itself off).
 
     Args:
       observables: ``"layers"`` (one group per layer with trainable weights, named after the
@@ -117,8 +118,8 @@ class KoopmanMonitor(keras.callbacks.Callback):
         and TensorBoard steps continue as in an uninterrupted run (a session-start event in the
         event file makes TensorBoard drop the steps logged after that state; so does a new
         process that logs to the same ``log_dir`` without resuming: its steps replace the old
-        run's from its first step on). The state is removed
-        when ``fit`` ends normally, as ``BackupAndRestore`` removes its own.
+        run's from its first step on). The state is removed when ``fit`` ends normally, as
+        ``BackupAndRestore`` removes its own.
 
     Example:
 
@@ -310,6 +311,12 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self._pending_flags = []
         self._since_analysis = 0
 
+    def _storages(self):
+        """The distinct objects holding the buffers' variables: every unpacked
+        ``SnapshotBuffer`` and the pack (once, however many groups it holds)."""
+        unpacked = [b for b in self.buffers.values() if not isinstance(b, PackedView)]
+        return unpacked + ([self._pack] if self._pack is not None else [])
+
     def _sketch_sizes(self, sizes):
         """``{group: k}`` for the groups to sketch, per the ``sketch`` rule."""
         if self.sketch is None:
@@ -342,7 +349,7 @@ class KoopmanMonitor(keras.callbacks.Callback):
                                          for part in flat(self.groups[name])])
                 flags.update({name: packed[i] for i, name in enumerate(pack.names)})
             for name, buffer, variables in groups:
-                if pack is None or name not in flags:
+                if name not in flags:  # not packed
                     # Each variable goes straight into its slice of the buffer row (no
                     # concatenated copy); the Gram rows wait for the next analysis: one product
                     # there instead of a pass over the buffer at every snapshot.
@@ -444,8 +451,8 @@ class KoopmanMonitor(keras.callbacks.Callback):
 
         History and step numbers carry on, so TensorBoard steps stay monotonic.
         """
-        for buffer in self.buffers.values():
-            buffer.reset()
+        for storage in self._storages():
+            storage.reset()
         self._stored = {name: 0 for name in self.buffers}
         self._pending_flags = []
         self._since_analysis = 0
@@ -615,6 +622,7 @@ _ANALYSIS_FUNCTIONS = {}
 _PACK_MAX_SIZE = 4096
 _PACK_MIN_GROUPS = 32
 _PACKED = "\x00packed"  # key of the packed groups' outputs (no group can be named so)
+_AUTO_SKETCH = 2048  # numbers per snapshot of a group that sketch="auto" sketches
 
 
 def _unpack(outputs, pack):
@@ -631,7 +639,6 @@ def _unpack(outputs, pack):
             values[key] = values[key][:k]
         unpacked[name] = values
     return unpacked
-_AUTO_SKETCH = 2048  # numbers per snapshot of a group that sketch="auto" sketches
 
 
 def _analysis_function(method, storage_dtype, dtype, tolerance):
@@ -649,22 +656,12 @@ def _analysis_function(method, storage_dtype, dtype, tolerance):
             gram = _chronological_gram(centred, cross, reference_sq, count)
             return dict(finite=finite, eigenvalues=eigenvalues, amplitudes=amplitudes,
                         residuals=residuals, rank=rank, top_singular=singular[0],
-                        motion=_window_motion(gram),
+                        motion=spectrum_metrics.window_motion(gram),
                         **spectrum_metrics.summary(result, tolerance))
 
         _ANALYSIS_FUNCTIONS[key] = tf.function(
             analyse, input_signature=state_signature(storage_dtype, dtype), autograph=False)
     return _ANALYSIS_FUNCTIONS[key]
-
-
-def _window_motion(gram):
-    """``|x_newest - x_oldest| / |x_newest|`` from the window's Gram matrix (0 if all zero);
-    ``gram`` may have leading batch axes."""
-    last, first = gram[..., -1, -1], gram[..., 0, 0]
-    distance = tf.maximum(last + first - 2.0 * gram[..., 0, -1], 0.0)
-    ratio = tf.sqrt(distance / tf.where(last > 0, last, 1.0))
-    inf = tf.constant(float("inf"), tf.float64)
-    return tf.where(last > 0, ratio, tf.where(distance > 0, inf, tf.zeros_like(distance)))
 
 
 def _writes_summaries(model):

@@ -6,6 +6,8 @@ import pytest
 
 import keras_koopman as kk
 
+from helpers import TWO_CPUS_SCRIPT
+
 
 def least_squares(seed=0):
     # Three outputs share the 2 x 2 Hessian of one input + bias: 6 weights move in 2 modes
@@ -184,16 +186,7 @@ def test_a_jump_that_overflows_is_refused_and_leaves_finite_weights():
     assert jump.horizon == 50_000
 
 
-MIRRORED_SCRIPT = r"""
-import json, os
-os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-import numpy as np, tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import keras, keras_koopman as kk
-
-rng = np.random.default_rng(0)
-x = rng.normal(size=(256, 4)).astype("float32")
+MIRRORED_SCRIPT = TWO_CPUS_SCRIPT + r"""
 y = (x @ rng.normal(size=(4, 2))).astype("float32")
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with strategy.scope():

@@ -9,6 +9,8 @@ import sys
 
 import numpy as np
 
+from helpers import TWO_CPUS_SCRIPT
+
 WORKER = r'''
 import json, os, sys
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
@@ -121,16 +123,7 @@ def test_multi_worker_mirrored_strategy_two_workers_same_decisions_chief_writes(
     assert len(files) == 1 and files[0].startswith("events.out.tfevents")
 
 
-STRATEGIES = r'''
-import json, os
-os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-import numpy as np, tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import keras, keras_koopman as kk
-
-rng = np.random.default_rng(0)
-x = rng.normal(size=(256, 4)).astype("float32")
+STRATEGIES = TWO_CPUS_SCRIPT + r'''
 y = np.tanh(x @ rng.normal(size=(4, 2))).astype("float32")
 out = {}
 for name, strategy in [("default", tf.distribute.get_strategy()),
