@@ -1,35 +1,78 @@
-"""Argument checks shared by the callbacks: clear ValueErrors/TypeErrors naming the argument."""
+"""One set of argument checks for the whole package.
 
+Every check names the argument and the value it got: ``TypeError`` for a value of the wrong
+type, ``ValueError`` for a value of the right type that is out of range or not allowed. This
+module imports nothing of the package, so any module can use it.
+"""
+
+import math
 import numbers
 import os
 
+import numpy as np
 
-def check_int(value, name, minimum):
-    """``value`` as an int, or ValueError unless it is an int >= ``minimum`` (bools refused)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}")
+__all__ = ["check_int", "check_number", "check_choice", "check_log_dir", "check_names"]
+
+
+def _is_bool(value):
+    return isinstance(value, (bool, np.bool_))
+
+
+def check_int(value, name, minimum=None, maximum=None):
+    """``value`` as an int: ``TypeError`` unless it is an int (bools refused), ``ValueError``
+    unless ``minimum <= value <= maximum`` (either bound may be ``None``)."""
+    if _is_bool(value) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int; got {value!r} of type {type(value).__name__}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be an int {_bounds(minimum, maximum)}; got {value!r}")
     return int(value)
 
 
-def check_number(value, name, low=0.0, high=None):
-    """``value`` as a float, or ValueError unless it is a real number in ``[low, high]``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number; got {value!r}")
-    if value < low or (high is not None and value > high):
-        bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be in {bounds}; got {value!r}")
-    return float(value)
+def check_number(value, name, low=0.0, high=None, *, open_low=False, open_high=False):
+    """``value`` as a float: ``TypeError`` unless it is a real number (bools refused),
+    ``ValueError`` if it is NaN or outside ``[low, high]`` (open ends on request; either bound
+    may be ``None``)."""
+    if _is_bool(value) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number; got {value!r} of type {type(value).__name__}")
+    number = float(value)
+    if math.isnan(number):
+        raise ValueError(f"{name} must be a number, not NaN")
+    too_low = low is not None and (number <= low if open_low else number < low)
+    too_high = high is not None and (number >= high if open_high else number > high)
+    if too_low or too_high:
+        left = "(" if open_low else "["
+        right = ")" if open_high else "]"
+        if high is None:
+            bounds = f"{'>' if open_low else '>='} {low}"
+        elif low is None:
+            bounds = f"{'<' if open_high else '<='} {high}"
+        else:
+            bounds = f"in {left}{low}, {high}{right}"
+        raise ValueError(f"{name} must be {bounds}; got {value!r}")
+    return number
 
 
-def check_monitor(monitor):
-    """The monitor a dependent callback reads, or TypeError."""
-    from keras_koopman.callbacks.monitor import KoopmanMonitor
+def check_choice(value, name, choices):
+    """``value`` if it is one of ``choices`` (compared with ``==``), else ``ValueError`` listing
+    them."""
+    if isinstance(value, str) or value is None or isinstance(value, numbers.Number):
+        if value in choices:
+            return value
+    raise ValueError(f"{name} must be one of {tuple(choices)}; got {value!r}")
 
-    if not isinstance(monitor, KoopmanMonitor):
-        raise TypeError(
-            f"monitor must be a kk.callbacks.KoopmanMonitor; got {type(monitor).__name__}"
-        )
-    return monitor
+
+def check_names(value, name, allow_none=True):
+    """A list of strings (``None`` passes when ``allow_none``): ``TypeError`` otherwise, a bare
+    string included (``["dense"]``, not ``"dense"``)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
+            isinstance(item, str) for item in value):
+        raise TypeError(f"{name} must be a list of names{' or None' if allow_none else ''}; "
+                        f"got {value!r}")
+    if not value:
+        raise ValueError(f"{name} must name at least one; got an empty list")
+    return list(value)
 
 
 def check_log_dir(log_dir, name="log_dir"):
@@ -50,3 +93,11 @@ def check_log_dir(log_dir, name="log_dir"):
     if not os.access(path, os.W_OK | os.X_OK):
         raise ValueError(f"{name} {path!r} is not writable by this process")
     return path
+
+
+def _bounds(minimum, maximum):
+    if maximum is None:
+        return f">= {minimum}"
+    if minimum is None:
+        return f"<= {maximum}"
+    return f"in [{minimum}, {maximum}]"
