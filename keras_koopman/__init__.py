@@ -18,15 +18,17 @@ from keras_koopman._backend import check_backend as _check_backend
 
 _check_backend()
 
-from keras_koopman import callbacks, depth, losses, pruning, spectrum, tensorboard  # noqa: E402
+from keras_koopman import (  # noqa: E402
+    buffers, callbacks, depth, losses, pruning, spectrum, tensorboard)
 from keras_koopman.dmd import DMDResult, dmd, dmd_batch  # noqa: E402
-from keras_koopman.snapshots import SnapshotBuffer  # noqa: E402
+from keras_koopman.buffers import SnapshotBuffer  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DMDResult",
     "SnapshotBuffer",
+    "buffers",
     "callbacks",
     "depth",
     "dmd",

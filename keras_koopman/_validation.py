@@ -11,7 +11,8 @@ import os
 
 import numpy as np
 
-__all__ = ["check_int", "check_number", "check_choice", "check_log_dir", "check_names"]
+__all__ = ["check_int", "check_number", "check_choice", "check_dtype", "check_log_dir",
+           "check_names"]
 
 
 def _is_bool(value):
@@ -101,3 +102,19 @@ def _bounds(minimum, maximum):
     if minimum is None:
         return f"<= {maximum}"
     return f"in [{minimum}, {maximum}]"
+
+
+def check_dtype(dtype, name="dtype", allowed=("float32", "float64")):
+    """``dtype`` as a ``tf.DType`` among ``allowed``: ``TypeError`` for something that is not a
+    dtype, ``ValueError`` for a dtype not allowed."""
+    import tensorflow as tf  # only the buffers check dtypes; keep this module import-light
+
+    allowed = tuple(tf.as_dtype(d) for d in allowed)
+    names = " or ".join(repr(d.name) for d in allowed)
+    try:
+        dtype = tf.as_dtype(dtype)
+    except TypeError as error:
+        raise TypeError(f"{name} must be {names}; got {dtype!r}") from error
+    if dtype not in allowed:
+        raise ValueError(f"{name} must be {names}; got {dtype.name!r}")
+    return dtype

@@ -32,12 +32,12 @@ def _load_digits(seed):
 
 def _verdict(record, stop):
     from keras_koopman.callbacks import convergence
-    from keras_koopman.callbacks.restart import unstable_fraction
+    from keras_koopman.callbacks.restart import UNSTABLE_MASS, unstable_fraction
 
     if record.rank == 0:
         return "still"
     mass, velocity = convergence(record, stop.tolerance)
-    if unstable_fraction(record) >= 0.05:
+    if unstable_fraction(record) >= UNSTABLE_MASS:  # KoopmanRestart's divergence share
         return "growing"
     return VERDICTS[mass >= stop.mass and velocity <= stop.max_velocity]
 

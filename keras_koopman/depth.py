@@ -19,7 +19,7 @@ import numpy as np
 
 from keras_koopman._validation import check_number
 
-__all__ = ["DepthSuggestion", "Scale", "suggest_depth", "layer_activity"]
+__all__ = ["DepthSuggestion", "Scale", "suggest_depth"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,47 +197,11 @@ def suggest_depth(x, y, method="auto", significance=1e-3, separation=2.0, min_sh
     )
 
 
-def layer_activity(monitor, tolerance=None, idle_share=0.01, idle_motion=1e-6):
-    """Per layer (observable group): how much of its weights' motion sits in non-unit modes.
+def __getattr__(name):
+    # kk.depth.layer_activity moved to kk.callbacks.layer_activity (it reads a monitor); the old
+    # name stays importable.
+    if name == "layer_activity":
+        from keras_koopman.callbacks.activity import layer_activity
 
-    From each group's newest :class:`~keras_koopman.callbacks.SpectrumRecord`: with
-    ``w_j = |b_j| |lambda_j|^(s-1)`` each mode's weight in the newest snapshot,
-    ``non_unit_share = sum(w_j for |lambda_j - 1| > tolerance) / sum(w_j)``. A layer is flagged
-    ``idle`` when that share is below ``idle_share`` (all its content sits at eigenvalue 1: it
-    no longer changes what it computes) or its weights did not move (``motion`` below
-    ``idle_motion``).
-
-    Returns:
-      ``{group: {"non_unit_share", "motion", "idle"}}`` for every analysed group.
-
-    Example:
-
-    >>> import numpy as np, keras, keras_koopman as kk
-    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="hidden"),
-    ...                           keras.layers.Dense(1, name="out")])
-    >>> model.compile("sgd", "mse")
-    >>> monitor = kk.callbacks.KoopmanMonitor(window=5)
-    >>> x, y = np.random.rand(32, 4), np.random.rand(32, 1)
-    >>> _ = model.fit(x, y, epochs=6, verbose=0, callbacks=[monitor])
-    >>> activity = kk.depth.layer_activity(monitor)
-    >>> sorted(activity), sorted(activity["out"])
-    (['hidden', 'out'], ['idle', 'motion', 'non_unit_share'])
-    """
-    from keras_koopman._validation import check_monitor
-
-    check_monitor(monitor)
-    tolerance = monitor.tolerance if tolerance is None else check_number(tolerance, "tolerance")
-    idle_share = check_number(idle_share, "idle_share", 0.0, 1.0)
-    report = {}
-    for record in monitor.current():
-        weights = record.current_weights()
-        total = float(np.sum(weights))
-        moving = np.abs(record.eigenvalues - 1.0) > tolerance
-        share = float(np.sum(weights[moving]) / total) if total > 0 else 0.0
-        motion = float(record.metrics.get("motion", 0.0))
-        report[record.group] = {
-            "non_unit_share": share,
-            "motion": motion,
-            "idle": share < idle_share or motion < idle_motion,
-        }
-    return report
+        return layer_activity
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

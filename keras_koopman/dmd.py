@@ -39,6 +39,9 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
+from keras_koopman._tf import cached_function
+from keras_koopman._validation import check_choice, check_int, check_number
+
 __all__ = ["DMDResult", "dmd", "dmd_batch"]
 
 _METHODS = ("exact", "rrr")
@@ -51,40 +54,49 @@ RANK_OPTIMAL, RANK_FIXED, RANK_ENERGY = 0, 1, 2
 
 
 def parse_rank(rank):
-    """Validates ``rank`` and encodes it as ``(code, value)`` for the graph functions."""
+    """Validates ``rank`` and encodes it as ``(code, value)`` for the graph functions.
+
+    Args:
+      rank: ``None`` (Gavish-Donoho optimal hard threshold), an int ``>= 1`` (fixed rank) or a
+        float in (0, 1) (fraction of the singular-value energy).
+
+    Returns:
+      ``(code, value)``: ``RANK_OPTIMAL``, ``RANK_FIXED`` or ``RANK_ENERGY`` and a float.
+
+    Raises:
+      TypeError: ``rank`` is not ``None``, an int or a float (a string, a bool, a list...).
+      ValueError: an int below 1, or a float outside (0, 1).
+    """
     if rank is None:
         return RANK_OPTIMAL, 0.0
-    if isinstance(rank, (bool, np.bool_)):
-        raise ValueError(f"rank must be None, a positive int or a float in (0, 1); got {rank!r}")
+    if isinstance(rank, (bool, np.bool_)) or not isinstance(rank, numbers.Real):
+        raise TypeError(
+            f"rank must be None (optimal hard threshold), a positive int or a float in (0, 1); "
+            f"got {rank!r} of type {type(rank).__name__}"
+        )
     if isinstance(rank, numbers.Integral):
-        if rank < 1:
-            raise ValueError(f"rank must be a positive int when it is an int; got {rank!r}")
-        return RANK_FIXED, float(rank)
-    if isinstance(rank, numbers.Real):
-        if not 0.0 < float(rank) < 1.0:
-            raise ValueError(
-                f"rank as a float is a fraction of singular-value energy and must lie in (0, 1); "
-                f"got {rank!r}"
-            )
-        return RANK_ENERGY, float(rank)
-    raise ValueError(
-        f"rank must be None (optimal hard threshold), a positive int or a float in (0, 1); "
-        f"got {rank!r} of type {type(rank).__name__}"
-    )
+        return RANK_FIXED, float(check_int(rank, "rank as an int (a fixed rank)", minimum=1))
+    energy = check_number(rank, "rank as a float (a fraction of singular-value energy)", 0.0, 1.0,
+                          open_low=True, open_high=True)
+    return RANK_ENERGY, energy
 
 
 def check_method(method):
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}; got {method!r}")
-    return method
+    """``method`` if it is ``"exact"`` or ``"rrr"``, else ``ValueError``."""
+    return check_choice(method, "method", _METHODS)
+
+
+def check_solver(solver):
+    """``solver`` if it is ``"auto"``, ``"svd"`` or ``"gram"``, else ``ValueError``."""
+    return check_choice(solver, "solver", _SOLVERS)
 
 
 def check_dt(dt):
-    if isinstance(dt, bool) or not isinstance(dt, numbers.Real):
+    """``dt`` as a positive finite float: ``TypeError`` for a non-number, ``ValueError`` else."""
+    dt = check_number(dt, "dt", 0.0, open_low=True)
+    if not math.isfinite(dt):
         raise ValueError(f"dt must be a positive finite number; got {dt!r}")
-    if not (math.isfinite(float(dt)) and float(dt) > 0):
-        raise ValueError(f"dt must be a positive finite number; got {dt!r}")
-    return float(dt)
+    return dt
 
 
 def gavish_donoho_omega(beta):
@@ -111,29 +123,65 @@ def floor_epsilon(data_dtype, solver):
 
 
 def select_rank(singular_values, n_cols, code, value, floor):
-    """Number of singular values kept; ``singular_values`` descending float64 ``[p]``."""
-    s = singular_values
-    p = tf.shape(s)[0]
-    top = s[0]
-    supported = tf.reduce_sum(tf.cast(s > floor * top, tf.int32))
-    supported = tf.maximum(supported, 1)
+    """Number of singular values kept for one spectrum: :func:`select_rank_batch` on a batch
+    of one, so that :func:`dmd` and :func:`dmd_batch` share a single rank rule.
 
-    n_rows = tf.cast(p, tf.float64)
-    big = tf.maximum(n_rows, tf.cast(n_cols, tf.float64))
-    small = tf.minimum(n_rows, tf.cast(n_cols, tf.float64))
-    beta = small / big
-    median = 0.5 * (s[(p - 1) // 2] + s[p // 2])
-    optimal = tf.reduce_sum(tf.cast(s > gavish_donoho_omega(beta) * median, tf.int32))
+    Args:
+      singular_values: descending float64 ``[p]``.
+      n_cols: number of features ``n`` (a scalar).
+      code, value: the rank encoding of :func:`parse_rank` (Python numbers or scalar tensors).
+      floor: relative singular-value floor (:func:`floor_epsilon`).
 
-    fixed = tf.cast(value, tf.int32)
+    Returns:
+      The rank, an int32 scalar in ``[1, numerical rank]``.
+    """
+    return select_rank_batch(singular_values[tf.newaxis], n_cols, code, value, floor)[0]
 
-    energy = tf.cumsum(s**2) / tf.maximum(tf.reduce_sum(s**2), tf.constant(1e-300, tf.float64))
-    by_energy = tf.reduce_sum(tf.cast(energy < value, tf.int32)) + 1
 
-    chosen = tf.switch_case(
-        code,
-        [lambda: optimal, lambda: fixed, lambda: by_energy],
-    )
+def select_rank_batch(singular, n_cols, code, value, floor):
+    """The rank rule: number of singular values kept for each row of ``singular``.
+
+    All three rules are computed and ``code`` picks one, so ``code`` and ``value`` may be scalar
+    tensors (one trace serves every rank) as well as Python numbers.
+
+    Args:
+      singular: float64 ``[batch, p]``, each row descending; the shapes may be dynamic.
+      n_cols: number of features ``n``, a scalar or ``[batch]``.
+      code: ``RANK_OPTIMAL`` (Gavish-Donoho: ``s > omega(beta) * median(s)`` with
+        ``beta = min(p, n) / max(p, n)``), ``RANK_FIXED`` (``value`` modes) or ``RANK_ENERGY``
+        (the fewest leading modes whose share of ``sum(s**2)`` reaches ``value``); a Python int
+        or an int32 scalar tensor.
+      value: the fixed rank or the energy fraction (ignored for ``RANK_OPTIMAL``), a Python
+        number or a float64 scalar tensor.
+      floor: relative floor: singular values up to ``floor * s[0]`` are numerically zero.
+
+    Returns:
+      int32 ``[batch]``: each element's rank, clipped to ``[1, numerical rank]``.
+    """
+    code = tf.cast(code, tf.int32)
+    value = tf.cast(value, tf.float64)
+    p = tf.shape(singular)[1]
+    top = singular[:, :1]
+    supported = tf.maximum(tf.reduce_sum(tf.cast(singular > floor * top, tf.int32), axis=1), 1)
+
+    rows, cols = tf.cast(p, tf.float64), tf.cast(n_cols, tf.float64)
+    beta = tf.minimum(rows, cols) / tf.maximum(rows, cols)
+    median = 0.5 * (tf.gather(singular, (p - 1) // 2, axis=1)
+                    + tf.gather(singular, p // 2, axis=1))
+    threshold = gavish_donoho_omega(beta) * median
+    optimal = tf.reduce_sum(tf.cast(singular > threshold[:, tf.newaxis], tf.int32), axis=1)
+
+    # Clipped before the cast: a huge requested rank must not wrap around in int32.
+    fixed = tf.fill(tf.shape(supported),
+                    tf.cast(tf.clip_by_value(value, 0.0, tf.cast(p, tf.float64)), tf.int32))
+
+    squared = singular**2
+    total = tf.maximum(tf.reduce_sum(squared, axis=1, keepdims=True), 1e-300)
+    by_energy = tf.reduce_sum(tf.cast(tf.cumsum(squared, axis=1) / total < value, tf.int32),
+                              axis=1) + 1
+
+    chosen = tf.where(tf.equal(code, RANK_FIXED), fixed,
+                      tf.where(tf.equal(code, RANK_ENERGY), by_energy, optimal))
     return tf.clip_by_value(chosen, 1, supported)
 
 
@@ -431,43 +479,93 @@ class DMDResult:
         return dataclasses.replace(self, **convert)
 
 
-def to_snapshots(snapshots, name="snapshots"):
-    """Converts time-major input to a float tensor ``[m, n]`` with clear errors."""
+_LAYOUTS = {
+    2: ("[m, n]", "row k = state at step k"),
+    3: ("[batch, m, n]", "row k of each sequence = its state at step k"),
+}
+
+
+def to_snapshots(snapshots, name="snapshots", ndim=2):
+    """Converts time-major input to a float32 or float64 tensor, with clear errors.
+
+    The one converter of :func:`dmd` (``ndim=2``, ``[m, n]``) and :func:`dmd_batch`
+    (``ndim=3``, ``[batch, m, n]``). float32 and float64 pass unchanged, float16 and bfloat16
+    become float32, other floats, ints and bools float64.
+
+    Args:
+      snapshots: array-like or tensor, time-major.
+      name: the argument's name in error messages.
+      ndim: 2 for one sequence ``[m, n]``, 3 for a batch of sequences ``[batch, m, n]``.
+
+    Returns:
+      A float32 or float64 tensor with ``ndim`` dimensions, ``m >= 2`` and ``n >= 1``
+      (``batch >= 1``).
+
+    Raises:
+      TypeError: ``snapshots`` is not real numbers (complex, strings, objects).
+      ValueError: ragged input, the wrong number of dimensions, fewer than 2 time steps, no
+        features or an empty batch.
+    """
+    layout, rows = _LAYOUTS[ndim]
+    tensor = _real_tensor(snapshots, name, layout)
+    shape = tuple(tensor.shape)
+    if len(shape) != ndim:
+        raise ValueError(
+            f"{name} must be {ndim}-D and time-major {layout} ({rows}); got shape {shape}"
+        )
+
+    def below(dimension, minimum):
+        return dimension is not None and dimension < minimum
+
+    if ndim == 3 and below(shape[0], 1):
+        raise ValueError(f"{name} needs at least 1 sequence (batch >= 1); got shape {shape}")
+    if below(shape[-2], 2):
+        raise ValueError(
+            f"{name} needs at least 2 time steps (m >= 2 rows of the time-major {layout}); "
+            f"got shape {shape}"
+        )
+    if below(shape[-1], 1):
+        raise ValueError(
+            f"{name} needs at least 1 feature (n >= 1 columns of the time-major {layout}); "
+            f"got shape {shape}"
+        )
+    return tensor
+
+
+def _real_tensor(snapshots, name, layout):
+    """``snapshots`` as a float32 or float64 tensor of any shape (see :func:`to_snapshots`)."""
     if isinstance(snapshots, (tf.Tensor, tf.Variable)):
         tensor = tf.convert_to_tensor(snapshots)
-    else:
-        try:
-            array = np.asarray(snapshots)
-        except Exception as error:  # ragged lists and the like
-            raise ValueError(f"{name} must be an array-like [m, n]; got {type(snapshots)}") from error
-        if array.dtype == object:
-            raise ValueError(f"{name} must be a numeric array [m, n]; got dtype object")
-        tensor = None
-        if np.issubdtype(array.dtype, np.floating) and array.dtype in (np.float32, np.float64):
-            tensor = tf.convert_to_tensor(array)
-        elif np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
-            tensor = tf.convert_to_tensor(array.astype(np.float64))
-        elif np.issubdtype(array.dtype, np.floating):
-            tensor = tf.convert_to_tensor(array.astype(np.float32))
-        else:
-            raise TypeError(f"{name} must be real float32 or float64; got dtype {array.dtype}")
-    if tensor.dtype in (tf.float16, tf.bfloat16):
-        tensor = tf.cast(tensor, tf.float32)
-    elif tensor.dtype.is_integer or tensor.dtype == tf.bool:
-        tensor = tf.cast(tensor, tf.float64)
-    if tensor.dtype not in (tf.float32, tf.float64):
-        raise TypeError(f"{name} must be real float32 or float64; got dtype {tensor.dtype.name}")
-    if tensor.shape.rank != 2:
+        if tensor.dtype in (tf.float16, tf.bfloat16):
+            tensor = tf.cast(tensor, tf.float32)
+        elif tensor.dtype.is_integer or tensor.dtype == tf.bool:
+            tensor = tf.cast(tensor, tf.float64)
+        if tensor.dtype not in (tf.float32, tf.float64):
+            raise TypeError(
+                f"{name} must hold real numbers (float32 or float64); got dtype {tensor.dtype.name}"
+            )
+        return tensor
+    try:
+        array = np.asarray(snapshots)
+    except ValueError as error:  # ragged nested lists
         raise ValueError(
-            f"{name} must be 2-D and time-major [m, n] (row k = state at step k); "
-            f"got shape {tuple(tensor.shape)}"
+            f"{name} must be a rectangular array, time-major {layout}; got a ragged "
+            f"{type(snapshots).__name__}"
+        ) from error
+    except Exception as error:  # objects NumPy cannot read as an array at all
+        raise TypeError(
+            f"{name} must be an array or tensor {layout}; got {type(snapshots).__name__}"
+        ) from error
+    kind = array.dtype.kind
+    if kind in "biu":
+        array = array.astype(np.float64)
+    elif kind == "f" and array.dtype not in (np.float32, np.float64):
+        array = array.astype(np.float32 if array.dtype.itemsize < 4 else np.float64)
+    elif kind != "f":
+        raise TypeError(
+            f"{name} must hold real numbers (float32 or float64); got dtype {array.dtype}"
         )
-    m, n = tensor.shape
-    if m < 2:
-        raise ValueError(f"{name} needs at least 2 time steps (rows); got shape {(m, n)}")
-    if n < 1:
-        raise ValueError(f"{name} needs at least 1 feature (column); got shape {(m, n)}")
-    return tensor
+    return tf.convert_to_tensor(array)
 
 
 def guard_finite(gram):
@@ -478,47 +576,48 @@ def guard_finite(gram):
     return finite, tf.where(finite, gram, tf.eye(tf.shape(gram)[0], dtype=gram.dtype))
 
 
-class _Engine:
-    """One tf.function per (solver, method, dtype), each with a fixed input signature."""
-
-    def __init__(self):
-        self._functions = {}
-
-    def function(self, solver, method, dtype, with_modes=True):
-        key = (solver, method, dtype, with_modes)
-        if key not in self._functions:
-            floor = floor_epsilon(dtype, solver)
-
-            def run(x, code, value):
-                if solver == "gram":
-                    finite, gram = guard_finite(snapshot_gram(x))
-                    outputs = gram_solve(gram, tf.shape(x)[1], code, value, floor, method)
-                else:
-                    finite = tf.reduce_all(tf.math.is_finite(x))
-                    x = tf.where(finite, x, tf.zeros_like(x))
-                    outputs = svd_solve(tf.cast(x, tf.float64), code, value, floor, method)
-                eigenvalues, combination, residuals, amplitudes, singular, k = outputs
-                if solver != "gram":
-                    x64 = tf.cast(x, tf.float64)
-                    gram = tf.matmul(x64, x64, transpose_b=True)
-                combination, amplitudes = unit_modes(combination, amplitudes, gram)
-                modes = None
-                if with_modes:
-                    modes, norms = form_modes(x, combination)
-                    amplitudes *= tf.cast(norms, tf.complex128)
-                return finite, eigenvalues, modes, amplitudes, residuals, singular, k
-
-            signature = [
-                tf.TensorSpec([None, None], dtype),
-                tf.TensorSpec([], tf.int32),
-                tf.TensorSpec([], tf.float64),
-            ]
-            self._functions[key] = tf.function(run, input_signature=signature, autograph=False)
-        return self._functions[key]
+# The rank (code, value) travels into the traced functions as two scalar inputs.
+_RANK_SIGNATURE = (tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float64))
 
 
+def _rank_tensors(code, value):
+    """The rank encoding of :func:`parse_rank` as the inputs of :data:`_RANK_SIGNATURE`."""
+    return tf.constant(code, tf.int32), tf.constant(value, tf.float64)
 
-_ENGINE = _Engine()
+
+def _dmd_function(solver, method, dtype, with_modes):
+    """The traced DMD for one (solver, method, dtype, with_modes), from the process-wide cache.
+
+    The snapshots' shape and the rank ``(code, value)`` are inputs of a fixed signature: one
+    trace serves every window, width and rank.
+    """
+
+    def build():
+        floor = floor_epsilon(dtype, solver)
+
+        def run(x, code, value):
+            if solver == "gram":
+                finite, gram = guard_finite(snapshot_gram(x))
+                outputs = gram_solve(gram, tf.shape(x)[1], code, value, floor, method)
+            else:
+                finite = tf.reduce_all(tf.math.is_finite(x))
+                x = tf.where(finite, x, tf.zeros_like(x))
+                outputs = svd_solve(tf.cast(x, tf.float64), code, value, floor, method)
+            eigenvalues, combination, residuals, amplitudes, singular, k = outputs
+            if solver != "gram":
+                x64 = tf.cast(x, tf.float64)
+                gram = tf.matmul(x64, x64, transpose_b=True)
+            combination, amplitudes = unit_modes(combination, amplitudes, gram)
+            modes = None
+            if with_modes:
+                modes, norms = form_modes(x, combination)
+                amplitudes *= tf.cast(norms, tf.complex128)
+            return finite, eigenvalues, modes, amplitudes, residuals, singular, k
+
+        signature = [tf.TensorSpec([None, None], dtype), *_RANK_SIGNATURE]
+        return tf.function(run, input_signature=signature, autograph=False)
+
+    return cached_function(("dmd", solver, method, dtype, with_modes), build)
 
 
 def dmd(snapshots, rank=None, method="exact", dt=1.0, *, solver="auto", modes=True, device=None):
@@ -546,9 +645,9 @@ def dmd(snapshots, rank=None, method="exact", dt=1.0, *, solver="auto", modes=Tr
       A :class:`DMDResult`.
 
     Raises:
-      ValueError: bad shape, NaN/Inf in ``snapshots``, bad ``rank``, ``method``, ``dt`` or
-        ``solver``.
-      TypeError: ``snapshots`` is not real.
+      ValueError: bad shape, NaN/Inf in ``snapshots``, a ``rank`` or ``dt`` out of range, an
+        unknown ``method`` or ``solver``.
+      TypeError: ``snapshots`` is not real, or ``rank`` or ``dt`` has the wrong type.
 
     Example:
 
@@ -565,14 +664,13 @@ def dmd(snapshots, rank=None, method="exact", dt=1.0, *, solver="auto", modes=Tr
     code, value = parse_rank(rank)
     check_method(method)
     dt = check_dt(dt)
-    if solver not in _SOLVERS:
-        raise ValueError(f"solver must be one of {_SOLVERS}; got {solver!r}")
+    check_solver(solver)
     x = to_snapshots(snapshots)
     m, n = x.shape
     if solver == "auto":
         solver = "gram" if m * n > _AUTO_GRAM_ELEMENTS else "svd"
-    function = _ENGINE.function(solver, method, x.dtype, bool(modes))
-    arguments = (x, tf.constant(code, tf.int32), tf.constant(value, tf.float64))
+    function = _dmd_function(solver, method, x.dtype, bool(modes))
+    arguments = (x, *_rank_tensors(code, value))
     if device is None:
         outputs = function(*arguments)
     else:
@@ -605,29 +703,6 @@ def result_from(outputs, dt, method, name):
 # --------------------------------------------------------------------------------------------
 
 
-def select_rank_batch(singular, n_cols, code, value, floor):
-    """:func:`select_rank` for each row of ``singular`` ``[batch, p]`` (descending); ``code``
-    and ``value`` are Python numbers, the shapes may be dynamic."""
-    p = tf.shape(singular)[1]
-    top = singular[:, :1]
-    supported = tf.maximum(tf.reduce_sum(tf.cast(singular > floor * top, tf.int32), axis=1), 1)
-    if code == RANK_FIXED:
-        chosen = tf.fill(tf.shape(supported), int(value))
-    elif code == RANK_ENERGY:
-        squared = singular**2
-        total = tf.maximum(tf.reduce_sum(squared, axis=1, keepdims=True), 1e-300)
-        chosen = tf.reduce_sum(tf.cast(tf.cumsum(squared, axis=1) / total < value, tf.int32),
-                               axis=1) + 1
-    else:
-        rows, cols = tf.cast(p, tf.float64), tf.cast(n_cols, tf.float64)
-        beta = tf.minimum(rows, cols) / tf.maximum(rows, cols)
-        median = 0.5 * (tf.gather(singular, (p - 1) // 2, axis=1)
-                        + tf.gather(singular, p // 2, axis=1))
-        threshold = gavish_donoho_omega(beta) * median
-        chosen = tf.reduce_sum(tf.cast(singular > threshold[:, tf.newaxis], tf.int32), axis=1)
-    return tf.clip_by_value(chosen, 1, supported)
-
-
 def _quadratic(vectors, matrix):
     """``diag(V^H M V)`` for a batch: ``vectors [b, p, r]`` complex, ``matrix [b, p, p]``."""
     image = tf.matmul(tf.cast(matrix, tf.complex128), vectors)
@@ -643,7 +718,8 @@ def batch_gram_solve(gram, n_cols, code, value, floor):
     ``X1^T V S^-1 w`` and the residuals ``||X1^T p - lambda X0^T p||`` (``p = V S^-1 w``) come
     from the three Gram blocks; so do the amplitudes (least squares ``x_0 ~= modes b`` through the
     normal equations). Directions past each element's rank get ``1/s = 0``: their slots hold
-    eigenvalue 0 with a zero mode and zero amplitude.
+    eigenvalue 0 with a zero mode and zero amplitude. ``code, value`` is the rank encoding of
+    :func:`parse_rank`, as Python numbers or scalar tensors (:func:`select_rank_batch`).
 
     Returns ``eigenvalues, combination, amplitudes, residuals, singular, k``: the unit modes are
     ``X1^T combination`` (``combination [batch, m-1, p]``).
@@ -700,7 +776,22 @@ def batch_solve(x, code, value, floor):
     return eigenvalues, modes, amplitudes, residuals, singular, k
 
 
-_BATCH_FUNCTIONS = {}
+def _dmd_batch_function(dtype):
+    """The traced :func:`dmd_batch` for one dtype, from the process-wide cache: the shape and
+    the rank ``(code, value)`` are inputs, so one trace serves every batch, window and rank."""
+
+    def build():
+        floor = floor_epsilon(dtype, "gram")
+
+        def run(x, code, value):
+            finite = tf.reduce_all(tf.math.is_finite(x))
+            x = tf.cast(tf.where(finite, x, tf.zeros_like(x)), tf.float64)
+            return (finite, *batch_solve(x, code, value, floor))
+
+        signature = [tf.TensorSpec([None, None, None], dtype), *_RANK_SIGNATURE]
+        return tf.function(run, input_signature=signature, autograph=False)
+
+    return cached_function(("dmd_batch", dtype), build)
 
 
 def dmd_batch(snapshots, rank=None, dt=1.0):
@@ -724,8 +815,8 @@ def dmd_batch(snapshots, rank=None, dt=1.0):
       amplitude 0, so ``result.predict(t)`` (``[batch, len(t), n]``) is unaffected by them.
 
     Raises:
-      ValueError: bad shape, NaN/Inf in ``snapshots``, bad ``rank`` or ``dt``.
-      TypeError: ``snapshots`` is not real.
+      ValueError: bad shape, NaN/Inf in ``snapshots``, a ``rank`` or ``dt`` out of range.
+      TypeError: ``snapshots`` is not real, or ``rank`` or ``dt`` has the wrong type.
 
     Example:
 
@@ -740,38 +831,10 @@ def dmd_batch(snapshots, rank=None, dt=1.0):
     """
     code, value = parse_rank(rank)
     dt = check_dt(dt)
-    if isinstance(snapshots, (tf.Tensor, tf.Variable)):
-        tensor = tf.convert_to_tensor(snapshots)
-    else:
-        array = np.asarray(snapshots)
-        if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(
-                array.dtype, np.integer):
-            raise TypeError(f"snapshots must be real float32 or float64; got dtype {array.dtype}")
-        tensor = tf.convert_to_tensor(array if array.dtype in (np.float32, np.float64)
-                                      else array.astype(np.float64))
-    if tensor.shape.rank != 3:
-        raise ValueError(
-            f"snapshots must be 3-D [batch, m, n] (time-major per element); "
-            f"got shape {tuple(tensor.shape)}")
-    if not (tensor.dtype.is_floating and tensor.dtype in (tf.float32, tf.float64)):
-        raise TypeError(f"snapshots must be real float32 or float64; got {tensor.dtype.name}")
-    batch, m, n = tensor.shape
-    if batch < 1 or m < 2 or n < 1:
-        raise ValueError(f"snapshots need batch >= 1, m >= 2 steps and n >= 1 features; got "
-                         f"shape {(batch, m, n)}")
-    key = (code, value, tensor.dtype)  # shapes are dynamic: one trace serves every window
-    if key not in _BATCH_FUNCTIONS:
-        floor = floor_epsilon(tensor.dtype, "gram")
-
-        def run(x):
-            finite = tf.reduce_all(tf.math.is_finite(x))
-            x = tf.cast(tf.where(finite, x, tf.zeros_like(x)), tf.float64)
-            return (finite, *batch_solve(x, code, value, floor))
-
-        _BATCH_FUNCTIONS[key] = tf.function(
-            run, input_signature=[tf.TensorSpec([None, None, None], tensor.dtype)],
-            autograph=False)
-    finite, eigenvalues, modes, amplitudes, residuals, singular, k = _BATCH_FUNCTIONS[key](tensor)
+    tensor = to_snapshots(snapshots, ndim=3)
+    function = _dmd_batch_function(tensor.dtype)
+    finite, eigenvalues, modes, amplitudes, residuals, singular, k = function(
+        tensor, *_rank_tensors(code, value))
     if not bool(finite):
         raise ValueError("snapshots contains NaN or Inf")
     return DMDResult(eigenvalues=eigenvalues, modes=modes, amplitudes=amplitudes,

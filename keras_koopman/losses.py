@@ -130,8 +130,9 @@ def negative_sobolev(y_true, y_pred, s=1.0, axis=-1, length=None, window=None):
         scaled to mean square 1, tapers the ends: use it for non-periodic signals whose error
         at the two ends differs, so that the jump does not leak into every wavenumber) or
         ``"even"`` (the residual is mirrored to twice its length before the FFT, a cosine
-        transform: no jump at the ends at all; ``s = 0`` is still the MSE). Both only matter
-        for ``s != 0``.
+        transform: no jump at the ends at all; ``s = 0`` is still the MSE). With ``"hann"``,
+        ``s = 0`` is the window-weighted mean square ``mean((w r)^2)``: the MSE for an error
+        spread evenly over the signal, less for one at the ends.
 
     Returns:
       float32 tensor: ``y_true``'s shape without ``axis``.

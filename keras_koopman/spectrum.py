@@ -17,9 +17,10 @@ Example:
 
 from __future__ import annotations
 
-import numbers
-
+import numpy as np
 import tensorflow as tf
+
+from keras_koopman._validation import check_number
 
 __all__ = [
     "spectral_radius",
@@ -27,6 +28,7 @@ __all__ = [
     "unstable_count",
     "max_residual",
     "summary",
+    "mode_share",
 ]
 
 
@@ -36,12 +38,6 @@ def _eigenvalues(result_or_eigenvalues):
     if not values.dtype.is_complex:
         values = tf.complex(tf.cast(values, tf.float64), tf.zeros_like(values, tf.float64))
     return tf.reshape(tf.cast(values, tf.complex128), [-1])
-
-
-def _check_tolerance(tolerance, name="tolerance"):
-    if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or tolerance < 0:
-        raise ValueError(f"{name} must be a non-negative number; got {tolerance!r}")
-    return float(tolerance)
 
 
 def spectral_radius(result_or_eigenvalues):
@@ -62,7 +58,7 @@ def near_one_fraction(result_or_eigenvalues, tolerance=0.01, amplitudes=None):
     Returns:
       float64 scalar in [0, 1]; 0 for an empty spectrum or zero total weight.
     """
-    tolerance = _check_tolerance(tolerance)
+    tolerance = check_number(tolerance, "tolerance")
     eigenvalues = _eigenvalues(result_or_eigenvalues)
     near = tf.cast(tf.abs(eigenvalues - 1.0) <= tolerance, tf.float64)
     if amplitudes is None:
@@ -85,7 +81,7 @@ _UNSTABLE = 1e-3  # |lambda| above 1 + this counts as unstable
 
 def unstable_count(result_or_eigenvalues, tolerance=_UNSTABLE):
     """Number of eigenvalues outside the unit circle: ``|lambda| > 1 + tolerance``."""
-    tolerance = _check_tolerance(tolerance)
+    tolerance = check_number(tolerance, "tolerance")
     moduli = tf.abs(_eigenvalues(result_or_eigenvalues))
     return tf.reduce_sum(tf.cast(moduli > 1.0 + tolerance, tf.int32))
 
@@ -123,7 +119,7 @@ def summary_batch(eigenvalues, amplitudes, residuals, rank, tolerance=0.01):
     ``amplitudes``, ``residuals`` ``[batch, p]`` whose first ``rank[b]`` slots are element
     ``b``'s spectrum (the rest is padding, as :func:`keras_koopman.dmd_batch` leaves it).
     Returns a dict of ``[batch]`` tensors."""
-    tolerance = _check_tolerance(tolerance)
+    tolerance = check_number(tolerance, "tolerance")
     eigenvalues = tf.cast(eigenvalues, tf.complex128)
     kept = tf.range(tf.shape(eigenvalues)[1])[tf.newaxis, :] < tf.cast(rank, tf.int32)[:, None]
     moduli = tf.where(kept, tf.abs(eigenvalues), 0.0)
@@ -150,3 +146,39 @@ def window_motion(gram):
     ratio = tf.sqrt(distance / tf.where(last > 0, last, 1.0))
     inf = tf.constant(float("inf"), tf.float64)
     return tf.where(last > 0, ratio, tf.where(distance > 0, inf, tf.zeros_like(distance)))
+
+
+def mode_share(record, condition, empty=0.0):
+    """The weighted share of a record's modes that meet ``condition``.
+
+    Each mode ``j`` weighs ``w_j = |b_j| |lambda_j|^(s-1)``, the length of its component in the
+    newest of the ``s`` snapshots (modes have unit norm; see
+    :meth:`keras_koopman.callbacks.SpectrumRecord.current_weights`). The share is
+    ``sum_j w_j c_j / sum_j w_j`` with ``c = condition(eigenvalues)``: a boolean array gives the
+    share of the current weights in the modes where it holds (at 1, outside the unit circle,
+    ...); a float array gives the weighted mean of those values. This is the one place the
+    stopping rule, the restart diagnosis, the layer activity and the demo's verdicts weigh modes.
+
+    Args:
+      record: a :class:`~keras_koopman.callbacks.SpectrumRecord`.
+      condition: ``eigenvalues [r] -> [r]`` booleans or numbers.
+      empty: what to return when the total weight is zero or not finite (an empty spectrum).
+
+    Returns:
+      A Python float.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_koopman.records import SpectrumRecord
+    >>> record = SpectrumRecord(0, 2, "dense", np.array([1.0, 0.5]), np.array([3.0, 1.0]),
+    ...                         np.zeros(2), 2, 2, {})
+    >>> mode_share(record, lambda e: np.abs(e - 1) <= 0.01)  # 3 of 3 + 0.5
+    0.8571428571428571
+    """
+    weights = record.current_weights()
+    total = float(np.sum(weights))
+    if not np.isfinite(total) or total <= 0:
+        return float(empty)
+    values = np.asarray(condition(record.eigenvalues), dtype=np.float64)
+    return float(np.sum(weights * values) / total)

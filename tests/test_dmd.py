@@ -261,14 +261,18 @@ def test_accepts_tensors_and_runs_on_the_requested_device(rng):
     assert_same_spectrum(values, result.eigenvalues.numpy(), 1e-4)
 
 
+def _cached(key):
+    """The traced function cached under ``key``; fails if nothing was traced under it."""
+    return kk._tf.cached_function(key, lambda: pytest.fail(f"nothing cached under {key}"))
+
+
 def test_same_shape_calls_trace_once(rng):
-    function = dmd_module._ENGINE.function("gram", "exact", tf.float64)
-    before = function.experimental_get_tracing_count()
+    before = kk._tf.trace_count("dmd")
     for i in range(10):
         x = rng.standard_normal((20 + i % 3, 60_000))
         kk.dmd(x, rank=[None, 3, 0.9][i % 3], solver="gram")
-    assert function.experimental_get_tracing_count() - before <= 1
-    assert function.experimental_get_tracing_count() == 1
+    assert kk._tf.trace_count("dmd") - before <= 1
+    assert _cached(("dmd", "gram", "exact", tf.float64, True)).experimental_get_tracing_count() == 1
 
 
 @pytest.mark.parametrize(
@@ -279,13 +283,19 @@ def test_same_shape_calls_trace_once(rng):
         ({"rank": 1.0}, ValueError, "rank"),
         ({"rank": 1.5}, ValueError, "rank"),
         ({"rank": 0.0}, ValueError, "rank"),
-        ({"rank": "3"}, ValueError, "rank"),
-        ({"rank": True}, ValueError, "rank"),
+        ({"rank": float("nan")}, ValueError, "rank"),
+        ({"rank": "3"}, TypeError, "rank"),
+        ({"rank": True}, TypeError, "rank"),
+        ({"rank": np.bool_(True)}, TypeError, "rank"),
+        ({"rank": [2]}, TypeError, "rank"),
         ({"method": "fast"}, ValueError, "method"),
+        ({"method": None}, ValueError, "method"),
         ({"dt": 0}, ValueError, "dt"),
         ({"dt": -1.0}, ValueError, "dt"),
         ({"dt": float("nan")}, ValueError, "dt"),
-        ({"dt": "1"}, ValueError, "dt"),
+        ({"dt": float("inf")}, ValueError, "dt"),
+        ({"dt": "1"}, TypeError, "dt"),
+        ({"dt": None}, TypeError, "dt"),
         ({"solver": "qr"}, ValueError, "solver"),
     ],
 )
@@ -303,12 +313,22 @@ def test_bad_arguments_raise_naming_the_argument(rng, kwargs, error, words):
         (np.ones((5, 0)), ValueError),  # no features
         (np.ones((4, 3)) * 1j, TypeError),  # complex
         (np.array([["a", "b"], ["c", "d"]]), TypeError),  # strings
+        (np.array([[1.0, None], [2.0, 3.0]], dtype=object), TypeError),  # objects
+        (tf.constant(np.ones((4, 3)) * 1j), TypeError),  # a complex tensor
         ([[1.0, 2.0], [3.0]], ValueError),  # ragged
     ],
 )
 def test_bad_snapshots_raise(snapshots, error):
     with pytest.raises(error, match="snapshots"):
         kk.dmd(snapshots)
+
+
+@pytest.mark.parametrize("shape", [(5,), (3, 4, 5), (1, 5), (5, 0)])
+def test_shape_errors_say_the_shape_and_the_time_major_layout(shape):
+    with pytest.raises(ValueError) as info:
+        kk.dmd(np.ones(shape))
+    message = str(info.value)
+    assert "snapshots" in message and str(shape) in message and "time-major [m, n]" in message
 
 
 @pytest.mark.parametrize("solver", ["svd", "gram"])
@@ -424,3 +444,132 @@ def test_dmd_batch_rank_rules_per_element():
 def test_dmd_batch_bad_input(bad, error, words):
     with pytest.raises(error, match=words):
         kk.dmd_batch(bad, rank=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# One rank rule, one converter and one trace for dmd and dmd_batch
+
+
+def numpy_rank(s, n_cols, rank, floor=1e-10):
+    """The rank rules in NumPy, from their definitions: the independent reference."""
+    s = np.asarray(s, np.float64)
+    p = len(s)
+    supported = max(int(np.sum(s > floor * s[0])), 1)
+    if rank is None:
+        beta = min(p, n_cols) / max(p, n_cols)
+        omega = 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
+        k = int(np.sum(s > omega * np.median(s)))
+    elif isinstance(rank, int):
+        k = rank
+    else:
+        energy = np.cumsum(s**2) / np.sum(s**2)
+        k = int(np.argmax(energy >= rank)) + 1  # the fewest leading values holding the fraction
+    return min(max(k, 1), supported)
+
+
+def _random_spectra(rng, count, p, zeros=0):
+    """``count`` descending spectra of length ``p`` spanning about two decades, the last
+    ``zeros`` of them exactly zero (numerical rank ``p - zeros``)."""
+    spectra = np.sort(np.exp(rng.uniform(-4.5, 0.0, (count, p))), axis=1)[:, ::-1] * 10.0
+    spectra[:, p - zeros:] = 0.0
+    return spectra
+
+
+RULES = [None, 1, 6, 10**12, 0.6, 0.8, 0.99]
+
+
+@pytest.mark.parametrize("rank", RULES)
+@pytest.mark.parametrize("p,n_cols,zeros", [(9, 12, 0), (9, 9, 0), (7, 40, 3), (12, 5, 0)])
+def test_single_rank_is_the_batched_rule_on_random_spectra(rng, rank, p, n_cols, zeros):
+    spectra = _random_spectra(rng, 6, p, zeros)
+    expected = [numpy_rank(s, n_cols, rank) for s in spectra]
+    code, value = dmd_module.parse_rank(rank)
+    floor = 1e-10
+    batched = dmd_module.select_rank_batch(tf.constant(spectra), n_cols, code, value, floor)
+    np.testing.assert_array_equal(batched.numpy(), expected)
+    # The single-DMD path passes the rank as tensors, the packed path as Python numbers.
+    for s, k in zip(spectra, expected):
+        single = dmd_module.select_rank(tf.constant(s), tf.constant(n_cols),
+                                        tf.constant(code, tf.int32),
+                                        tf.constant(value, tf.float64), floor)
+        assert int(single) == k
+
+
+@pytest.mark.parametrize("rank", RULES)
+def test_dmd_and_dmd_batch_ranks_follow_the_numpy_rules(rng, rank):
+    m, n = 10, 12
+    spectra = _random_spectra(rng, 4, m - 1, zeros=2)
+    x = np.stack([_singular_data(s, n, rng) for s in spectra])
+    expected = [numpy_rank(s, n, rank) for s in spectra]
+    batched = kk.dmd_batch(x, rank=rank)
+    np.testing.assert_array_equal(batched.rank.numpy(), expected)
+    for b, k in enumerate(expected):
+        for solver in ("svd", "gram"):
+            single = kk.dmd(x[b], rank=rank, solver=solver)
+            np.testing.assert_allclose(single.singular_values.numpy()[: m - 3], spectra[b][:-2],
+                                       rtol=1e-7)
+            assert single.rank == k
+
+
+BAD_INPUTS = [
+    # (what, for dmd, for dmd_batch, error)
+    ("complex", np.ones((4, 3)) * 1j, np.ones((2, 4, 3)) * 1j, TypeError),
+    ("complex tensor", tf.constant(np.ones((4, 3)) * 1j), tf.constant(np.ones((2, 4, 3)) * 1j),
+     TypeError),
+    ("strings", np.full((4, 3), "a"), np.full((2, 4, 3), "a"), TypeError),
+    ("objects", np.ones((4, 3), dtype=object), np.ones((2, 4, 3), dtype=object), TypeError),
+    ("ragged", [[1.0, 2.0], [3.0]], [[[1.0, 2.0], [3.0, 4.0]], [[1.0, 2.0]]], ValueError),
+    ("too few dimensions", np.ones(5), np.ones((4, 3)), ValueError),
+    ("too many dimensions", np.ones((2, 4, 3)), np.ones((2, 2, 4, 3)), ValueError),
+    ("one time step", np.ones((1, 3)), np.ones((2, 1, 3)), ValueError),
+    ("no features", np.ones((4, 0)), np.ones((2, 4, 0)), ValueError),
+    ("NaN", np.full((4, 3), np.nan), np.full((2, 4, 3), np.nan), ValueError),
+]
+
+
+@pytest.mark.parametrize("what,single,batch,error", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_dmd_and_dmd_batch_refuse_the_same_bad_snapshots(what, single, batch, error):
+    with pytest.raises(error, match="snapshots"):
+        kk.dmd(single, rank=1)
+    with pytest.raises(error, match="snapshots"):
+        kk.dmd_batch(batch, rank=1)
+
+
+def test_dmd_batch_refuses_an_empty_batch():
+    with pytest.raises(ValueError, match="batch >= 1"):
+        kk.dmd_batch(np.ones((0, 4, 3)))
+
+
+@pytest.mark.parametrize("kwargs,error", [
+    ({"rank": "3"}, TypeError),
+    ({"rank": True}, TypeError),
+    ({"rank": [2]}, TypeError),
+    ({"rank": 0}, ValueError),
+    ({"rank": 1.0}, ValueError),
+    ({"dt": "1"}, TypeError),
+    ({"dt": 0.0}, ValueError),
+    ({"dt": float("inf")}, ValueError),
+])
+def test_dmd_and_dmd_batch_refuse_the_same_bad_arguments(rng, kwargs, error):
+    x = rng.standard_normal((2, 6, 4))
+    word = next(iter(kwargs))
+    with pytest.raises(error, match=word):
+        kk.dmd(x[0], **kwargs)
+    with pytest.raises(error, match=word):
+        kk.dmd_batch(x, **kwargs)
+
+
+def test_dmd_batch_traces_once_for_every_rank_and_shape():
+    before = kk._tf.trace_count("dmd_batch")
+    calls = [((4, 8, 6), None), ((3, 11, 5), 2), ((4, 8, 6), 0.9), ((3, 11, 5), None),
+             ((4, 8, 6), 2), ((3, 11, 5), 0.9)]
+    for i, (shape, rank) in enumerate(calls):
+        batch, m, n = shape
+        sequences = _batch_of_linear_sequences(batch, m, n, seed=i)
+        result = kk.dmd_batch(sequences, rank=rank)
+        assert result.eigenvalues.shape == (batch, min(m - 1, n))
+        for b in range(batch):
+            singular = np.linalg.svd(sequences[b, :-1], compute_uv=False)
+            assert int(result.rank[b]) == numpy_rank(singular, n, rank, floor=1e-7)
+    assert kk._tf.trace_count("dmd_batch") - before <= 1
+    assert _cached(("dmd_batch", tf.float64)).experimental_get_tracing_count() == 1

@@ -81,11 +81,29 @@ def test_matches_the_full_fft_reference(rng, window, shape, axis, length):
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-9)
 
 
-def test_even_extension_and_hann_keep_s_zero_equal_to_the_mse(rng):
+def test_even_extension_keeps_s_zero_equal_to_the_mse(rng):
     y_true, y_pred = rng.normal(size=(3, 40)), rng.normal(size=(3, 40))
     mse = np.mean((y_pred - y_true) ** 2, axis=-1)
     even = negative_sobolev(y_true, y_pred, s=0.0, window="even").numpy()
     np.testing.assert_allclose(even, mse, rtol=1e-10)
+
+
+@pytest.mark.parametrize("n", [40, 41])
+def test_hann_at_s_zero_is_the_hann_weighted_mean_square(rng, n):
+    from scipy.signal import windows
+
+    y_true, y_pred = rng.normal(size=(3, n)), rng.normal(size=(3, n))
+    residual = y_pred - y_true
+    hann = windows.hann(n, sym=False)  # SciPy's periodic Hann window, scaled to mean square 1
+    hann /= np.sqrt(np.mean(hann**2))
+    got = negative_sobolev(y_true, y_pred, s=0.0, window="hann").numpy()
+    np.testing.assert_allclose(got, np.mean((hann * residual) ** 2, axis=-1), rtol=1e-10)
+    # Not the MSE for an uneven error; the MSE again for an error spread evenly.
+    assert not np.allclose(got, np.mean(residual**2, axis=-1), rtol=1e-3)
+    even_error = np.full((1, n), 0.7)
+    np.testing.assert_allclose(
+        negative_sobolev(np.zeros((1, n)), even_error, s=0.0, window="hann").numpy(), [0.49],
+        rtol=1e-10)
 
 
 def test_gradient_agrees_with_finite_differences(rng):

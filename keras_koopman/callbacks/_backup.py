@@ -1,11 +1,15 @@
-"""A KoopmanMonitor's state on disk, for resuming after a crash (``backup_dir``).
+"""A monitor's state on disk, for resuming after a crash (``backup_dir``): file I/O only.
 
-Each save is a directory ``<backup_dir>/koopman_monitor/epoch-<E>`` (``E``: the epoch training
-resumes from with that state) holding a TensorFlow checkpoint of every buffer variable, the
-history's arrays (``history.npz``) and the rest as JSON. It is written under a temporary name
-and renamed into place, so a kill never leaves a half-written state; the two newest are kept,
-so whichever of the monitor and ``BackupAndRestore`` saved last before a kill, the state that
-matches the other is still there.
+Layout under ``<backup_dir>/koopman_monitor``:
+
+* ``epoch-<E>/``: one saved state, ``E`` the epoch training resumes from with it: a TensorFlow
+  checkpoint of the buffers' variables and ``state.json`` (counters, and how many records of
+  the history belong to it). Written under a temporary name and renamed into place, so a kill
+  never leaves a half-written state; the two newest are kept, so whichever of the monitor and
+  ``BackupAndRestore`` saved last before a kill, the state that matches the other is there.
+* ``history/records-<first>.npz``: the history, appended to: each save writes only the records
+  added since the previous save (I/O per epoch does not grow with the run). A state reads the
+  first ``records`` of them; on resume, chunks past that are cut off.
 """
 
 from __future__ import annotations
@@ -13,120 +17,111 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 
 import numpy as np
 import tensorflow as tf
+
+from keras_koopman.records import History
 
 _FOLDER = "koopman_monitor"
 _KEEP = 2
 
 
-def _root(backup_dir):
-    return os.path.join(backup_dir, _FOLDER)
+class Backup:
+    """Saves and reads states in ``backup_dir`` (see the module docstring)."""
+
+    def __init__(self, backup_dir):
+        self.root = os.path.join(backup_dir, _FOLDER)
+        self._history = os.path.join(self.root, "history")
+        self._saved_records = None  # records on disk, once known
+
+    def saved_epochs(self):
+        """Epochs for which a complete state is saved, ascending."""
+        if not os.path.isdir(self.root):
+            return []
+        return sorted(int(name.split("-")[1]) for name in os.listdir(self.root)
+                      if name.startswith("epoch-") and name.split("-")[1].isdigit())
+
+    def _folder(self, epoch):
+        return os.path.join(self.root, f"epoch-{epoch:06d}")
+
+    def save(self, epoch, state, variables, history):
+        """Saves ``state`` (JSON-able), ``variables`` and ``history`` as the state to resume
+        ``epoch`` from; only the records not yet on disk are written."""
+        os.makedirs(self._history, exist_ok=True)
+        if self._saved_records is None:
+            self._cut_history(0)  # a new run: whatever history is there is not ours
+        if len(history) > self._saved_records:
+            _atomic_savez(os.path.join(self._history, f"records-{self._saved_records:09d}.npz"),
+                          history.to_arrays(self._saved_records))
+            self._saved_records = len(history)
+        temporary = os.path.join(self.root, f".partial-{epoch:06d}-{os.getpid()}")
+        shutil.rmtree(temporary, ignore_errors=True)
+        os.makedirs(temporary)
+        tf.train.Checkpoint(variables=list(variables)).write(os.path.join(temporary, "buffers"))
+        with open(os.path.join(temporary, "state.json"), "w") as file:
+            json.dump({"state": state, "records": len(history)}, file)
+        final = self._folder(epoch)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(temporary, final)
+        for old in self.saved_epochs()[:-_KEEP]:
+            shutil.rmtree(self._folder(old), ignore_errors=True)
+
+    def read_state(self, epoch):
+        """``(state, record count)`` saved for ``epoch``, or ``None`` if there is none."""
+        path = os.path.join(self._folder(epoch), "state.json")
+        if not os.path.isfile(path):
+            return None
+        with open(path) as file:
+            saved = json.load(file)
+        return saved["state"], saved["records"]
+
+    def read_variables(self, epoch, variables):
+        """Restores the checkpointed buffers of ``epoch`` into ``variables``."""
+        tf.train.Checkpoint(variables=list(variables)).read(
+            os.path.join(self._folder(epoch), "buffers")).assert_consumed()
+
+    def read_history(self, count):
+        """The first ``count`` records, as a :class:`~keras_koopman.records.History`; chunks
+        past them (saved after the state being resumed) are cut off."""
+        records = History()
+        for start, path in self._chunks():
+            if start >= count:
+                break
+            with np.load(path) as arrays:
+                records.extend(History.from_arrays(arrays))
+        if len(records) < count:
+            raise ValueError(f"the saved history holds {len(records)} records; the state "
+                             f"needs {count}")
+        records = History(records[:count])
+        self._cut_history(count, records)
+        return records
+
+    def _chunks(self):
+        if not os.path.isdir(self._history):
+            return []
+        return sorted((int(name[8:17]), os.path.join(self._history, name))
+                      for name in os.listdir(self._history)
+                      if name.startswith("records-") and name.endswith(".npz"))
+
+    def _cut_history(self, count, records=None):
+        """Keeps the first ``count`` records on disk (``records``: those records)."""
+        for start, path in self._chunks():
+            if start >= count:
+                os.remove(path)
+            elif records is not None:
+                with np.load(path) as arrays:
+                    size = len(json.loads(str(arrays["meta"])))
+                if start + size > count:  # straddles the cut: rewrite its first part
+                    _atomic_savez(path, History(records[start:count]).to_arrays())
+        self._saved_records = count
+
+    def remove(self):
+        shutil.rmtree(self.root, ignore_errors=True)
+        self._saved_records = None
 
 
-def saved_epochs(backup_dir):
-    """Epochs for which a complete state is saved, ascending."""
-    root = _root(backup_dir)
-    if not os.path.isdir(root):
-        return []
-    return sorted(int(name.split("-")[1]) for name in os.listdir(root)
-                  if name.startswith("epoch-") and name.split("-")[1].isdigit())
-
-
-def _layout(monitor):
-    return {name: [b.n_features, b.window, b.sketch, b.storage_dtype.name]
-            for name, b in monitor.buffers.items()}
-
-
-def _variables(monitor):
-    return [v for storage in monitor._storages() for v in storage.variables]
-
-
-def save(monitor, backup_dir, epoch):
-    """Saves ``monitor``'s state as the one to resume ``epoch`` from."""
-    root = _root(backup_dir)
-    os.makedirs(root, exist_ok=True)
-    final = os.path.join(root, f"epoch-{epoch:06d}")
-    temporary = os.path.join(root, f".partial-{epoch:06d}-{os.getpid()}")
-    shutil.rmtree(temporary, ignore_errors=True)
-    os.makedirs(temporary)
-    tf.train.Checkpoint(variables=_variables(monitor)).write(os.path.join(temporary, "buffers"))
-    arrays = {}
-    records = []
-    for i, record in enumerate(monitor.history):
-        for field in ("eigenvalues", "amplitudes", "residuals"):
-            arrays[f"{i}/{field}"] = getattr(record, field)
-        records.append({"epoch": record.epoch, "step": record.step, "group": record.group,
-                        "rank": record.rank, "snapshots": record.snapshots,
-                        "metrics": record.metrics})
-    np.savez(os.path.join(temporary, "history.npz"), **arrays)
-    state = {
-        "layout": _layout(monitor), "records": records, "step": monitor.step,
-        "epoch": monitor.epoch, "stored": monitor._stored,
-        "nonfinite_groups": sorted(monitor.nonfinite_groups), "errors": monitor.errors,
-        "since_analysis": monitor._since_analysis,
-        "analysed_steps": sorted(monitor._analysed_steps), "batches": monitor._batches,
-        "next_batch_gather": monitor._next_batch_gather,
-        "warned": [list(key) for key in monitor._warned],
-    }
-    with open(os.path.join(temporary, "state.json"), "w") as file:
-        json.dump(state, file)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(temporary, final)
-    for old in saved_epochs(backup_dir)[:-_KEEP]:
-        shutil.rmtree(os.path.join(root, f"epoch-{old:06d}"), ignore_errors=True)
-
-
-def load(monitor, backup_dir, epoch):
-    """Restores the state saved for ``epoch`` into ``monitor`` (built for the same model).
-    Returns False if there is none; ValueError if it belongs to other groups."""
-    from keras_koopman.callbacks.monitor import SpectrumRecord
-
-    folder = os.path.join(_root(backup_dir), f"epoch-{epoch:06d}")
-    if not os.path.isdir(folder):
-        return False
-    with open(os.path.join(folder, "state.json")) as file:
-        state = json.load(file)
-    if state["layout"] != _layout(monitor):
-        raise ValueError(f"the state saved in {folder} is of other observable groups "
-                         f"({state['layout']}) than this model's ({_layout(monitor)})")
-    tf.train.Checkpoint(variables=_variables(monitor)).read(
-        os.path.join(folder, "buffers")).assert_consumed()
-    arrays = np.load(os.path.join(folder, "history.npz"))
-    monitor.history = [
-        SpectrumRecord(**record, **{field: arrays[f"{i}/{field}"]
-                                    for field in ("eigenvalues", "amplitudes", "residuals")})
-        for i, record in enumerate(state["records"])
-    ]
-    monitor.step = state["step"]
-    monitor.epoch = state["epoch"]
-    monitor._stored = state["stored"]
-    monitor.nonfinite_groups = set(state["nonfinite_groups"])
-    monitor.errors = state["errors"]
-    monitor._since_analysis = state["since_analysis"]
-    monitor._analysed_steps = set(state["analysed_steps"])
-    monitor._batches = state["batches"]
-    monitor._next_batch_gather = state["next_batch_gather"]
-    monitor._warned = {tuple(key) for key in state["warned"]}
-    monitor._pending_flags = []
-    return True
-
-
-def remove(backup_dir):
-    shutil.rmtree(_root(backup_dir), ignore_errors=True)
-
-
-def write_session_start(writer, step):
-    """A ``SessionLog.START`` event at ``step``. TensorBoard takes a run's first one as its
-    beginning; at any later one it drops the events of the run with ``step`` or later that it
-    read before (its "orphaned data" purge after a restart)."""
-    from tensorboard.compat.proto import event_pb2
-    from tensorflow.python.ops import summary_ops_v2
-
-    event = event_pb2.Event(step=int(step), wall_time=time.time(),
-                            session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START))
-    with writer.as_default():
-        summary_ops_v2.import_event(tf.constant(event.SerializeToString()))
-    writer.flush()
+def _atomic_savez(path, arrays):
+    temporary = f"{path}.partial-{os.getpid()}.npz"
+    np.savez(temporary, **arrays)
+    os.replace(temporary, path)

@@ -9,7 +9,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_koopman._validation import check_int, check_monitor
+from keras_koopman._validation import check_choice, check_int
+from keras_koopman.callbacks.base import KoopmanCallback
+from keras_koopman.callbacks.tracker import DATA_FAILURES
 from keras_koopman.dmd import dmd_batch, parse_rank
 
 __all__ = ["KoopmanAccelerator"]
@@ -59,7 +61,7 @@ def _compiled_probe(model, x, y):
     return probe
 
 
-class KoopmanAccelerator(keras.callbacks.Callback):
+class KoopmanAccelerator(KoopmanCallback):
     """Every ``every`` epochs, moves the weights ``horizon`` steps ahead along their DMD modes.
 
     For each observable group of ``monitor`` with at least 3 snapshots, the DMD of the window
@@ -133,12 +135,9 @@ class KoopmanAccelerator(keras.callbacks.Callback):
     def __init__(self, monitor, every=5, horizon=10, observables="layers", guard="loss",
                  probe=None, optimizer_state="reset", rank="monitor", min_horizon=1,
                  max_horizon=10_000, verbose=0):
-        super().__init__()
+        super().__init__(monitor)
         self._sketched_warned = set()
-        self.monitor = check_monitor(monitor)
-        if observables not in _OBSERVABLES:
-            raise ValueError(f"observables must be one of {_OBSERVABLES}; got {observables!r}")
-        self.observables = observables
+        self.observables = check_choice(observables, "observables", _OBSERVABLES)
         if not (isinstance(rank, str) and rank == "monitor"):
             parse_rank(rank)
         self._rank = rank
@@ -151,14 +150,10 @@ class KoopmanAccelerator(keras.callbacks.Callback):
             )
         self.horizon = min(max(check_int(horizon, "horizon", 1), self.min_horizon),
                            self.max_horizon)
-        if guard not in ("loss", None):
-            raise ValueError(f"guard must be 'loss' or None; got {guard!r}")
+        check_choice(guard, "guard", ("loss", None))
         if guard == "loss" and (not isinstance(probe, (tuple, list)) or len(probe) != 2):
             raise ValueError("guard='loss' needs probe=(x, y): the data the loss is checked on")
-        if optimizer_state not in _OPTIMIZER_STATES:
-            raise ValueError(
-                f"optimizer_state must be one of {_OPTIMIZER_STATES}; got {optimizer_state!r}"
-            )
+        check_choice(optimizer_state, "optimizer_state", _OPTIMIZER_STATES)
         self.guard = guard
         self.probe = probe
         self.optimizer_state = optimizer_state
@@ -172,7 +167,7 @@ class KoopmanAccelerator(keras.callbacks.Callback):
         return self.monitor.rank if isinstance(self._rank, str) else self._rank
 
     def on_train_begin(self, logs=None):
-        self.monitor.ensure_started(self.model)
+        super().on_train_begin(logs)
         self._probe_function = None  # traced anew each fit: the model may have been recompiled
 
     def _probe_loss(self):
@@ -195,7 +190,7 @@ class KoopmanAccelerator(keras.callbacks.Callback):
         for name, buffer in self.monitor.buffers.items():
             if len(buffer) < 3 or name in self.monitor.nonfinite_groups:
                 continue
-            if buffer.sketch is not None:
+            if not buffer.has_modes:
                 if name not in self._sketched_warned:
                     self._sketched_warned.add(name)
                     warnings.warn(f"KoopmanAccelerator: the monitor sketches group {name!r}; "
@@ -236,8 +231,7 @@ class KoopmanAccelerator(keras.callbacks.Callback):
                            tf.ones_like(eigenvalues), eigenvalues)
         return dataclasses.replace(result, eigenvalues=snapped).predict([steps])
 
-    def on_epoch_end(self, epoch, logs=None):
-        self.monitor.on_epoch_end(epoch, logs)  # no-op if the monitor already ran this epoch
+    def decide(self, epoch, logs):
         if (epoch + 1) % self.every or self.monitor.disabled:
             return
         attempt = {"epoch": epoch, "horizon": self.horizon, "loss_before": None,
@@ -275,9 +269,11 @@ class KoopmanAccelerator(keras.callbacks.Callback):
                 self._restore(saved)
             attempt["accepted"] = accepted
             self._adapt(accepted)
-        except Exception as error:  # noqa: BLE001 - never break fit, never lose the weights
+        except BaseException as error:  # never lose the weights, whatever failed
             if saved is not None:
                 self._restore(saved)
+            if not isinstance(error, DATA_FAILURES):
+                raise  # a programming error: the weights are back, the error propagates
             attempt["reason"] = f"failed: {error}"
             warnings.warn(f"KoopmanAccelerator: jump failed and was undone: {error}",
                           RuntimeWarning, stacklevel=2)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import warnings
 
-import keras
 import numpy as np
 
-from keras_koopman._validation import check_int, check_monitor, check_number
+from keras_koopman._validation import check_choice, check_int, check_names, check_number
+from keras_koopman.callbacks.base import KoopmanCallback
+from keras_koopman.callbacks.tracker import DATA_FAILURES
+from keras_koopman.spectrum import mode_share
 
 __all__ = ["KoopmanEarlyStopping", "convergence", "forecast_gain"]
 
@@ -33,13 +35,9 @@ def convergence(record, tolerance=0.01):
       which DMD fits with a pair of eigenvalues near 1 and large opposite amplitudes, keeps it
       up.
     """
-    weights = record.current_weights()
-    total = float(np.sum(weights))
-    if not np.isfinite(total) or total <= 0:
-        return 0.0, float("inf")
-    distance = np.abs(record.eigenvalues - 1.0)
-    mass = float(np.sum(weights[distance <= tolerance]) / total)
-    velocity = float(np.sum(weights * distance) / total)
+    mass = mode_share(record, lambda eigenvalues: np.abs(eigenvalues - 1.0) <= tolerance)
+    velocity = mode_share(record, lambda eigenvalues: np.abs(eigenvalues - 1.0),
+                          empty=float("inf"))
     return mass, velocity
 
 
@@ -109,7 +107,7 @@ def _affine_dmd_forecast(series, horizon, rank):
     return out
 
 
-class KoopmanEarlyStopping(keras.callbacks.Callback):
+class KoopmanEarlyStopping(KoopmanCallback):
     """Stops training when the Koopman spectrum says it has converged.
 
     Two rules, each a Koopman reading of training; ``criterion`` picks which may stop it
@@ -196,22 +194,15 @@ class KoopmanEarlyStopping(keras.callbacks.Callback):
         loss_rank=3,
         verbose=0,
     ):
-        super().__init__()
-        self.monitor = check_monitor(monitor)
+        super().__init__(monitor)
         self.tolerance = check_number(tolerance, "tolerance")
         self.mass = check_number(mass, "mass", 0.0, 1.0)
         self.max_velocity = check_number(max_velocity, "max_velocity")
         self.patience = check_int(patience, "patience", 1)
         self.min_epochs = check_int(min_epochs, "min_epochs", 0)
-        if groups is not None and (
-            isinstance(groups, str) or not all(isinstance(g, str) for g in groups)
-        ):
-            raise ValueError(f"groups must be None or a list of group names; got {groups!r}")
-        self.groups = None if groups is None else list(groups)
+        self.groups = check_names(groups, "groups")
         self.restore_best_weights = bool(restore_best_weights)
-        if criterion not in _CRITERIA:
-            raise ValueError(f"criterion must be one of {_CRITERIA}; got {criterion!r}")
-        self.criterion = criterion
+        self.criterion = check_choice(criterion, "criterion", _CRITERIA)
         self.loss_window = check_int(loss_window, "loss_window", 6)
         self.horizon = check_int(horizon, "horizon", 1)
         self.min_gain = check_number(min_gain, "min_gain")
@@ -231,7 +222,7 @@ class KoopmanEarlyStopping(keras.callbacks.Callback):
         self._training = []
 
     def on_train_begin(self, logs=None):
-        self.monitor.ensure_started(self.model)
+        super().on_train_begin(logs)
         self.stopped_epoch = 0
         self._reset()
 
@@ -250,7 +241,7 @@ class KoopmanEarlyStopping(keras.callbacks.Callback):
     def _weights_rule(self):
         """``(converged or None, measures)`` from the monitor's newest analysis."""
         step = self.monitor.step
-        records = self.monitor.current()
+        records = self.records
         if self.groups is not None:
             records = [r for r in records if r.group in self.groups]
             missing = set(self.groups) - {r.group for r in records}
@@ -274,7 +265,7 @@ class KoopmanEarlyStopping(keras.callbacks.Callback):
             return False, None
         try:
             gain, _ = forecast_gain(watched, self.horizon, self.loss_rank)
-        except Exception as error:  # noqa: BLE001 - never break fit
+        except DATA_FAILURES as error:  # a fit that fails: no verdict this epoch
             warnings.warn(f"KoopmanEarlyStopping: loss forecast failed: {error}",
                           RuntimeWarning, stacklevel=3)
             return False, None
@@ -283,9 +274,7 @@ class KoopmanEarlyStopping(keras.callbacks.Callback):
         )
         return bool(gain < self.min_gain and not diverging), gain
 
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        self.monitor.on_epoch_end(epoch, logs)  # no-op if the monitor already ran this epoch
+    def decide(self, epoch, logs):
         self._track(epoch, logs)
         converged, measures = self._weights_rule()
         loss_holds, gain = self._loss_rule()
@@ -306,7 +295,7 @@ class KoopmanEarlyStopping(keras.callbacks.Callback):
         if self.restore_best_weights and self.best_weights is not None:
             try:
                 self.model.set_weights(self.best_weights)
-            except Exception as error:  # noqa: BLE001 - never break fit
+            except DATA_FAILURES as error:
                 warnings.warn(f"KoopmanEarlyStopping could not restore weights: {error}",
                               RuntimeWarning, stacklevel=2)
         if self.verbose:

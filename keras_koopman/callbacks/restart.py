@@ -6,28 +6,31 @@ import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_koopman._validation import check_int, check_number
+from keras_koopman.callbacks.base import KoopmanCallback
 from keras_koopman.callbacks.early_stopping import convergence
-from keras_koopman._validation import check_int, check_monitor, check_number
+from keras_koopman.spectrum import mode_share
 
-__all__ = ["KoopmanRestart", "diagnose"]
+__all__ = ["KoopmanRestart", "diagnose", "unstable_fraction"]
+
+# Default thresholds of diagnose (the demo's verdicts use the same).
+GROWTH = 0.05
+UNSTABLE_MASS = 0.05
 
 
-def unstable_fraction(record, growth=0.05):
-    """Share of the newest snapshot's weight in modes with ``|lambda| > 1 + growth``."""
-    weights = record.current_weights()
-    total = float(np.sum(weights))
-    if not np.isfinite(total) or total <= 0:
-        return 1.0
-    return float(np.sum(weights[np.abs(record.eigenvalues) > 1.0 + growth]) / total)
+def unstable_fraction(record, growth=GROWTH):
+    """Share of the newest snapshot's weight in modes with ``|lambda| > 1 + growth`` (1 for
+    an empty spectrum)."""
+    return mode_share(record, lambda eigenvalues: np.abs(eigenvalues) > 1.0 + growth,
+                      empty=1.0)
 
 
 def _velocity(record):
     return 0.0 if record.rank == 0 else convergence(record)[1]
 
 
-def diagnose(records, losses, growth=0.05, unstable_mass=0.05, stagnation_velocity=1e-2,
+def diagnose(records, losses, growth=GROWTH, unstable_mass=UNSTABLE_MASS, stagnation_velocity=1e-2,
              min_improvement=0.01, frozen_ratio=0.05):
     """Verdict on the start of training: ``None`` (healthy) or a reason string.
 
@@ -118,7 +121,7 @@ def _reinitialize(model, seed, initializers=None):
     return missed
 
 
-class KoopmanRestart(keras.callbacks.Callback):
+class KoopmanRestart(KoopmanCallback):
     """Restarts training early when the spectrum shows a bad initialization.
 
     Until ``check_epoch`` epochs have run since the last (re)start, a NaN/Inf loss or NaN/Inf
@@ -169,20 +172,19 @@ class KoopmanRestart(keras.callbacks.Callback):
         check_epoch=5,
         max_restarts=3,
         initializers=None,
-        growth=0.05,
-        unstable_mass=0.05,
+        growth=GROWTH,
+        unstable_mass=UNSTABLE_MASS,
         stagnation_velocity=1e-2,
         min_improvement=0.01,
         frozen_ratio=0.05,
         seed=1,
         verbose=0,
     ):
-        super().__init__()
-        self.monitor = check_monitor(monitor)
+        super().__init__(monitor)
         self.check_epoch = check_int(check_epoch, "check_epoch", 3)
         self.max_restarts = check_int(max_restarts, "max_restarts", 0)
         if initializers is not None and not isinstance(initializers, dict):
-            raise ValueError(
+            raise TypeError(
                 "initializers must be None or a dict {variable name: initializer}, e.g. "
                 f"{{'kernel': 'he_normal', 'bias': 'zeros'}}; got {initializers!r}"
             )
@@ -207,7 +209,7 @@ class KoopmanRestart(keras.callbacks.Callback):
         self._gave_up = False
 
     def on_train_begin(self, logs=None):
-        self.monitor.ensure_started(self.model)
+        super().on_train_begin(logs)
         self.restarts = []
         self.verdicts = []
         self._start_epoch = 0
@@ -217,14 +219,13 @@ class KoopmanRestart(keras.callbacks.Callback):
         if self._optimizer_state is None and self.model.optimizer is not None:
             self._optimizer_state = [v.numpy() for v in self.model.optimizer.variables]
 
-    def on_epoch_end(self, epoch, logs=None):
-        self.monitor.on_epoch_end(epoch, logs)
+    def decide(self, epoch, logs):
         if self._gave_up:
             return
         since_start = epoch - self._start_epoch + 1
         if since_start > self.check_epoch:
             return
-        loss = (logs or {}).get("loss")
+        loss = logs.get("loss")
         if loss is not None:
             self._losses.append(loss)
         new_nonfinite = self.monitor.nonfinite_groups - self._nonfinite_seen
@@ -234,8 +235,7 @@ class KoopmanRestart(keras.callbacks.Callback):
         elif loss is not None and not np.isfinite(loss):
             reason = "non-finite: the loss is NaN or Inf"
         elif since_start == self.check_epoch:
-            records = self.monitor.current()
-            reason = diagnose(records, self._losses, **self.thresholds)
+            reason = diagnose(self.records, self._losses, **self.thresholds)
         if reason is not None or since_start == self.check_epoch:
             self.verdicts.append({"epoch": epoch, "reason": reason})
         if reason is not None:
@@ -251,28 +251,17 @@ class KoopmanRestart(keras.callbacks.Callback):
                 stacklevel=2,
             )
             return
-        try:
-            missed = _reinitialize(self.model, self.seed + len(self.restarts),
-                                   self.initializers)
-            if self._optimizer_state is not None:
-                for variable, value in zip(self.model.optimizer.variables, self._optimizer_state):
-                    variable.assign(value)
-            self.monitor.restart()
-        except Exception as error:  # noqa: BLE001 - never break fit
-            self._gave_up = True
-            warnings.warn(f"KoopmanRestart: restart failed ({error}); training goes on",
-                          RuntimeWarning, stacklevel=2)
-            return
+        missed = _reinitialize(self.model, self.seed + len(self.restarts), self.initializers)
+        if self._optimizer_state is not None:
+            for variable, value in zip(self.model.optimizer.variables, self._optimizer_state):
+                variable.assign(value)
+        self.monitor.restart()
         self.restarts.append({"epoch": epoch, "reason": reason, "not_reinitialized": missed})
         self._start_epoch = epoch + 1
         self._losses = []
         self._nonfinite_seen = set(self.monitor.nonfinite_groups)
-        writer = self.monitor._writer
-        if writer is not None:
-            with writer.as_default(step=self.monitor.step):
-                tf.summary.scalar("koopman/restarts", float(len(self.restarts)))
-                tf.summary.text("koopman/restart_reason", f"epoch {epoch + 1}: {reason}")
-            writer.flush()
+        self.log_scalar("koopman/restarts", len(self.restarts))
+        self.log_text("koopman/restart_reason", f"epoch {epoch + 1}: {reason}")
         if self.verbose:
             print(f"KoopmanRestart: {reason}; restarting at epoch {epoch + 2} "
                   f"(restart {len(self.restarts)} of at most {self.max_restarts})")

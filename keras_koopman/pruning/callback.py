@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_koopman._validation import check_int, check_log_dir
-from keras_koopman.callbacks.monitor import KoopmanMonitor, _writes_summaries
+from keras_koopman.callbacks.base import KoopmanCallback
+from keras_koopman.callbacks.monitor import KoopmanMonitor
 from keras_koopman.dmd import dmd, parse_rank
-from keras_koopman.pruning.wrapper import pruning_wrappers
+from keras_koopman.pruning.wrapper import attach_callback, detach_callback, pruning_wrappers
 
 __all__ = ["UpdateKoopmanPruning", "koopman_scores"]
 
@@ -34,7 +34,7 @@ def koopman_scores(result, newest):
     return np.abs(np.asarray(result.modes)[:, j] * weight)
 
 
-class UpdateKoopmanPruning(keras.callbacks.Callback):
+class UpdateKoopmanPruning(KoopmanCallback):
     """Updates the masks of every :class:`KoopmanPruning` layer of the model during ``fit``.
 
     A :class:`keras_koopman.callbacks.KoopmanMonitor` (gathering only, one group per wrapped
@@ -83,16 +83,30 @@ class UpdateKoopmanPruning(keras.callbacks.Callback):
     """
 
     def __init__(self, window=10, rank=None, log_dir=None, verbose=0):
-        super().__init__()
-        self.window = check_int(window, "window", 3)
+        window = check_int(window, "window", 3)
         parse_rank(rank)
-        self.rank = rank
-        self.log_dir = check_log_dir(log_dir)
+        log_dir = check_log_dir(log_dir)
+        # A gathering-only monitor of its own, one group per wrapped weight; the base forwards
+        # the Keras hooks to it (it is never in the callback list). Scores need modes: never
+        # sketched.
+        super().__init__(KoopmanMonitor(
+            observables=self._observables, window=window, rank=rank, analyze_every=None,
+            sketch=None, log_dir=None if log_dir is None else os.path.join(log_dir, "pruning")))
+        self.window, self.rank, self.log_dir = window, rank, log_dir
         self.verbose = verbose
         self.updates = []
-        self.monitor = None
+        self.wrappers = []
+        self._groups = {}
         self._model_id = None
-        self._writer = None
+
+    def _observables(self, model):
+        """``{wrapper/i: [weight]}``: the tracker's groups."""
+        self._groups = {
+            f"{wrapper.name}/{i}": (wrapper, weight, mask)
+            for wrapper in pruning_wrappers(model) for i, (weight, mask) in
+            enumerate(wrapper.masked)
+        }
+        return {name: [weight] for name, (_, weight, _) in self._groups.items()}
 
     # ------------------------------------------------------------------------------------
     # set-up
@@ -102,38 +116,19 @@ class UpdateKoopmanPruning(keras.callbacks.Callback):
             raise ValueError(
                 "UpdateKoopmanPruning: the model holds no KoopmanPruning layer; wrap it with "
                 "kk.pruning.prune_koopman(model, target_sparsity) first")
-        for wrapper in self.wrappers:
-            wrapper.callback_attached.assign(1)
+        attach_callback(self.model, self.wrappers)
+        super().on_train_begin(logs)  # the monitor watches this model's wrapped weights
         if self._model_id != id(self.model):
             self._model_id = id(self.model)
-            self._groups = {
-                f"{wrapper.name}/{i}": (wrapper, weight, mask)
-                for wrapper in self.wrappers for i, (weight, mask) in enumerate(wrapper.masked)
-            }
-            self.monitor = KoopmanMonitor(
-                observables=lambda model: {name: [weight] for name, (_, weight, _)
-                                           in self._groups.items()},
-                window=self.window, rank=self.rank, analyze_every=None,
-                sketch=None)  # scores need modes: never sketched
             self._done_once = set()
             self._step = 0
             self._epoch = 0
-        self.monitor.set_model(self.model)
-        self.monitor.on_train_begin()
-        if self.log_dir is not None and self._writer is None and _writes_summaries(self.model):
-            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "pruning"))
         self._by_step = any(w.schedule is not None and w.schedule.unit == "step"
                             for w in self.wrappers)
 
     def on_train_end(self, logs=None):
-        for wrapper in self.wrappers:
-            wrapper.callback_attached.assign(0)
-        self.monitor.on_train_end()
-        if self._writer is not None:
-            self._writer.flush()
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.monitor.on_epoch_begin(epoch, logs)
+        detach_callback(self.model, self.wrappers)
+        super().on_train_end(logs)
 
     def on_train_batch_end(self, batch, logs=None):
         # Keras decides before on_train_begin whether batch hooks run, so this one always
@@ -142,8 +137,7 @@ class UpdateKoopmanPruning(keras.callbacks.Callback):
             self._update("step", self._step)
             self._step += 1
 
-    def on_epoch_end(self, epoch, logs=None):
-        self.monitor.on_epoch_end(epoch, logs)
+    def decide(self, epoch, logs):
         self._update("epoch", self._epoch)
         self._epoch += 1
 
@@ -167,8 +161,7 @@ class UpdateKoopmanPruning(keras.callbacks.Callback):
         return sparsity if update else None
 
     def _stored(self, name):
-        self.monitor._check_flags()
-        return min(self.monitor._stored.get(name, 0), self.window)
+        return self.monitor.tracker.stored(name)
 
     def _update(self, unit, t):
         pools = []
@@ -217,11 +210,10 @@ class UpdateKoopmanPruning(keras.callbacks.Callback):
                   "magnitude" if used == {"magnitude"} else "mixed",
                   "layers": {w.name: w.sparsity() for w in self.wrappers}}
         self.updates.append(record)
-        if self._writer is not None:
-            with self._writer.as_default(step=t):
-                for name, value in record["layers"].items():
-                    tf.summary.scalar(f"pruning/{name}/sparsity", value)
-                tf.summary.histogram("pruning/scores", np.concatenate(all_scores))
+        logger = self.monitor.logger
+        for name, value in record["layers"].items():
+            logger.scalar(f"pruning/{name}/sparsity", value, t)
+        logger.histogram("pruning/scores", np.concatenate(all_scores), t)
         if self.verbose:
             print(f"UpdateKoopmanPruning: {unit} {t}: sparsity {record['sparsity']:.3f} "
                   f"({record['criterion']}); " + ", ".join(

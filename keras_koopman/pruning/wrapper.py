@@ -7,8 +7,8 @@ import tensorflow as tf
 
 from keras_koopman.pruning.schedule import PruningSchedule, check_sparsity
 
-__all__ = ["KoopmanPruning", "compressed_size", "prune_koopman", "strip_pruning",
-           "pruning_wrappers"]
+__all__ = ["KoopmanPruning", "attach_callback", "compressed_size", "detach_callback",
+           "prune_koopman", "strip_pruning", "pruning_wrappers"]
 
 CRITERIA = ("koopman", "magnitude")
 SCOPES = ("global", "layer")
@@ -54,7 +54,9 @@ class KoopmanPruning(keras.layers.Wrapper):
     :class:`UpdateKoopmanPruning` applies a mask as soon as it changes.
 
     Training a model that holds these wrappers needs :class:`UpdateKoopmanPruning` among the
-    callbacks of ``fit``: without it the train step fails with an error naming it.
+    callbacks of ``fit``: without it the train step fails with an error naming it, with or
+    without XLA (``jit_compile``), also in a later ``fit`` that would reuse a train step traced
+    with the callback (see :func:`attach_callback`). Inference needs no callback.
 
     Args:
       layer: the Keras layer to wrap.
@@ -93,6 +95,10 @@ class KoopmanPruning(keras.layers.Wrapper):
             raise ValueError(f"scope must be one of {SCOPES}; got {scope!r}")
         self.scope = scope
         self.masked = []  # [(weight, mask)]
+        # Set by attach_callback / cleared by detach_callback; checked whenever the train step
+        # is traced (or run eagerly). Not saved: a loaded wrapper starts detached.
+        self._callback_active = False
+        self._refused = False  # a train step was refused since the last attach_callback
 
     def build(self, input_shape=None):
         super().build(input_shape)
@@ -114,12 +120,17 @@ class KoopmanPruning(keras.layers.Wrapper):
 
     def call(self, inputs, *args, training=None, **kwargs):
         if training:
-            # The flag is a variable, so a train function traced in an earlier fit checks it
-            # again in every later one.
+            # Checked in Python whenever the train step is traced (or runs eagerly): this holds
+            # under XLA too, which drops Assert ops.
+            if not self._callback_active:
+                self._refused = True
+                raise RuntimeError(_missing_callback(self.name))
+            # And in the graph, for a train function traced in an earlier fit with the callback
+            # and reused by a later one without it (no retrace). detach_callback makes a
+            # model compiled with XLA retrace instead, as XLA drops this op.
             tf.debugging.assert_positive(
                 tf.convert_to_tensor(self.callback_attached),
-                message=f"{self.name}: a model with KoopmanPruning layers trains only with "
-                        "kk.pruning.UpdateKoopmanPruning() in the callbacks of fit")
+                message=_missing_callback(self.name))
         return self.layer(inputs, *args, **kwargs)
 
     def compute_output_shape(self, input_shape):
@@ -148,6 +159,53 @@ class KoopmanPruning(keras.layers.Wrapper):
         if config.get("schedule") is not None:
             config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
         return cls(**config)
+
+
+def _missing_callback(name):
+    return (f"{name}: a model with KoopmanPruning layers trains only with "
+            "kk.pruning.UpdateKoopmanPruning() among the callbacks of fit (it updates the "
+            "pruning masks); add it: model.fit(..., callbacks=[kk.pruning."
+            "UpdateKoopmanPruning()]). Inference (predict, evaluate, model(x)) needs no callback")
+
+
+def attach_callback(model, wrappers):
+    """Lets ``wrappers`` (:class:`KoopmanPruning` layers of ``model``) train: what
+    :class:`UpdateKoopmanPruning` calls in ``on_train_begin``.
+
+    Sets the Python flag that the train step checks when it is traced and the
+    ``callback_attached`` weight that a train step traced earlier checks as it runs. If a
+    wrapper refused a train step since the last call, ``model.train_function`` is made anew
+    (``fit`` looks it up at every step): the refusal may have broken off the first trace of
+    the step, the one in which ``tf.function`` lets the optimizer create its variables, and
+    the cached function would refuse to create them in the next trace.
+    """
+    refused = False
+    for wrapper in wrappers:
+        refused = refused or wrapper._refused
+        wrapper._refused = False
+        wrapper._callback_active = True
+        wrapper.callback_attached.assign(1)
+    if refused and model is not None and getattr(model, "train_function", None) is not None:
+        model.make_train_function(force=True)
+
+
+def detach_callback(model, wrappers):
+    """Makes ``wrappers`` refuse to train again: what :class:`UpdateKoopmanPruning` calls in
+    ``on_train_end`` (``model``: the model that was fit).
+
+    Clears the flag and the ``callback_attached`` weight. Under XLA
+    (``model.jit_compile``), which drops the train step's ``Assert`` on that weight, it also
+    drops ``model.train_function`` so that the next ``fit`` traces the train step again and
+    the check at trace time runs: a ``fit`` without the callback then fails, and one with it
+    compiles afresh (once per ``fit``). Without XLA the traced train step is kept: its assert
+    on the weight does the check.
+    """
+    for wrapper in wrappers:
+        wrapper._callback_active = False
+        wrapper.callback_attached.assign(0)
+    if model is not None and getattr(model, "jit_compile", False) and hasattr(
+            model, "train_function"):
+        model.train_function = None
 
 
 def pruning_wrappers(model):

@@ -192,10 +192,10 @@ def test_weights_criterion_ignores_the_loss_rule():
         ({"loss_rank": 0}, ValueError),
         ({"tolerance": -1}, ValueError),
         ({"mass": 1.5}, ValueError),
-        ({"max_velocity": "small"}, ValueError),
+        ({"max_velocity": "small"}, TypeError),  # a wrong type (ValueError before 0.2)
         ({"patience": 0}, ValueError),
         ({"min_epochs": -1}, ValueError),
-        ({"groups": "dense"}, ValueError),
+        ({"groups": "dense"}, TypeError),
     ],
 )
 def test_bad_arguments(kwargs, error):

@@ -153,12 +153,17 @@ def test_a_model_rebuilt_between_fits_gets_new_buffers_and_steps_carry_on(tmp_pa
     first = build(5)
     first.fit(x, y, epochs=3, verbose=0, callbacks=[monitor])
     steps_first = [r.step for r in monitor.history]
+    # An independent copy of what the first model's records hold, to compare after the refit.
+    saved = [(r.step, r.group, np.array(r.eigenvalues, copy=True)) for r in monitor.history]
     second = build(7)  # another architecture: buffers of other sizes
     second.fit(x, y, epochs=3, verbose=0, callbacks=[monitor])
     assert monitor.buffers["hidden"].n_features == 4 * 7 + 7
     new = [r for r in monitor.history if r.step > max(steps_first)]
     assert steps_first == [2, 2, 3, 3] and [r.step for r in new] == [6, 6, 7, 7]
-    assert monitor.history[:4] == monitor.history[:4]  # the first model's records are kept
+    # The first model's records are kept as they were.
+    assert [(r.step, r.group) for r in monitor.history[:4]] == [(s, g) for s, g, _ in saved]
+    for record, (_, _, eigenvalues) in zip(monitor.history[:4], saved):
+        np.testing.assert_array_equal(record.eigenvalues, eigenvalues)
     # The new buffer holds the new model's trajectory only (3 snapshots since its fit began).
     assert len(monitor.buffers["hidden"]) == 4 and monitor.buffers["hidden"].count == 4
     layer = second.get_layer("hidden")
@@ -195,7 +200,7 @@ def many_tiny_layers(count, seed=0):
 
 
 def test_many_tiny_layers_share_one_buffer_and_match_separate_buffers(monkeypatch):
-    from keras_koopman.callbacks import monitor as monitor_module
+    from keras_koopman.callbacks import plan
 
     x, y = data()
     y = y[:, :1]
@@ -205,10 +210,11 @@ def test_many_tiny_layers_share_one_buffer_and_match_separate_buffers(monkeypatc
 
     class NoPacking(keras.callbacks.Callback):  # between the two: the second one builds apart
         def on_train_begin(self, logs=None):
-            monkeypatch.setattr(monitor_module, "_PACK_MIN_GROUPS", 10**9)
+            monkeypatch.setattr(plan, "PACK_MIN_GROUPS", 10**9)
 
     model.fit(x, y, epochs=6, verbose=0, callbacks=[packed, NoPacking(), separate])
-    assert packed._pack is not None and separate._pack is None
+    assert all(isinstance(b, kk.buffers.PackedView) for b in packed.buffers.values())
+    assert not any(isinstance(b, kk.buffers.PackedView) for b in separate.buffers.values())
     assert len(packed.buffers) == 40 and not packed.errors and not separate.errors
     assert [(r.step, r.group, r.rank) for r in packed.history] == [
         (r.step, r.group, r.rank) for r in separate.history]
@@ -243,7 +249,7 @@ def test_a_nan_in_one_packed_group_skips_only_that_group():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model.fit(x, y[:, :1], epochs=4, verbose=0, callbacks=[Poison(), monitor])
-    assert monitor._pack is not None
+    assert isinstance(monitor.buffers["tiny_3"], kk.buffers.PackedView)
     assert monitor.nonfinite_groups == {"tiny_3"}
     assert len(koopman_warnings(caught, "'tiny_3'")) == 1
     newest = [r for r in monitor.history if r.step == 4]

@@ -176,14 +176,39 @@ def test_frozen_and_weightless_layers_are_skipped_and_validation_and_mixed_preci
     assert all(np.all(np.isfinite(r.eigenvalues)) for r in monitor.history)
 
 
-def test_a_bad_layer_name_disables_the_monitor_but_not_training():
+def test_an_unknown_layer_name_raises_when_fit_starts_listing_the_layers():
     x, y = make_data()
     model = make_model()
-    monitor = kk.callbacks.KoopmanMonitor(observables=["nope"], window=4)
-    with pytest.warns(RuntimeWarning, match="nope"):
-        history = model.fit(x, y, epochs=2, verbose=0, callbacks=[monitor])
-    assert len(history.history["loss"]) == 2
-    assert monitor.disabled and monitor.errors[0]["where"] == "set-up"
+    monitor = kk.callbacks.KoopmanMonitor(observables=["hidden", "no_such_layer"], window=4)
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match=r"no_such_layer.*'hidden', 'out'"):
+        model.fit(x, y, epochs=2, verbose=0, callbacks=[monitor])
+    # Raised before the first step: the user's weights are untouched.
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)
+
+
+def test_latest_of_an_unknown_group_raises_listing_the_groups():
+    x, y = make_data()
+    model = make_model()
+    monitor = kk.callbacks.KoopmanMonitor(window=4)
+    assert monitor.latest("hidden") is None  # before any fit nothing is known yet
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[monitor])
+    assert monitor.latest("hidden").group == "hidden"
+    with pytest.raises(KeyError, match=r"typo.*\['hidden', 'out'\]"):
+        monitor.latest("typo")
+    with pytest.raises(KeyError, match="typo"):
+        monitor.records("typo")
+
+
+def test_restart_before_any_fit_resets_and_the_fit_then_starts_normally():
+    x, y = make_data()
+    model = make_model()
+    monitor = kk.callbacks.KoopmanMonitor(window=4)
+    monitor.restart()  # used to raise AttributeError: _pack
+    assert monitor.step == -1 and not monitor.history
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[monitor])
+    assert [r.step for r in monitor.history if r.group == "hidden"] == [2, 3]
 
 
 @pytest.mark.parametrize(
@@ -203,6 +228,20 @@ def test_a_bad_layer_name_disables_the_monitor_but_not_training():
 def test_bad_arguments_raise(kwargs, words):
     with pytest.raises(ValueError, match=words):
         kk.callbacks.KoopmanMonitor(**kwargs)
+
+
+@pytest.mark.parametrize("make", [
+    lambda window: kk.callbacks.KoopmanMonitor(window=window),
+    lambda window: kk.SnapshotBuffer(4, window=window),
+    lambda window: kk.pruning.UpdateKoopmanPruning(window=window),
+])
+def test_a_wrong_type_is_a_type_error_and_a_wrong_value_a_value_error_everywhere(make):
+    with pytest.raises(TypeError, match=r"window must be an int; got 2\.5"):
+        make(2.5)
+    with pytest.raises(TypeError, match="window"):
+        make(True)
+    with pytest.raises(ValueError, match=r"window must be an int >= \d; got 1"):
+        make(1)
 
 
 def test_big_groups_are_sketched_past_the_memory_budget_and_analysed_from_the_sketch():

@@ -78,7 +78,7 @@ def test_bad_initializations_restart_within_the_check(kernel, bias, activation):
 
 
 def test_bad_initializers_argument():
-    with pytest.raises(ValueError, match="initializers"):
+    with pytest.raises(TypeError, match="initializers"):  # a str, not a dict: a wrong type
         kk.callbacks.KoopmanRestart(kk.callbacks.KoopmanMonitor(), initializers="he_normal")
 
 

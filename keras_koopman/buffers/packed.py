@@ -16,9 +16,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_koopman import spectrum as spectrum_metrics
-from keras_koopman.dmd import assemble_gram, batch_gram_solve, dmd, floor_epsilon
+from keras_koopman.buffers.ring import GramReader
+from keras_koopman.dmd import assemble_gram, batch_gram_solve, floor_epsilon
 
-__all__ = ["PackedBuffers"]
+__all__ = ["PackedBuffers", "PackedView"]
 
 
 class PackedBuffers:
@@ -58,6 +59,7 @@ class PackedBuffers:
                                             name="reference_sq")
             self.counts = tf.Variable(tf.zeros([g], tf.int64), trainable=False, name="counts")
             self.stale = tf.Variable(tf.zeros([w], tf.bool), trainable=False, name="stale")
+        self._refresh_function = None
 
     @property
     def variables(self):
@@ -69,8 +71,31 @@ class PackedBuffers:
         return sum(int(np.prod(v.shape)) * v.dtype.size for v in self.variables)
 
     def reset(self):
+        """Forgets every group's snapshots."""
         for variable in self.variables:
             variable.assign(tf.zeros_like(variable))
+
+    def reset_group(self, index):
+        """Forgets group ``index``'s snapshots only. Its count then lags the others', so the
+        batched :meth:`analysis_op` skips it until the whole pack is reset; its
+        :class:`PackedView` still reads and analyses it on its own."""
+        start, end = int(self.offsets[index]), int(self.offsets[index] + self.sizes[index])
+        self.buffer[:, start:end].assign(tf.zeros([self.window, end - start], tf.float32))
+        self.reference[start:end].assign(tf.zeros([end - start], tf.float32))
+        self.centred_gram[index].assign(tf.zeros([self.window, self.window], tf.float64))
+        self.cross[index].assign(tf.zeros([self.window], tf.float64))
+        self.reference_sq[index].assign(tf.constant(0.0, tf.float64))
+        self.counts[index].assign(tf.constant(0, tf.int64))
+
+    def refresh(self):
+        """Computes the Gram rows of the slots written since the last refresh (eager)."""
+        if self._refresh_function is None:
+            self._refresh_function = tf.function(self.refresh_op, autograph=False)
+        self._refresh_function()
+
+    def views(self):
+        """One :class:`PackedView` per group, in order."""
+        return [PackedView(self, index) for index in range(self.groups)]
 
     # ----------------------------------------------------------------------------------------
     def append_op(self, parts):
@@ -154,52 +179,57 @@ class PackedBuffers:
                                                       tolerance))
         return outputs
 
-    # ----------------------------------------------------------------------------------------
-    def snapshots(self, index):
-        """Group ``index``'s stored snapshots ``[stored, size]``, oldest first (eager)."""
-        count = int(self.counts[index].numpy())
-        stored = min(count, self.window)
-        order = (count - stored + np.arange(stored)) % self.window
-        start, size = int(self.offsets[index]), int(self.sizes[index])
-        block = tf.gather(self.buffer[:, start:start + size], order)
-        return block + self.reference[start:start + size][tf.newaxis, :]
-
-
-class PackedView:
-    """One group of a :class:`PackedBuffers`, with the reading side of a ``SnapshotBuffer``
-    (``len``, ``count``, ``snapshots()``, ``dmd()``) for callbacks that read single groups."""
+class PackedView(GramReader):
+    """One group of a :class:`PackedBuffers`, with the whole buffer protocol of a
+    :class:`~keras_koopman.SnapshotBuffer` (see :mod:`keras_koopman.buffers`): the same
+    ``snapshots()``, ``gram()`` and ``dmd()`` for the same data, since both read a state tuple
+    of the same form (here: this group's columns of the pack and its slice of the Gram
+    variables). Snapshots are appended for every group at once through the pack's
+    :meth:`PackedBuffers.append_op`; ``variables`` are the pack's (shared by its groups), and
+    ``nbytes`` is this group's share, as much as a ``SnapshotBuffer`` of its size holds."""
 
     sketch = None
     storage_dtype = tf.float32
     dtype = tf.float32
 
     def __init__(self, pack, index):
-        self.pack, self.index = pack, index
-        self.n_features = int(pack.sizes[index])
+        self.pack, self.index = pack, int(index)
+        self.name = pack.names[self.index]
+        self.n_features = int(pack.sizes[self.index])
         self.window = pack.window
+        self._start = int(pack.offsets[self.index])
 
     @property
     def count(self):
         return int(self.pack.counts[self.index].numpy())
 
-    def __len__(self):
-        return min(self.count, self.window)
-
     @property
     def variables(self):
+        """The pack's variables (shared with its other groups)."""
         return self.pack.variables
 
     @property
     def nbytes(self):
-        return self.pack.nbytes // self.pack.groups
+        """Bytes of this group's share: its snapshot columns and reference (float32), its
+        Gram matrix, cross terms and squared reference norm (float64), its count and the stale
+        flags, as a ``SnapshotBuffer`` of the same size holds."""
+        n, w = self.n_features, self.window
+        return 4 * (w * n + n) + 8 * (w * w + w + 1) + 8 + w
 
-    def snapshots(self):
-        return self.pack.snapshots(self.index)
+    def state(self):
+        start, end = self._start, self._start + self.n_features
+        pack, i = self.pack, self.index
+        return (pack.buffer.read_value()[:, start:end], pack.reference.read_value()[start:end],
+                pack.centred_gram.read_value()[i], pack.cross.read_value()[i],
+                pack.reference_sq.read_value()[i], pack.counts.read_value()[i])
 
-    def dmd(self, rank=None, method="exact", dt=1.0, modes=True):
-        """``kk.dmd`` of this group's stored snapshots."""
-        return dmd(self.snapshots(), rank=rank, method=method, dt=dt, modes=modes)
+    def refresh(self):
+        self.pack.refresh()
+
+    def reset(self):
+        """Forgets this group's snapshots (see :meth:`PackedBuffers.reset_group`)."""
+        self.pack.reset_group(self.index)
 
     def __repr__(self):
-        return (f"PackedView(group={self.pack.names[self.index]!r}, "
-                f"n_features={self.n_features}, window={self.window}, count={self.count})")
+        return (f"PackedView(group={self.name!r}, n_features={self.n_features}, "
+                f"window={self.window}, count={self.count})")

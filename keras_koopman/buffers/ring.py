@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
+from keras_koopman._tf import cached_function
+from keras_koopman._validation import check_dtype, check_int
 from keras_koopman.dmd import (
     assemble_gram,
     check_dt,
@@ -21,26 +21,7 @@ from keras_koopman.dmd import (
     result_from,
 )
 
-__all__ = ["SnapshotBuffer"]
-
-
-def _check_positive_int(value, name, minimum):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int; got {value!r} of type {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}; got {value!r}")
-    return int(value)
-
-
-def _check_dtype(dtype, name="dtype", allowed=(tf.float32, tf.float64)):
-    names = " or ".join(repr(d.name) for d in allowed)
-    try:
-        dtype = tf.as_dtype(dtype)
-    except TypeError as error:
-        raise TypeError(f"{name} must be {names}; got {dtype!r}") from error
-    if dtype not in allowed:
-        raise ValueError(f"{name} must be {names}; got {dtype.name!r}")
-    return dtype
+__all__ = ["SnapshotBuffer", "GramReader"]
 
 
 # Columns per block when stored snapshots are widened to float64 for a product: bounds the
@@ -101,7 +82,80 @@ class _Sketch:
         return tf.math.unsorted_segment_sum(signed, self.rows, self.k)
 
 
-class SnapshotBuffer:
+class GramReader:
+    """The reading side of the buffer protocol, shared by :class:`SnapshotBuffer` and
+    :class:`keras_koopman.buffers.PackedView`: everything comes from :meth:`state` (after
+    :meth:`refresh`), so both give the same snapshots, Gram matrix and DMD for the same data.
+
+    A subclass provides ``window``, ``dtype``, ``storage_dtype``, ``sketch``, ``count``,
+    ``state()`` and ``refresh()``.
+    """
+
+    @property
+    def has_modes(self):
+        """Whether :meth:`dmd` can form modes (``False`` for a sketched buffer)."""
+        return self.sketch is None
+
+    def __len__(self):
+        return min(self.count, self.window)
+
+    def snapshots(self):
+        """The stored snapshots ``[len(self), n_features]``, oldest first (time-major).
+
+        They are stored relative to the first snapshot ever appended, so each comes back equal to
+        what was appended up to one rounding in the buffer's dtype.
+        """
+        stored, reference, _, _, _, count = self.state()
+        # Gather from a read tensor: a gather on the variable itself would switch it to
+        # copy-on-read, making every later read copy the whole buffer.
+        order = _order(count, self.window)
+        return tf.cast(tf.gather(stored, order), self.dtype) + reference[tf.newaxis, :]
+
+    def gram(self):
+        """Float64 Gram matrix ``S S^T`` of ``S = snapshots()``, ``[len(self), len(self)]``."""
+        self.refresh()
+        _, _, centred, cross, reference_sq, count = self.state()
+        return _chronological_gram(centred, cross, reference_sq, count)
+
+    def dmd(self, rank=None, method="exact", dt=1.0, modes=True):
+        """DMD of the stored snapshots through the streaming Gram matrix.
+
+        Same result as ``kk.dmd(self.snapshots(), rank, method, dt, solver="gram")``, but the
+        Gram matrix is already there: only ``[window, window]`` eigenproblems run, and the
+        snapshots are read once to form the modes.
+
+        Args:
+          rank, method, dt: as in :func:`keras_koopman.dmd`.
+          modes: ``False`` skips the one pass over the snapshots (``result.modes`` is ``None``):
+            the spectrum, amplitudes and residuals then cost only ``[window, window]`` work.
+            A sketched buffer has no modes: ``modes=True`` raises there.
+
+        Returns:
+          A :class:`keras_koopman.DMDResult`.
+
+        Raises:
+          ValueError: fewer than 2 snapshots stored, or bad arguments.
+        """
+        code, value = parse_rank(rank)
+        check_method(method)
+        dt = check_dt(dt)
+        if modes and not self.has_modes:
+            raise ValueError(
+                f"this buffer is sketched (sketch={self.sketch}): its modes would live "
+                "in the sketch space, not on the weights; call dmd(modes=False) for the spectrum, "
+                "or use an unsketched buffer for modes")
+        stored = len(self)
+        if stored < 2:
+            raise ValueError(f"{type(self).__name__}.dmd needs at least 2 snapshots; {stored} "
+                             "stored so far")
+        self.refresh()
+        function = _dmd_function(method, bool(modes), self.storage_dtype, self.dtype)
+        outputs = function(*self.state(), tf.constant(code, tf.int32),
+                           tf.constant(value, tf.float64))
+        return result_from(outputs, dt, method, "the stored snapshots")
+
+
+class SnapshotBuffer(GramReader):
     """A ring buffer of the last ``window`` snapshots of ``n_features`` numbers, on device.
 
     The snapshots live in a ``tf.Variable`` ``[window, n_features]`` on the device where the
@@ -162,23 +216,23 @@ class SnapshotBuffer:
 
     def __init__(self, n_features, window, dtype="float32", name="snapshot_buffer", *,
                  sketch=None, storage_dtype=None, sketch_density=None, seed=0):
-        self._n = _check_positive_int(n_features, "n_features", 1)
-        self._window = _check_positive_int(window, "window", 2)
-        self._dtype = _check_dtype(dtype)
-        self._storage = (self._dtype if storage_dtype is None else _check_dtype(
+        self._n = check_int(n_features, "n_features", 1)
+        self._window = check_int(window, "window", 2)
+        self._dtype = check_dtype(dtype)
+        self._storage = (self._dtype if storage_dtype is None else check_dtype(
             storage_dtype, "storage_dtype", (tf.float32, tf.float64, tf.bfloat16)))
         self._sketch = None
         if sketch is not None:
-            k = _check_positive_int(sketch, "sketch", 1)
+            k = check_int(sketch, "sketch", 1)
             if k >= self._n:
                 raise ValueError(f"sketch must be smaller than n_features = {self._n} "
                                  f"(or None); got {k}")
             density = (min(_DENSITY, self._n // k) if sketch_density is None else
-                       _check_positive_int(sketch_density, "sketch_density", 1))
+                       check_int(sketch_density, "sketch_density", 1))
             if k * density > self._n:
                 raise ValueError(f"sketch * sketch_density = {k * density} exceeds "
                                  f"n_features = {self._n}")
-            self._sketch = _Sketch(self._n, k, density, _check_positive_int(seed, "seed", 0))
+            self._sketch = _Sketch(self._n, k, density, check_int(seed, "seed", 0))
         self._width = self._n if self._sketch is None else self._sketch.k
         with tf.name_scope(name):
             self._buffer = tf.Variable(
@@ -247,9 +301,6 @@ class SnapshotBuffer:
     def count(self):
         """How many snapshots were appended in total (not capped at ``window``)."""
         return int(self._count.numpy())
-
-    def __len__(self):
-        return min(self.count, self._window)
 
     @property
     def variables(self):
@@ -386,7 +437,8 @@ class SnapshotBuffer:
 
         tf.cond(tf.reduce_any(self._stale.read_value()), refresh, tf.no_op)
 
-    def _refresh(self):
+    def refresh(self):
+        """Computes the Gram rows that appends with ``update_gram=False`` left out."""
         if self._refresh_function is None:
             self._refresh_function = tf.function(self.refresh_op, autograph=False)
         self._refresh_function()
@@ -396,9 +448,9 @@ class SnapshotBuffer:
         for variable in self.variables:
             variable.assign(tf.zeros_like(variable))
 
-    # ----------------------------------------------------------------------------------------
-    # reading
-    def _state(self):
+    def state(self):
+        """The tensors a Gram-space analysis reads: ``(stored [window, width], reference
+        [width], centred Gram [window, window], cross [window], |reference|^2, count)``."""
         return (
             self._buffer.read_value(),
             self._reference.read_value(),
@@ -408,75 +460,13 @@ class SnapshotBuffer:
             self._count.read_value(),
         )
 
-    def snapshots(self):
-        """The stored snapshots ``[len(self), n_features]``, oldest first (time-major).
-
-        They are stored relative to the first snapshot ever appended, so each comes back equal to
-        what was appended up to one rounding in the buffer's dtype.
-        """
-        # Gather from a read tensor: a gather on the variable itself would switch it to
-        # copy-on-read, making every later read copy the whole buffer.
-        order = _order(self._count.read_value(), self._window)
-        stored = tf.cast(tf.gather(self._buffer.read_value(), order), self._dtype)
-        return stored + self._reference[tf.newaxis, :]
-
     def gram_op(self):
         """Float64 Gram matrix of :meth:`snapshots`, oldest first (graph-friendly).
 
         Run :meth:`refresh_op` first if appends deferred their Gram rows.
         """
-        _, _, centred, cross, reference_sq, count = self._state()
+        _, _, centred, cross, reference_sq, count = self.state()
         return _chronological_gram(centred, cross, reference_sq, count)
-
-    def gram(self):
-        """Float64 Gram matrix ``S S^T`` of ``S = snapshots()``, ``[len(self), len(self)]``."""
-        self._refresh()
-        return self.gram_op()
-
-    def dmd(self, rank=None, method="exact", dt=1.0, modes=True):
-        """DMD of the stored snapshots through the streaming Gram matrix.
-
-        Same result as ``kk.dmd(self.snapshots(), rank, method, dt, solver="gram")``, but the
-        Gram matrix is already there: only ``[window, window]`` eigenproblems run, and the
-        snapshots are read once to form the modes.
-
-        Args:
-          rank, method, dt: as in :func:`keras_koopman.dmd`.
-          modes: ``False`` skips the one pass over the snapshots (``result.modes`` is ``None``):
-            the spectrum, amplitudes and residuals then cost only ``[window, window]`` work.
-            A sketched buffer has no modes: ``modes=True`` raises there.
-
-        Returns:
-          A :class:`keras_koopman.DMDResult`.
-
-        Raises:
-          ValueError: fewer than 2 snapshots stored, or bad arguments.
-        """
-        code, value = parse_rank(rank)
-        check_method(method)
-        dt = check_dt(dt)
-        if modes and self._sketch is not None:
-            raise ValueError(
-                f"this SnapshotBuffer is sketched (sketch={self._sketch.k}): its modes would live "
-                "in the sketch space, not on the weights; call dmd(modes=False) for the spectrum, "
-                "or use an unsketched buffer for modes")
-        stored = len(self)
-        if stored < 2:
-            raise ValueError(
-                f"SnapshotBuffer.dmd needs at least 2 snapshots; {stored} stored so far"
-            )
-        self._refresh()
-        function = _dmd_function(method, bool(modes), self._storage, self._dtype)
-        code = tf.constant(code, tf.int32)
-        outputs = function(*self._state(), code, tf.constant(value, tf.float64))
-        return result_from(outputs, dt, method, "the stored snapshots")
-
-    def dmd_op(self, code, value, method="exact", with_modes=True):
-        """Graph-mode DMD (see :meth:`dmd`); ``code, value`` from the rank encoding.
-
-        Run :meth:`refresh_op` first if appends deferred their Gram rows.
-        """
-        return _buffer_dmd(*self._state(), code, value, method, with_modes)
 
 
 def _update_slice(tensor, update, start):
@@ -526,11 +516,8 @@ def _buffer_dmd(buffer, reference, centred, cross, reference_sq, count, code, va
     return finite, eigenvalues, modes, amplitudes, residuals, singular, k
 
 
-_DMD_FUNCTIONS = {}
-
-
 def state_signature(storage_dtype, dtype):
-    """Input signature of a function of a buffer's ``_state()`` plus the rank ``code, value``:
+    """Input signature of a function of a buffer's ``state()`` plus the rank ``code, value``:
     shape-polymorphic, so one trace serves every buffer of those dtypes."""
     return [
         tf.TensorSpec([None, None], storage_dtype),
@@ -546,13 +533,13 @@ def state_signature(storage_dtype, dtype):
 
 def _dmd_function(method, with_modes, storage_dtype, dtype):
     """One traced function per (method, modes, dtypes), shared by every buffer."""
-    key = (method, with_modes, storage_dtype, dtype)
-    if key not in _DMD_FUNCTIONS:
-        signature = state_signature(storage_dtype, dtype)
 
+    def build():
         def run(buffer, reference, centred, cross, reference_sq, count, code, value):
             return _buffer_dmd(buffer, reference, centred, cross, reference_sq, count, code,
                                value, method, with_modes)
 
-        _DMD_FUNCTIONS[key] = tf.function(run, input_signature=signature, autograph=False)
-    return _DMD_FUNCTIONS[key]
+        return tf.function(run, input_signature=state_signature(storage_dtype, dtype),
+                           autograph=False)
+
+    return cached_function(("buffer_dmd", method, with_modes, storage_dtype, dtype), build)

@@ -1,0 +1,124 @@
+"""SummaryLogger: the Koopman callbacks' TensorBoard writing, in one place."""
+
+from __future__ import annotations
+
+import time
+
+import tensorflow as tf
+
+from keras_koopman._tf import writes_summaries
+from keras_koopman.tensorboard import summary as tb_summary
+
+__all__ = ["SummaryLogger", "LOGGED_SCALARS"]
+
+LOGGED_SCALARS = ("spectral_radius", "near_one_fraction", "unstable_count", "max_residual")
+# Environment failures of writing (a full disk, a remote file system that went away): warned
+# about and survived, never fatal to fit.
+_WRITE_FAILURES = (OSError, tf.errors.OpError)
+
+
+class SummaryLogger:
+    """Writes spectra, scalars and text to one TensorBoard log directory, on the chief only.
+
+    Nothing is written before :meth:`open` (on the workers of a multi-worker strategy other
+    than the chief, nor ever), and without ``log_dir``; every write then goes through this
+    object, so callbacks never touch a ``tf.summary`` writer. A write that fails (disk full, ...)
+    is handed to ``on_error(where, error, group)`` instead of raising.
+
+    Args:
+      log_dir: directory of the event files, or ``None`` (a logger that writes nothing).
+      on_error: ``(where, error, group) -> None``, called when a write fails.
+
+    Example:
+
+    >>> import tempfile
+    >>> from keras_koopman.callbacks.logger import SummaryLogger
+    >>> logger = SummaryLogger(tempfile.mkdtemp())
+    >>> logger.open()
+    True
+    >>> logger.scalar("koopman/restarts", 1.0, step=3)
+    >>> logger.close()
+    """
+
+    def __init__(self, log_dir, on_error=None):
+        self.log_dir = log_dir
+        self._on_error = on_error
+        self._writer = None
+
+    @property
+    def active(self):
+        """Whether writes reach an event file."""
+        return self._writer is not None
+
+    def open(self, model=None, start_step=None):
+        """Creates the writer (once, on the chief); with ``start_step`` also writes a session
+        start there. Returns :attr:`active`."""
+        if self.log_dir and self._writer is None and writes_summaries(model):
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+            if start_step is not None:
+                # TensorBoard takes a run's first session start as its beginning and any later
+                # one as a restart (see session_start).
+                self.session_start(start_step)
+        return self.active
+
+    def session_start(self, step):
+        """A ``SessionLog.START`` event at ``step``. TensorBoard takes a run's first one as its
+        beginning; at any later one it drops the events of the run with ``step`` or later that
+        it read before (its "orphaned data" purge after a restart)."""
+        if self._writer is None:
+            return
+        from tensorboard.compat.proto import event_pb2
+        from tensorflow.python.ops import summary_ops_v2
+
+        event = event_pb2.Event(step=int(step), wall_time=time.time(), session_log=event_pb2.
+                                SessionLog(status=event_pb2.SessionLog.START))
+        self._write("TensorBoard session start", None, lambda: summary_ops_v2.import_event(
+            tf.constant(event.SerializeToString())), step=None)
+        self.flush()
+
+    def spectrum(self, record):
+        """A :class:`~keras_koopman.callbacks.SpectrumRecord` as the ``koopman/<group>``
+        spectrum summary and the ``koopman/<group>/<metric>`` scalars, at its step."""
+
+        def write():
+            tb_summary.spectrum(f"koopman/{record.group}", record.eigenvalues,
+                                amplitudes=record.amplitudes, residuals=record.residuals)
+            for key in LOGGED_SCALARS:
+                tf.summary.scalar(f"koopman/{record.group}/{key}", float(record.metrics[key]))
+
+        self._write("TensorBoard logging", record.group, write, record.step)
+
+    def scalar(self, tag, value, step):
+        self._write("TensorBoard logging", None,
+                    lambda: tf.summary.scalar(tag, float(value)), step)
+
+    def text(self, tag, value, step):
+        self._write("TensorBoard logging", None, lambda: tf.summary.text(tag, str(value)), step)
+
+    def histogram(self, tag, values, step):
+        self._write("TensorBoard logging", None, lambda: tf.summary.histogram(tag, values), step)
+
+    def flush(self):
+        if self._writer is not None:
+            self._write("TensorBoard flush", None, self._writer.flush, step=None)
+
+    def close(self):
+        if self._writer is not None:
+            self.flush()
+            self._writer.close()
+            self._writer = None
+
+    def _write(self, where, group, write, step):
+        if self._writer is None:
+            return
+        try:
+            if step is None:
+                with self._writer.as_default():
+                    write()
+            else:
+                with self._writer.as_default(step=int(step)):
+                    write()
+        except _WRITE_FAILURES as error:
+            if self._on_error is None:
+                raise
+            self._on_error(where, error, group)

@@ -1,0 +1,452 @@
+"""KoopmanTracker: the state and the work of watching a model's weights (not a Keras callback)."""
+
+from __future__ import annotations
+
+import types
+import warnings
+
+import numpy as np
+import tensorflow as tf
+
+from keras_koopman import spectrum as spectrum_metrics
+from keras_koopman._tf import cached_function, value_of
+from keras_koopman._validation import check_choice, check_int, check_number
+from keras_koopman.buffers import PackedBuffers, SnapshotBuffer
+from keras_koopman.buffers.ring import _buffer_dmd, _chronological_gram, state_signature
+from keras_koopman.callbacks.plan import plan_storage
+from keras_koopman.dmd import check_method, parse_rank
+from keras_koopman.records import History, SpectrumRecord
+
+__all__ = ["KoopmanTracker", "DATA_FAILURES"]
+
+# What a Koopman callback survives inside fit (one warning, a record in ``errors``): NaN/Inf
+# data, a decomposition that fails, numbers that overflow. Anything else is a programming or
+# configuration error and propagates.
+DATA_FAILURES = (ValueError, ArithmeticError, np.linalg.LinAlgError,
+                 tf.errors.InvalidArgumentError)
+_XLA_FAILURES = (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError)
+_METRICS = ("spectral_radius", "near_one_fraction", "unstable_count", "max_residual", "motion")
+_PACKED = "\x00packed"  # key of the packed groups' outputs (no group can be named so)
+
+
+class KoopmanTracker:
+    """Plans the observable groups of a model, owns their buffers, gathers and analyses them.
+
+    The tracker is what :class:`~keras_koopman.callbacks.KoopmanMonitor` runs on each Keras hook;
+    it has no Keras-callback code and can be driven from a custom training loop. Its interface:
+
+    * :meth:`watch` (a model) resolves the groups (``ValueError`` naming the model's layers for
+      an unknown layer name), plans their storage (:func:`~keras_koopman.callbacks.plan.
+      plan_storage`) and compiles one gather for all of them;
+    * :meth:`gather` appends one snapshot of every group (one compiled call, no host read);
+    * :meth:`sync` reads the NaN/Inf flags of the snapshots gathered since the last read (one
+      host read), :meth:`stored` says how many finite snapshots a group holds;
+    * :meth:`analyse` runs the DMD of every group with 3 snapshots or more and appends a
+      :class:`~keras_koopman.callbacks.SpectrumRecord` per group to :attr:`history`;
+    * :meth:`restart` forgets the trajectory; :meth:`state_dict` / :meth:`load_state_dict`
+      save and restore everything but the buffers' variables (:attr:`variables`);
+    * :meth:`report` records a failure (warned once per kind) in :attr:`errors`.
+
+    Args:
+      observables, window, rank, method, tolerance, sketch, storage_dtype, snapshot_memory: as
+        in :class:`~keras_koopman.callbacks.KoopmanMonitor`.
+      name: who warns (``"KoopmanMonitor"``).
+
+    Example:
+
+    >>> import numpy as np, keras
+    >>> from keras_koopman.callbacks import KoopmanTracker
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, name="dense")])
+    >>> tracker = KoopmanTracker(window=4, rank=1)
+    >>> tracker.watch(model)
+    True
+    >>> for k in range(4):
+    ...     model.get_layer("dense").kernel.assign(0.5 ** k * np.eye(2))
+    ...     tracker.gather()
+    >>> [(r.group, r.snapshots) for r in tracker.analyse()]
+    [('dense', 4)]
+    >>> round(float(tracker.latest("dense").eigenvalues[0].real), 6)
+    0.5
+    """
+
+    def __init__(self, observables="layers", window=20, rank=None, method="exact",
+                 tolerance=0.01, sketch="auto", storage_dtype="float32",
+                 snapshot_memory=512 * 2**20, name="KoopmanMonitor"):
+        if not (isinstance(observables, str) or callable(observables)
+                or isinstance(observables, (list, tuple))):
+            raise TypeError("observables must be 'layers', 'model', a list of layer names or a "
+                            f"callable model -> {{name: [variables]}}; got {observables!r}")
+        if isinstance(observables, str):
+            check_choice(observables, "observables", ("layers", "model"))
+        elif not callable(observables):
+            if not observables or not all(isinstance(n, str) for n in observables):
+                raise ValueError("observables as a list must name at least one layer, as "
+                                 f"strings; got {observables!r}")
+            observables = list(observables)
+        self.observables = observables
+        self.window = check_int(window, "window", 3)
+        parse_rank(rank)
+        self.rank = rank
+        self.method = check_method(method)
+        self.tolerance = check_number(tolerance, "tolerance")
+        if isinstance(sketch, str) and sketch != "auto":
+            raise ValueError(f"sketch must be 'auto', None or a positive int; got {sketch!r}")
+        if not (sketch is None or sketch == "auto"):
+            sketch = check_int(sketch, "sketch (when not 'auto' or None)", 1)
+        self.sketch = sketch
+        self.storage_dtype = check_choice(storage_dtype, "storage_dtype",
+                                          ("float32", "bfloat16"))
+        self.snapshot_memory = check_int(snapshot_memory, "snapshot_memory", 1)
+        self.name = name
+        self.history = History()
+        self.errors = []
+        self.groups = {}
+        self.buffers = {}
+        self.step = -1  # index of the newest snapshot
+        self.epoch = 0
+        self.disabled = False  # nothing to watch in the model
+        self.nonfinite_groups = set()
+        self._model = None
+        self._pack = None
+        self._gather = None
+        self._stored = {}
+        self._pending = []
+        self._warned = set()
+        self._last_analysed = None
+        self._analyses = {}
+
+    # ----------------------------------------------------------------------------------------
+    # set-up
+    def watching(self, model):
+        """Whether the buffers are those of ``model`` (a rebuilt model needs :meth:`watch`)."""
+        return self._model is model
+
+    def watch(self, model):
+        """Resolves and plans the groups of ``model`` and builds their buffers and the gather.
+
+        A new model (rebuilt between fits) starts a new trajectory in new buffers; history and
+        step numbers carry on, so TensorBoard steps never repeat. Returns ``False`` (with a
+        warning; the tracker stays disabled) when no group has trainable weights.
+
+        Raises:
+          ValueError: ``observables`` names layers the model does not have.
+        """
+        self._model = model
+        self.groups = self._resolve(model)
+        self.disabled = not self.groups
+        self.buffers, self._pack, self._gather, self._analyses = {}, None, None, {}
+        self._stored, self._pending, self.nonfinite_groups = {}, [], set()
+        if self.disabled:
+            self.report("set-up", ValueError("no observable group has trainable weights to "
+                                             "watch; nothing is recorded"))
+            return False
+        sizes = {name: sum(int(np.prod(v.shape)) for v in variables)
+                 for name, variables in self.groups.items()}
+        plan = plan_storage(sizes, self.window, self.sketch, self.storage_dtype,
+                            self.snapshot_memory, self.method)
+        if plan.packed:
+            # Many small groups: one buffer and one batched analysis for all of them.
+            self._pack = PackedBuffers({name: sizes[name] for name in plan.packed}, self.window)
+            self.buffers.update(zip(plan.packed, self._pack.views()))
+        for name, size in sizes.items():
+            if name not in self.buffers:
+                self.buffers[name] = SnapshotBuffer(
+                    size, self.window, name=f"koopman_{name}", sketch=plan.sketches.get(name),
+                    storage_dtype=self.storage_dtype)
+        self.buffers = {name: self.buffers[name] for name in sizes}  # in the groups' order
+        self._stored = {name: 0 for name in self.buffers}
+        self._gather = self._compile_gather(jit_compile=True)
+        return True
+
+    def _resolve(self, model):
+        observables = self.observables
+        if callable(observables):
+            groups = dict(observables(model))
+        elif observables == "model":
+            groups = {"model": list(model.trainable_weights)}
+        elif observables == "layers":
+            groups = {layer.name: list(layer.trainable_weights) for layer in model.layers}
+        else:
+            names = [layer.name for layer in model.layers]
+            unknown = [name for name in observables if name not in names]
+            if unknown:
+                raise ValueError(f"observables names layers {unknown} that the model does not "
+                                 f"have; its layers are {names}")
+            groups = {name: list(model.get_layer(name).trainable_weights) for name in observables}
+        return {name: variables for name, variables in groups.items() if variables}
+
+    @property
+    def storages(self):
+        """The distinct objects holding the buffers' variables: every unpacked buffer and the
+        pack (once, however many groups it holds)."""
+        unpacked = [b for b in self.buffers.values() if isinstance(b, SnapshotBuffer)]
+        return unpacked + ([self._pack] if self._pack is not None else [])
+
+    @property
+    def variables(self):
+        """Every variable of the buffers (what a checkpoint of the tracker holds)."""
+        return [v for storage in self.storages for v in storage.variables]
+
+    def _compile_gather(self, jit_compile):
+        pack = self._pack
+        groups = [(name, self.buffers[name], variables)
+                  for name, variables in self.groups.items()
+                  if pack is None or name not in pack.names]
+        packed = [] if pack is None else [self.groups[name] for name in pack.names]
+
+        def flat(variables):
+            return [tf.reshape(tf.cast(value_of(v), tf.float32), [-1]) for v in variables]
+
+        def gather():
+            flags = {}
+            if pack is not None:
+                ok = pack.append_op([part for variables in packed for part in flat(variables)])
+                flags.update({name: ok[i] for i, name in enumerate(pack.names)})
+            for name, buffer, variables in groups:
+                # Each variable goes straight into its slice of the buffer row (no concatenated
+                # copy); the Gram rows wait for the next analysis: one product there instead of
+                # a pass over the buffer at every snapshot.
+                flags[name] = buffer.append_op(flat(variables), update_gram=False)
+            return tf.stack([flags[name] for name in self.buffers])
+
+        return tf.function(gather, jit_compile=jit_compile, autograph=False)
+
+    # ----------------------------------------------------------------------------------------
+    # gathering
+    def gather(self):
+        """Appends one snapshot of every group; returns the new step (``None`` if disabled)."""
+        if self.disabled or self._gather is None:
+            return None
+        try:
+            flags = self._gather()
+        except _XLA_FAILURES as error:
+            # XLA cannot compile this set-up (a device or dtype without XLA support): fall
+            # back to a plain graph, which copies the buffers instead of updating in place.
+            self.report("XLA compilation of the snapshot step", error)
+            self._gather = self._compile_gather(jit_compile=False)
+            flags = self._gather()
+        self.step += 1
+        self._pending.append(flags)
+        if len(self._pending) >= self.window:  # bounded: read them at most once a window
+            self.sync()
+        return self.step
+
+    def sync(self):
+        """Reads the NaN/Inf flags of the snapshots gathered since the last read (one host
+        read): a group whose weights held NaN or Inf is marked and warned about once."""
+        if not self._pending:
+            return
+        names = list(self.buffers)
+        for flags in np.asarray(tf.stack(self._pending)):
+            for name, ok in zip(names, flags):
+                if ok:
+                    self._stored[name] += 1
+                else:
+                    self.nonfinite_groups.add(name)
+                    self.report("snapshot", ValueError("weights hold NaN or Inf; not recorded"),
+                                name)
+        self._pending = []
+
+    def stored(self, name):
+        """How many finite snapshots group ``name`` holds (at most ``window``)."""
+        self._check_group(name)
+        self.sync()
+        return min(self._stored[name], self.window)
+
+    # ----------------------------------------------------------------------------------------
+    # analysis
+    def analyse(self):
+        """DMD of every group with at least 3 finite snapshots, once per step. Returns the new
+        records (also appended to :attr:`history`)."""
+        if self.disabled or self.step == self._last_analysed:
+            return []
+        self._last_analysed = self.step
+        self.sync()
+        eligible = tuple(name for name in self.buffers
+                         if self._stored[name] >= 3 and name not in self.nonfinite_groups)
+        if not eligible:
+            return []
+        try:
+            if eligible not in self._analyses:
+                self._analyses[eligible] = self._compile_analysis(eligible)
+            outputs = {name: {key: np.asarray(value) for key, value in values.items()}
+                       for name, values in self._analyses[eligible]().items()}
+            outputs.update(_unpack(outputs.pop(_PACKED, None), self._pack))
+        except DATA_FAILURES as error:
+            self.report("analysis", error)
+            return []
+        records = []
+        for name in eligible:
+            if name not in outputs:  # a packed group behind the others (a skipped snapshot)
+                continue
+            values = outputs[name]
+            if not values["finite"]:
+                self.report("analysis", ValueError("the Gram matrix holds NaN or Inf"), name)
+                continue
+            metrics = {key: values[key].item() for key in _METRICS}
+            still = values["top_singular"] == 0  # weights exactly zero: no spectrum, no motion
+            if still:
+                metrics.update(spectral_radius=0.0, near_one_fraction=0.0, unstable_count=0,
+                               max_residual=float("nan"))
+            empty = np.zeros(0, np.complex128)
+            records.append(SpectrumRecord(
+                epoch=self.epoch, step=self.step, group=name,
+                eigenvalues=empty if still else values["eigenvalues"],
+                amplitudes=empty if still else values["amplitudes"],
+                residuals=np.zeros(0) if still else values["residuals"],
+                rank=0 if still else int(values["rank"]),
+                snapshots=min(self._stored[name], self.window), metrics=metrics))
+        self.history.extend(records)
+        return records
+
+    def _compile_analysis(self, names):
+        """One function analysing every group in ``names``: one dispatch per analysis. The DMD
+        and metrics inside it are functions shared by every tracker (traced once per process):
+        a new model costs a cheap outer trace, not a trace of the whole DMD."""
+        code, value = parse_rank(self.rank)  # Python numbers: the batched rank rule branches
+        pack = self._pack
+        packed = pack is not None and any(name in pack.names for name in names)
+        single = [(name, self.buffers[name]) for name in names
+                  if pack is None or name not in pack.names]
+        method, tolerance = self.method, self.tolerance
+
+        def analyse():
+            outputs = {}
+            if packed:
+                pack.refresh_op()
+                outputs[_PACKED] = pack.analysis_op(code, value, tolerance)
+            for name, buffer in single:
+                buffer.refresh_op()
+                function = _analysis_function(method, buffer.storage_dtype, buffer.dtype,
+                                              tolerance)
+                outputs[name] = function(*buffer.state(), tf.constant(code, tf.int32),
+                                         tf.constant(value, tf.float64))
+            return outputs
+
+        return tf.function(analyse, autograph=False)
+
+    # ----------------------------------------------------------------------------------------
+    # restart, failures, state
+    def restart(self):
+        """Forgets the trajectory (after the weights were re-initialised or jumped) and, when a
+        model is watched, takes its first snapshot anew (returning its step; ``None`` when
+        nothing is watched). History and step numbers carry on."""
+        for storage in self.storages:
+            storage.reset()
+        self._stored = {name: 0 for name in self.buffers}
+        self._pending = []
+        self.nonfinite_groups = set()
+        return self.gather()
+
+    def report(self, where, error, group=None):
+        """Records a failure in :attr:`errors` and warns once per (where, group, kind)."""
+        message = f"{type(error).__name__}: {error}"
+        self.errors.append({"epoch": self.epoch, "step": self.step, "group": group,
+                            "where": where, "error": message})
+        key = (where, group, type(error).__name__)
+        if key not in self._warned:
+            self._warned.add(key)
+            target = f" for group {group!r}" if group else ""
+            warnings.warn(f"{self.name}: {where} failed{target} ({message}); training goes on "
+                          "(see .errors)", RuntimeWarning, stacklevel=3)
+
+    def layout(self):
+        """``{group: [n_features, window, sketch, storage dtype]}``: what a saved state must
+        match."""
+        return {name: [b.n_features, b.window, b.sketch, tf.as_dtype(b.storage_dtype).name]
+                for name, b in self.buffers.items()}
+
+    def state_dict(self):
+        """Everything but the buffers' variables and the history, as JSON-able values."""
+        self.sync()
+        return {"layout": self.layout(), "step": self.step, "epoch": self.epoch,
+                "stored": dict(self._stored), "nonfinite_groups": sorted(self.nonfinite_groups),
+                "errors": list(self.errors), "warned": [list(key) for key in self._warned],
+                "last_analysed": self._last_analysed}
+
+    def load_state_dict(self, state, history):
+        """Restores :meth:`state_dict` output and the ``history`` it went with (the buffers'
+        variables are restored separately, into :attr:`variables`).
+
+        Raises:
+          ValueError: the state belongs to other groups than the watched model's.
+        """
+        self.check_layout(state["layout"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self._stored = dict(state["stored"])
+        self.nonfinite_groups = set(state["nonfinite_groups"])
+        self.errors = list(state["errors"])
+        self._warned = {tuple(key) for key in state["warned"]}
+        self._last_analysed = state["last_analysed"]
+        self._pending = []
+        self.history = History(history)
+
+    def check_layout(self, layout):
+        if layout != self.layout():
+            raise ValueError(f"the saved state is of other observable groups ({layout}) than "
+                             f"this model's ({self.layout()})")
+
+    # ----------------------------------------------------------------------------------------
+    # queries
+    def _check_group(self, group):
+        known = set(self.buffers) | {record.group for record in self.history}
+        if group not in known:
+            raise KeyError(f"no observable group {group!r}; the groups are {sorted(known)}")
+
+    def latest(self, group=None):
+        """The newest record of ``group`` (of any group if ``None``), or ``None``.
+
+        Raises:
+          KeyError: ``group`` is not a group of the watched model or of the history.
+        """
+        if group is not None and (self.buffers or self.history):
+            self._check_group(group)
+        return self.history.latest(group)
+
+    def current(self):
+        """The records of the newest snapshot's analysis (one per group analysed), or []."""
+        return self.history.current(self.step) if self.history else []
+
+    def records(self, group):
+        """Every record of ``group``, oldest first (``KeyError`` for an unknown group)."""
+        self._check_group(group)
+        return self.history.records(group)
+
+
+def _unpack(outputs, pack):
+    """The batched outputs of a pack as ``{group: values}`` like a single buffer's."""
+    if outputs is None:
+        return {}
+    unpacked = {}
+    for i, name in enumerate(pack.names):
+        if not outputs["analysed"][i]:
+            continue
+        k = int(outputs["rank"][i])
+        values = {key: value[i] for key, value in outputs.items()}
+        for key in ("eigenvalues", "amplitudes", "residuals"):
+            values[key] = values[key][:k]
+        unpacked[name] = values
+    return unpacked
+
+
+def _analysis_function(method, storage_dtype, dtype, tolerance):
+    """The spectrum, metrics and motion of one buffer's state, traced once per process for each
+    (method, dtypes, tolerance)."""
+
+    def build():
+        def analyse(snapshots, reference, centred, cross, reference_sq, count, code, value):
+            finite, eigenvalues, _, amplitudes, residuals, singular, rank = _buffer_dmd(
+                snapshots, reference, centred, cross, reference_sq, count, code, value, method,
+                with_modes=False)
+            result = types.SimpleNamespace(
+                eigenvalues=eigenvalues, amplitudes=amplitudes, residuals=residuals)
+            gram = _chronological_gram(centred, cross, reference_sq, count)
+            return dict(finite=finite, eigenvalues=eigenvalues, amplitudes=amplitudes,
+                        residuals=residuals, rank=rank, top_singular=singular[0],
+                        motion=spectrum_metrics.window_motion(gram),
+                        **spectrum_metrics.summary(result, tolerance))
+
+        return tf.function(analyse, input_signature=state_signature(storage_dtype, dtype),
+                           autograph=False)
+
+    return cached_function(("analysis", method, storage_dtype, dtype, tolerance), build)

@@ -1,0 +1,123 @@
+"""The tracker without Keras callbacks, the storage plan, records and the appending backup."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import keras_koopman as kk
+from keras_koopman.callbacks import KoopmanTracker
+from keras_koopman.callbacks._backup import Backup
+from keras_koopman.callbacks.plan import AUTO_SKETCH, PACK_MIN_GROUPS, plan_storage
+from keras_koopman.records import History, SpectrumRecord
+
+
+def test_the_tracker_is_not_a_keras_callback_and_matches_kk_dmd():
+    assert not issubclass(KoopmanTracker, keras.callbacks.Callback)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, name="dense")])
+    tracker = KoopmanTracker(window=6, rank=2)
+    assert tracker.watch(model)
+    rng = np.random.default_rng(0)
+    a = 0.9 * np.linalg.qr(rng.normal(size=(16, 16)))[0]
+    state = rng.normal(size=16)
+    trajectory = []
+    for _ in range(8):
+        layer = model.get_layer("dense")
+        layer.kernel.assign(state[:12].reshape(3, 4))
+        layer.bias.assign(state[12:])
+        trajectory.append(state.astype(np.float32))
+        tracker.gather()
+        state = a @ state
+    records = tracker.analyse()
+    assert [r.group for r in records] == ["dense"] and tracker.step == 7
+    reference = kk.dmd(np.array(trajectory[-6:], np.float64), rank=2)
+    np.testing.assert_allclose(np.sort_complex(records[0].eigenvalues),
+                               np.sort_complex(reference.eigenvalues.numpy()), atol=1e-4)
+    assert tracker.analyse() == []  # once per step
+
+
+def test_the_tracker_state_round_trips_and_refuses_another_layout():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, name="dense")])
+    tracker = KoopmanTracker(window=4)
+    tracker.watch(model)
+    for _ in range(5):
+        tracker.gather()
+    tracker.analyse()
+    state = json.loads(json.dumps(tracker.state_dict()))  # JSON-able
+    other = KoopmanTracker(window=4)
+    other.watch(model)
+    other.load_state_dict(state, tracker.history)
+    assert (other.step, other.stored("dense"), other.history) == (4, 4, tracker.history)
+    wider = KoopmanTracker(window=4)
+    wider.watch(keras.Sequential([keras.Input((3,)), keras.layers.Dense(5, name="dense")]))
+    with pytest.raises(ValueError, match="other observable groups"):
+        wider.load_state_dict(state, tracker.history)
+
+
+def test_plan_storage_is_a_pure_rule_of_sizes_and_options():
+    window = 10
+    sizes = {"a": 10_000_000, "b": 5_000_000, "c": 1_000}
+    # In full: (15,001,000 numbers) * 10 snapshots * 4 bytes = 600 MB > 512 MiB: sketch the
+    # biggest until the rest fits (a alone: 5,001,000 + 2048 numbers, 200 MB).
+    assert plan_storage(sizes, window).sketches == {"a": AUTO_SKETCH}
+    assert plan_storage(sizes, window, storage_dtype="bfloat16").sketches == {}  # 300 MB
+    assert plan_storage(sizes, window, sketch=None).sketches == {}
+    assert plan_storage(sizes, window, sketch=400).sketches == {"a": 400, "b": 400, "c": 400}
+    assert plan_storage({"c": 800}, window, sketch=400).sketches == {}  # not above 2 k
+    small = {f"u{i}": 7 for i in range(PACK_MIN_GROUPS)}
+    assert plan_storage(small, window).packed == tuple(small)
+    assert plan_storage(dict(list(small.items())[:-1]), window).packed == ()
+    assert plan_storage(small, window, method="rrr").packed == ()
+    assert plan_storage(small, window, storage_dtype="bfloat16").packed == ()
+
+
+def test_mode_share_is_the_weighted_share_numpy_computes():
+    rng = np.random.default_rng(3)
+    eigenvalues = rng.normal(size=6) + 1j * rng.normal(size=6) * 0.1
+    amplitudes = rng.normal(size=6) + 1j * rng.normal(size=6)
+    record = SpectrumRecord(0, 4, "g", eigenvalues, amplitudes, np.zeros(6), 6, 5, {})
+    weights = np.abs(amplitudes) * np.abs(eigenvalues) ** 4
+    inside = np.abs(eigenvalues) < 1
+    assert kk.spectrum.mode_share(record, lambda e: np.abs(e) < 1) == pytest.approx(
+        weights[inside].sum() / weights.sum())
+    assert kk.spectrum.mode_share(record, np.abs) == pytest.approx(
+        (weights * np.abs(eigenvalues)).sum() / weights.sum())
+    empty = SpectrumRecord(0, 4, "g", np.zeros(0), np.zeros(0), np.zeros(0), 0, 5, {})
+    assert kk.spectrum.mode_share(empty, np.abs, empty=7.0) == 7.0
+
+
+def records(count, start=0):
+    return History(SpectrumRecord(i // 2, i, f"g{i % 2}", np.full(2, 0.5 + 0.1j * i),
+                                  np.ones(2, complex), np.full(2, float(i)), 2, 3,
+                                  {"motion": float(i), "max_residual": float("nan")})
+                   for i in range(start, start + count))
+
+
+def test_the_backup_appends_new_records_instead_of_rewriting_the_history(tmp_path):
+    backup = Backup(str(tmp_path))
+    history = History()
+    written = []
+    for epoch in range(1, 7):
+        history.extend(records(2, start=len(history)))
+        before = {name: os.path.getmtime(os.path.join(backup._history, name))
+                  for name in (os.listdir(backup._history) if epoch > 1 else [])}
+        backup.save(epoch, {"epoch": epoch}, [], history)
+        chunks = sorted(os.listdir(backup._history))
+        # Older chunks are untouched: only the two new records were written.
+        assert all(os.path.getmtime(os.path.join(backup._history, n)) == t
+                   for n, t in before.items())
+        written.append(len(chunks))
+    assert written == [1, 2, 3, 4, 5, 6] and backup.saved_epochs() == [5, 6]
+    # Resuming epoch 5 reads its 10 records and cuts the one chunk saved after it.
+    state, count = backup.read_state(5)
+    assert state == {"epoch": 5} and count == 10
+    restored = backup.read_history(count)
+    assert restored == History(history[:10])
+    assert len(os.listdir(backup._history)) == 5
+    history = History(restored)
+    history.extend(records(2, start=10))
+    backup.save(6, {"epoch": 6}, [], history)
+    assert backup.read_history(12) == history
