@@ -4,6 +4,7 @@ import datetime
 import os
 import platform
 import re
+import subprocess
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 
@@ -41,9 +42,26 @@ def stamp():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def commit():
+    """The commit the benchmark ran on; ``+changes`` when the package or the benchmarks differ
+    from it (figures of uncommitted code say so)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, check=True,
+                              capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "keras_koopman", "bench"],
+                               cwd=root, check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    changed = [line for line in dirty.splitlines() if not line.endswith("RESULTS.md")]
+    return head + (" +changes" if changed else "")
+
+
 def header(command):
-    """The first lines of every section: the command that made it, the machine, the date."""
-    return [f"- command: `{command}`", f"- machine: {machine()}", f"- date: {stamp()}"]
+    """The first lines of every section: the command that made it, the machine, the commit and
+    the date."""
+    return [f"- command: `{command}`", f"- machine: {machine()}", f"- commit: {commit()}",
+            f"- date: {stamp()}"]
 
 
 def write_section(title, body, path=RESULTS):

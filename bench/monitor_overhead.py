@@ -59,18 +59,19 @@ def timed_fit(model, x, y, epochs, callbacks):
 
 def part_costs(monitor, gathers_per_analysis, calls=20):
     """Median seconds of one gather and of one analysis after ``gathers_per_analysis`` gathers."""
+    tracker = monitor.tracker
     gather_times, analysis_times = [], []
     for _ in range(calls):
         start = time.perf_counter()
-        monitor._gather().numpy()
+        tracker.gather()
+        tracker.sync()  # the host read that waits for the gather
         gather_times.append(time.perf_counter() - start)
     for _ in range(calls):
         for _ in range(gathers_per_analysis):
-            monitor._gather()
-        monitor._pending_flags = []
-        monitor._analysed_steps = set()
+            tracker.gather()
+        tracker.sync()
         start = time.perf_counter()
-        monitor._analyze()
+        tracker.analyse()
         analysis_times.append(time.perf_counter() - start)
     return statistics.median(gather_times), statistics.median(analysis_times)
 

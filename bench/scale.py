@@ -107,7 +107,7 @@ def one(size, config):
     _reset_peak()
     started = time.perf_counter()
     monitor.on_train_begin()  # builds the buffers and takes snapshot 0
-    np.asarray(monitor._pending_flags[-1])
+    monitor.tracker.sync()  # waits for it (one host read)
     first = time.perf_counter() - started
     peak = max(peak, _status("VmHWM") - baseline)
     snapshot_times = []
@@ -116,20 +116,19 @@ def one(size, config):
         _reset_peak()
         started = time.perf_counter()
         monitor.on_epoch_end(k - 1)
-        np.asarray(monitor._pending_flags[-1] if monitor._pending_flags else 0)
+        monitor.tracker.sync()
         snapshot_times.append(time.perf_counter() - started)
         peak = max(peak, _status("VmHWM") - baseline)
-    monitor._check_flags()
-    monitor._analyze()  # computes the Gram rows of every snapshot so far
+    monitor.tracker.analyse()  # computes the Gram rows of every snapshot so far
     analysis_times = []
     for k in range(WINDOW + 5, WINDOW + 9):
         # As in fit with analyze_every=1: a snapshot, then an analysis that computes its row.
         move(k)
         monitor.on_epoch_end(k - 1)
-        monitor._check_flags()
+        monitor.tracker.sync()
         _reset_peak()
         started = time.perf_counter()
-        monitor._analyze()
+        monitor.tracker.analyse()
         analysis_times.append(time.perf_counter() - started)
         peak = max(peak, _status("VmHWM") - baseline)
     record = monitor.latest("big")
@@ -199,8 +198,8 @@ def tiny_layers(count):
     plain = min(timings["plain"], timings["plain2"])
     monitored = min(timings["monitored"], timings["monitored2"])
     return {"layers": count, "groups": len(monitor.buffers),
-            "packed": 0 if monitor._pack is None else monitor._pack.groups,
-            "gather_traces": monitor._gather.experimental_get_tracing_count(),
+            "packed": sum(isinstance(b, kk.buffers.PackedView) for b in monitor.buffers.values()),
+            "gather_traces": monitor.tracker.gather_function.experimental_get_tracing_count(),
             "build": build, "first_fit": first_fit, "setup": setup,
             "snapshot_ms": 1e3 * float(np.median(snapshot[1:] or snapshot)),
             "first_analysis": analysis[0], "analysis_ms": 1e3 * float(np.median(analysis[1:])),

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-__all__ = ["cached_function", "trace_count", "value_of", "writes_summaries"]
+__all__ = ["IO_FAILURES", "cached_function", "compiled_loss", "trace_count", "value_of",
+           "writes_summaries"]
+
+# Failures of writing or reading files (a full disk, a remote file system that went away):
+# environment failures, which the callbacks survive.
+IO_FAILURES = (OSError, tf.errors.OpError)
 
 _FUNCTIONS = {}
 
@@ -52,3 +57,16 @@ def writes_summaries(model=None):
     weights, so every worker takes the same decisions)."""
     strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
     return bool(getattr(strategy.extended, "should_save_summary", True))
+
+
+def compiled_loss(model, x, y):
+    """``model``'s training loss on ``(x, y)`` in inference mode, as one compiled call."""
+    x = tf.nest.map_structure(tf.convert_to_tensor, x)
+    y = tf.nest.map_structure(tf.convert_to_tensor, y)
+
+    @tf.function(autograph=False)
+    def loss():
+        prediction = model(x, training=False)
+        return model.compute_loss(x=x, y=y, y_pred=prediction, training=False)
+
+    return loss

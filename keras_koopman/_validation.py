@@ -29,15 +29,16 @@ def check_int(value, name, minimum=None, maximum=None):
     return int(value)
 
 
-def check_number(value, name, low=0.0, high=None, *, open_low=False, open_high=False):
+def check_number(value, name, low=0.0, high=None, *, open_low=False, open_high=False,
+                 allow_inf=False):
     """``value`` as a float: ``TypeError`` unless it is a real number (bools refused),
-    ``ValueError`` if it is NaN or outside ``[low, high]`` (open ends on request; either bound
-    may be ``None``)."""
+    ``ValueError`` if it is NaN, infinite (unless ``allow_inf``) or outside ``[low, high]``
+    (open ends on request; either bound may be ``None``)."""
     if _is_bool(value) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number; got {value!r} of type {type(value).__name__}")
     number = float(value)
-    if math.isnan(number):
-        raise ValueError(f"{name} must be a number, not NaN")
+    if math.isnan(number) or (math.isinf(number) and not allow_inf):
+        raise ValueError(f"{name} must be a finite number; got {value!r}")
     too_low = low is not None and (number <= low if open_low else number < low)
     too_high = high is not None and (number >= high if open_high else number > high)
     if too_low or too_high:

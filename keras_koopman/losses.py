@@ -8,12 +8,11 @@ network fits the signal's scales and stops short of fitting the noise, without e
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import keras
 import numpy as np
 import tensorflow as tf
+
+from keras_koopman._validation import check_choice, check_int, check_number
 
 __all__ = ["NegativeSobolev", "negative_sobolev"]
 
@@ -21,38 +20,28 @@ _WINDOWS = (None, "hann", "even")
 
 
 def _check_s(s):
-    if isinstance(s, bool) or not isinstance(s, numbers.Real) or not math.isfinite(s):
-        raise ValueError(f"s must be a finite number; got {s!r}")
-    return float(s)
+    return check_number(s, "s", None)
 
 
 def _check_axes(axis):
     axes = (axis,) if not isinstance(axis, (tuple, list)) else tuple(axis)
-    if not axes or len(axes) > 2 or not all(
-        isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in axes
-    ):
+    if not axes or len(axes) > 2:
         raise ValueError(f"axis must be an int or a tuple of one or two ints; got {axis!r}")
-    return tuple(int(a) for a in axes)
+    return tuple(check_int(a, "axis") for a in axes)
 
 
 def _check_lengths(length, count):
     if length is None:
         return (1.0,) * count
     lengths = (length,) * count if not isinstance(length, (tuple, list)) else tuple(length)
-    if len(lengths) != count or not all(
-        isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-        for v in lengths
-    ):
+    if len(lengths) != count:
         raise ValueError(
-            f"length must be a positive number or one per axis ({count}); got {length!r}"
-        )
-    return tuple(float(v) for v in lengths)
+            f"length must be a positive number or one per axis ({count}); got {length!r}")
+    return tuple(check_number(v, "length", 0.0, open_low=True) for v in lengths)
 
 
 def _check_window(window):
-    if window not in _WINDOWS:
-        raise ValueError(f"window must be None, 'hann' or 'even'; got {window!r}")
-    return window
+    return check_choice(window, "window", _WINDOWS)
 
 
 def _sobolev_weights(sizes, lengths, s):

@@ -87,7 +87,8 @@ def test_layer_activity_flags_a_group_that_does_not_move():
     monitor = kk.callbacks.KoopmanMonitor(window=6, observables=groups)
     x = np.random.default_rng(0).normal(size=(64, 3)).astype("float32")
     model.fit(x, x @ np.ones((3, 1), "float32"), epochs=8, verbose=0, callbacks=[monitor])
-    activity = kk.depth.layer_activity(monitor)
+    activity = kk.callbacks.layer_activity(monitor)
+    assert kk.depth.layer_activity is kk.callbacks.layer_activity  # the old name still works
     assert set(activity) == {"hidden", "still"}
     assert activity["still"]["idle"] and activity["still"]["motion"] == 0
     assert not activity["hidden"]["idle"]

@@ -66,8 +66,15 @@ def test_public_api_names():
     [
         "keras_koopman",
         "keras_koopman.dmd",
-        "keras_koopman.snapshots",
+        "keras_koopman.buffers",
+        "keras_koopman.buffers.ring",
         "keras_koopman.spectrum",
+        "keras_koopman.records",
+        "keras_koopman.callbacks.plan",
+        "keras_koopman.callbacks.tracker",
+        "keras_koopman.callbacks.logger",
+        "keras_koopman.callbacks.base",
+        "keras_koopman.callbacks.activity",
         "keras_koopman.tensorboard.summary",
         "keras_koopman.callbacks.monitor",
         "keras_koopman.callbacks.early_stopping",
@@ -86,3 +93,70 @@ def test_docstring_examples_run(module):
     outcome = doctest.testmod(sys.modules[module], optionflags=doctest.ELLIPSIS)
     assert outcome.attempted > 0, f"{module} has no runnable example"
     assert outcome.failed == 0
+
+
+def _package_imports():
+    """``{module: {keras_koopman modules it imports}}``, from the source (function-level
+    imports included)."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(kk.__file__).parent
+    graph = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                    "keras_koopman"):
+                imported.add(node.module)
+                imported.update(f"{node.module}.{alias.name}" for alias in node.names)
+        graph[module] = {m for m in imported if m in {*graph, *_all_modules(root)}} - {module}
+    return graph
+
+
+def _all_modules(root):
+    names = set()
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        names.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+def test_no_import_cycle_between_modules():
+    graph = _package_imports()
+    packages = {m for m in graph if any(other.startswith(m + ".") for other in graph)}
+    cycles = []
+
+    def visit(module, path):
+        for other in graph.get(module, ()):
+            if other in packages:  # a package's __init__ re-exports its modules
+                continue
+            if other in path:
+                cycles.append(path[path.index(other):] + [other])
+            elif len(path) < 12:
+                visit(other, path + [other])
+
+    for module in graph:
+        if module not in packages:
+            visit(module, [module])
+    assert not cycles, cycles
+    # The old circle _validation -> callbacks.monitor -> callbacks._backup is gone, and the
+    # validation module imports nothing of the package.
+    assert graph["keras_koopman._validation"] == set()
+
+
+def test_decision_callbacks_do_not_import_tensorflow():
+    import ast
+    import pathlib
+
+    root = pathlib.Path(kk.__file__).parent / "callbacks"
+    for name in ("base.py", "early_stopping.py", "restart.py", "accelerator.py", "monitor.py",
+                 "activity.py", "plan.py"):
+        tree = ast.parse((root / name).read_text())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {node.module for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module}
+        assert not any(m == "tensorflow" or m.startswith("tensorflow.") for m in imported), name

@@ -115,7 +115,7 @@ class GramReader:
         """Float64 Gram matrix ``S S^T`` of ``S = snapshots()``, ``[len(self), len(self)]``."""
         self.refresh()
         _, _, centred, cross, reference_sq, count = self.state()
-        return _chronological_gram(centred, cross, reference_sq, count)
+        return chronological_gram(centred, cross, reference_sq, count)
 
     def dmd(self, rank=None, method="exact", dt=1.0, modes=True):
         """DMD of the stored snapshots through the streaming Gram matrix.
@@ -466,7 +466,7 @@ class SnapshotBuffer(GramReader):
         Run :meth:`refresh_op` first if appends deferred their Gram rows.
         """
         _, _, centred, cross, reference_sq, count = self.state()
-        return _chronological_gram(centred, cross, reference_sq, count)
+        return chronological_gram(centred, cross, reference_sq, count)
 
 
 def _update_slice(tensor, update, start):
@@ -486,20 +486,20 @@ def _order(count, window):
     return tf.math.floormod(count - stored + tf.range(stored), window)
 
 
-def _chronological_gram(centred, cross, reference_sq, count):
+def chronological_gram(centred, cross, reference_sq, count):
     order = _order(count, tf.shape(centred, tf.int64)[0])
     centred = tf.gather(tf.gather(centred, order), order, axis=1)
     return assemble_gram(centred, tf.gather(cross, order), reference_sq)
 
 
-def _buffer_dmd(buffer, reference, centred, cross, reference_sq, count, code, value, method,
+def buffer_dmd(buffer, reference, centred, cross, reference_sq, count, code, value, method,
                 with_modes):
     """DMD of a buffer's state; shape-polymorphic so one trace serves every buffer."""
     # The snapshots' dtype, not the storage's: bfloat16 rounds the centred motion, whose size
     # next to the top singular value (that of the uncentred weights) is unknown here; the rank
     # rule sees the rounding as noise.
     floor = floor_epsilon(reference.dtype, "gram")
-    finite, gram = guard_finite(_chronological_gram(centred, cross, reference_sq, count))
+    finite, gram = guard_finite(chronological_gram(centred, cross, reference_sq, count))
     outputs = gram_solve(gram, tf.shape(buffer)[1], code, value, floor, method)
     eigenvalues, combination, residuals, amplitudes, singular, k = outputs
     combination, amplitudes = unit_modes(combination, amplitudes, gram)
@@ -536,7 +536,7 @@ def _dmd_function(method, with_modes, storage_dtype, dtype):
 
     def build():
         def run(buffer, reference, centred, cross, reference_sq, count, code, value):
-            return _buffer_dmd(buffer, reference, centred, cross, reference_sq, count, code,
+            return buffer_dmd(buffer, reference, centred, cross, reference_sq, count, code,
                                value, method, with_modes)
 
         return tf.function(run, input_signature=state_signature(storage_dtype, dtype),

@@ -7,8 +7,8 @@ import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_koopman._tf import compiled_loss
 from keras_koopman._validation import check_choice, check_int
 from keras_koopman.callbacks.base import KoopmanCallback
 from keras_koopman.callbacks.tracker import DATA_FAILURES
@@ -46,19 +46,6 @@ def optimizer_slots(optimizer):
     if isinstance(rate, keras.Variable):
         keep.add(id(rate))
     return [v for v in optimizer.variables if id(v) not in keep and len(v.shape) > 0]
-
-
-def _compiled_probe(model, x, y):
-    """The model's training loss on ``(x, y)`` in inference mode, as one compiled call."""
-    x = tf.nest.map_structure(tf.convert_to_tensor, x)
-    y = tf.nest.map_structure(tf.convert_to_tensor, y)
-
-    @tf.function(autograph=False)
-    def probe():
-        prediction = model(x, training=False)
-        return model.compute_loss(x=x, y=y, y_pred=prediction, training=False)
-
-    return probe
 
 
 class KoopmanAccelerator(KoopmanCallback):
@@ -172,7 +159,7 @@ class KoopmanAccelerator(KoopmanCallback):
 
     def _probe_loss(self):
         if self._probe_function is None:
-            self._probe_function = _compiled_probe(self.model, *self.probe)
+            self._probe_function = compiled_loss(self.model, *self.probe)
         try:
             return float(self._probe_function())
         except Exception:  # noqa: BLE001 - a model compute_loss cannot trace: Keras' evaluate
@@ -206,7 +193,7 @@ class KoopmanAccelerator(KoopmanCallback):
                 state = self._predict(result, steps)[0].numpy()
             else:
                 snapshots = buffer.snapshots()  # [m, n]
-                nodes = tf.transpose(tf.gather(snapshots, index, axis=1), [1, 0, 2])
+                nodes = keras.ops.transpose(keras.ops.take(snapshots, index, axis=1), [1, 0, 2])
                 result = dmd_batch(nodes, rank=self.rank)
                 state = np.empty(index.size)
                 predicted = self._predict(result, steps)[:, 0].numpy()  # [units, fan_in + 1]
@@ -226,9 +213,9 @@ class KoopmanAccelerator(KoopmanCallback):
         extrapolated like the others (with cross-entropy the logit scale grows, and following
         it lowers the loss); where that overshoots, the guard undoes the jump.
         """
-        eigenvalues = result.eigenvalues
-        snapped = tf.where(tf.abs(eigenvalues - 1) <= self.monitor.tolerance,
-                           tf.ones_like(eigenvalues), eigenvalues)
+        eigenvalues = np.asarray(result.eigenvalues)  # [r] or [units, p]: small, on the host
+        snapped = np.where(np.abs(eigenvalues - 1) <= self.monitor.tolerance, 1.0 + 0j,
+                           eigenvalues)
         return dataclasses.replace(result, eigenvalues=snapped).predict([steps])
 
     def decide(self, epoch, logs):

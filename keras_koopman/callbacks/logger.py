@@ -6,15 +6,12 @@ import time
 
 import tensorflow as tf
 
-from keras_koopman._tf import writes_summaries
+from keras_koopman._tf import IO_FAILURES, writes_summaries
 from keras_koopman.tensorboard import summary as tb_summary
 
 __all__ = ["SummaryLogger", "LOGGED_SCALARS"]
 
 LOGGED_SCALARS = ("spectral_radius", "near_one_fraction", "unstable_count", "max_residual")
-# Environment failures of writing (a full disk, a remote file system that went away): warned
-# about and survived, never fatal to fit.
-_WRITE_FAILURES = (OSError, tf.errors.OpError)
 
 
 class SummaryLogger:
@@ -118,7 +115,7 @@ class SummaryLogger:
             else:
                 with self._writer.as_default(step=int(step)):
                     write()
-        except _WRITE_FAILURES as error:
+        except IO_FAILURES as error:  # warned about and survived, never fatal to fit
             if self._on_error is None:
                 raise
             self._on_error(where, error, group)

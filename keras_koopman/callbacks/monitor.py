@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 
+from keras_koopman._tf import IO_FAILURES
 from keras_koopman._validation import check_int, check_log_dir
 from keras_koopman.callbacks._backup import Backup
 from keras_koopman.callbacks.logger import SummaryLogger
@@ -14,7 +14,7 @@ from keras_koopman.records import SpectrumRecord
 __all__ = ["KoopmanMonitor", "SpectrumRecord"]
 
 # Environment failures of the backup (disk full, a state that does not fit): survived.
-_BACKUP_FAILURES = (OSError, ValueError, KeyError, tf.errors.OpError)
+_BACKUP_FAILURES = (*IO_FAILURES, ValueError, KeyError)
 
 
 def _delegate(name, doc):

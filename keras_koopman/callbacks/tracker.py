@@ -12,7 +12,7 @@ from keras_koopman import spectrum as spectrum_metrics
 from keras_koopman._tf import cached_function, value_of
 from keras_koopman._validation import check_choice, check_int, check_number
 from keras_koopman.buffers import PackedBuffers, SnapshotBuffer
-from keras_koopman.buffers.ring import _buffer_dmd, _chronological_gram, state_signature
+from keras_koopman.buffers.ring import buffer_dmd, chronological_gram, state_signature
 from keras_koopman.callbacks.plan import plan_storage
 from keras_koopman.dmd import check_method, parse_rank
 from keras_koopman.records import History, SpectrumRecord
@@ -186,6 +186,11 @@ class KoopmanTracker:
     def variables(self):
         """Every variable of the buffers (what a checkpoint of the tracker holds)."""
         return [v for storage in self.storages for v in storage.variables]
+
+    @property
+    def gather_function(self):
+        """The compiled gather (``None`` before :meth:`watch`), for benchmarks and tests."""
+        return self._gather
 
     def _compile_gather(self, jit_compile):
         pack = self._pack
@@ -435,12 +440,12 @@ def _analysis_function(method, storage_dtype, dtype, tolerance):
 
     def build():
         def analyse(snapshots, reference, centred, cross, reference_sq, count, code, value):
-            finite, eigenvalues, _, amplitudes, residuals, singular, rank = _buffer_dmd(
+            finite, eigenvalues, _, amplitudes, residuals, singular, rank = buffer_dmd(
                 snapshots, reference, centred, cross, reference_sq, count, code, value, method,
                 with_modes=False)
             result = types.SimpleNamespace(
                 eigenvalues=eigenvalues, amplitudes=amplitudes, residuals=residuals)
-            gram = _chronological_gram(centred, cross, reference_sq, count)
+            gram = chronological_gram(centred, cross, reference_sq, count)
             return dict(finite=finite, eigenvalues=eigenvalues, amplitudes=amplitudes,
                         residuals=residuals, rank=rank, top_singular=singular[0],
                         motion=spectrum_metrics.window_motion(gram),

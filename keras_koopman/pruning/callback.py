@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
+import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_koopman._validation import check_int, check_log_dir
 from keras_koopman.callbacks.base import KoopmanCallback
@@ -204,7 +204,7 @@ class UpdateKoopmanPruning(KoopmanCallback):
                 piece = keep[offset:offset + score.size].reshape(mask.shape)
                 offset += score.size
                 mask.assign(piece.astype(mask.dtype))
-                weight.assign(weight * tf.cast(mask, weight.dtype))
+                weight.assign(weight * keras.ops.cast(mask, weight.dtype))
         record = {"step": t, "sparsity": max(s for s, _ in pools),
                   "criterion": "koopman" if used == {"koopman"} else
                   "magnitude" if used == {"magnitude"} else "mixed",
@@ -242,7 +242,8 @@ class UpdateKoopmanPruning(KoopmanCallback):
                     if kept.size == scores.size:
                         result = buffer.dmd(rank=self.rank)
                     else:
-                        result = dmd(tf.gather(buffer.snapshots(), kept, axis=1), rank=self.rank)
+                        result = dmd(keras.ops.take(buffer.snapshots(), kept, axis=1),
+                                     rank=self.rank)
                     scores[kept] = _on_weight_scale(koopman_scores(result, stored - 1),
                                                     weight, kept)
                     return scores, "koopman"

@@ -121,3 +121,62 @@ def test_a_programming_error_in_a_decision_propagates():
 def test_the_base_checks_the_monitor_argument():
     with pytest.raises(TypeError, match="monitor must be a kk.callbacks.KoopmanMonitor"):
         StopWhenRadiusSettles("monitor")
+
+
+def test_two_decision_callbacks_share_an_omitted_per_batch_monitor():
+    x, y = make_data()
+    listed_monitor = kk.callbacks.KoopmanMonitor(window=6, every=2)
+    make_model().fit(x, y, epochs=4, batch_size=32, verbose=0, callbacks=[
+        listed_monitor, StopWhenRadiusSettles(listed_monitor, change=0.0)])
+    monitor = kk.callbacks.KoopmanMonitor(window=6, every=2)
+    first, second = (StopWhenRadiusSettles(monitor, change=0.0) for _ in range(2))
+    make_model().fit(x, y, epochs=4, batch_size=32, verbose=0, callbacks=[first, second])
+    assert monitor.step == listed_monitor.step == 6  # once per event, not once per callback
+    assert first.seen == second.seen
+    assert [r.step for r in monitor.history] == [r.step for r in listed_monitor.history]
+
+
+def test_steps_per_execution_with_the_monitor_left_out():
+    x, y = make_data()
+    results = []
+    for listed in (True, False):
+        monitor = kk.callbacks.KoopmanMonitor(window=6, every=2)
+        decider = StopWhenRadiusSettles(monitor, change=0.0)
+        model = make_model()
+        model.compile(keras.optimizers.SGD(0.05), "mse", steps_per_execution=2)
+        model.fit(x, y, epochs=4, batch_size=16, verbose=0,
+                  callbacks=[monitor, decider] if listed else [decider])
+        results.append((monitor.step, [r.step for r in monitor.history]))
+    # 6 batches an epoch reported in executions of 2: a snapshot every 2 batches, 12 + 1 in all.
+    assert results[0] == results[1] and results[0][0] == 12
+
+
+def test_a_subclass_batch_hook_runs_next_to_the_forwarding():
+    class CountsBatches(StopWhenRadiusSettles):
+        batches = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            type(self).batches += 1
+
+    x, y = make_data()
+    monitor = kk.callbacks.KoopmanMonitor(window=6, every=2)
+    make_model().fit(x, y, epochs=2, batch_size=32, verbose=0,
+                     callbacks=[CountsBatches(monitor, change=0.0)])
+    assert CountsBatches.batches == 6 and monitor.step == 3
+
+
+def test_a_fit_that_raises_midway_does_not_break_the_next_fit():
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt  # a user's Ctrl-C: Keras skips on_train_end
+
+    x, y = make_data()
+    monitor = kk.callbacks.KoopmanMonitor(window=4)
+    decider = StopWhenRadiusSettles(monitor, change=0.0)
+    model = make_model()
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x, y, epochs=5, verbose=0, callbacks=[monitor, decider, Interrupt()])
+    step = monitor.step
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[decider])  # monitor left out this time
+    assert monitor.step == step + 2 and [e for e, _, _ in decider.seen] == [0, 1]
