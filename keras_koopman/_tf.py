@@ -1,22 +1,28 @@
-"""The TensorFlow seam: the few things every module above it needs from TensorFlow itself.
+"""The TensorFlow seam: what the callback layer needs from TensorFlow, in one place.
 
-Compiled functions (one process-wide cache, keyed by what a trace depends on), variables, the
-value behind a Keras variable, in-place XLA updates, TensorBoard writers and the distribution
-strategy's chief check live here or in the engine modules (``dmd.py``, ``buffers/``) that use
-them. The callbacks reach TensorFlow only through those modules, the tracker and the logger:
-another Keras backend would replace this layer, not the callbacks.
+Here: one process-wide cache of traced functions (keyed by what a trace depends on), the value
+behind a Keras variable, checkpoints of variables, a compiled loss, the distribution strategy's
+chief check and the environment failures of file I/O. TensorFlow is otherwise used by the
+engine (``dmd.py``, ``spectrum.py``, ``buffers/``: variables, XLA in-place updates), the
+tracker (the compiled gather and analysis), the logger (``tf.summary``), the pruning wrapper
+(its guard), ``losses.py`` and ``tensorboard/``. The decision callbacks (``base.py``,
+``early_stopping.py``, ``restart.py``, ``accelerator.py``, ``monitor.py``) import no
+TensorFlow: another Keras backend would replace this layer and the engine, not them.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-__all__ = ["IO_FAILURES", "cached_function", "compiled_loss", "trace_count", "value_of",
-           "writes_summaries"]
+__all__ = ["IO_FAILURES", "cached_function", "compiled_loss", "read_variables", "trace_count",
+           "value_of", "write_variables", "writes_summaries"]
 
 # Failures of writing or reading files (a full disk, a remote file system that went away):
-# environment failures, which the callbacks survive.
-IO_FAILURES = (OSError, tf.errors.OpError)
+# environment failures, which the callbacks survive. Not tf.errors.OpError as a whole: that
+# is also the base of InvalidArgumentError and the like, which are bugs here.
+IO_FAILURES = (OSError, tf.errors.NotFoundError, tf.errors.PermissionDeniedError,
+               tf.errors.ResourceExhaustedError, tf.errors.UnavailableError,
+               tf.errors.DataLossError)
 
 _FUNCTIONS = {}
 
@@ -70,3 +76,13 @@ def compiled_loss(model, x, y):
         return model.compute_loss(x=x, y=y, y_pred=prediction, training=False)
 
     return loss
+
+
+def write_variables(path, variables):
+    """A checkpoint of ``variables`` (a list) at ``path``."""
+    tf.train.Checkpoint(variables=list(variables)).write(path)
+
+
+def read_variables(path, variables):
+    """Restores the checkpoint at ``path`` into ``variables`` (the same list, in order)."""
+    tf.train.Checkpoint(variables=list(variables)).read(path).assert_consumed()

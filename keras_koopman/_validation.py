@@ -11,8 +11,15 @@ import os
 
 import numpy as np
 
-__all__ = ["check_int", "check_number", "check_choice", "check_dtype", "check_log_dir",
-           "check_names"]
+__all__ = ["DataError", "check_int", "check_number", "check_choice", "check_dtype",
+           "check_log_dir", "check_names", "check_int_or"]
+
+
+class DataError(ValueError):
+    """Data that the computation cannot use, as opposed to a bad argument: snapshots holding NaN
+    or Inf or all zero, a saved state that is damaged or of other groups. Inside ``fit`` the
+    Koopman callbacks survive it (one warning, a record); a ``ValueError`` of any other kind is
+    a bad argument or a bug, and propagates."""
 
 
 def _is_bool(value):
@@ -55,17 +62,33 @@ def check_number(value, name, low=0.0, high=None, *, open_low=False, open_high=F
 
 
 def check_choice(value, name, choices):
-    """``value`` if it is one of ``choices`` (compared with ``==``), else ``ValueError`` listing
-    them."""
-    if isinstance(value, str) or value is None or isinstance(value, numbers.Number):
-        if value in choices:
-            return value
-    raise ValueError(f"{name} must be one of {tuple(choices)}; got {value!r}")
+    """``value`` if it is one of ``choices``: ``TypeError`` when it is of none of their types
+    (``criterion=["loss"]``), ``ValueError`` listing them when it is another value."""
+    types = tuple({type(choice) for choice in choices})
+    if not isinstance(value, types) or _is_bool(value) and not any(
+            _is_bool(choice) for choice in choices):
+        raise TypeError(f"{name} must be one of {tuple(choices)}; got {value!r} of type "
+                        f"{type(value).__name__}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}; got {value!r}")
+    return value
+
+
+def check_int_or(value, name, literals, minimum=1):
+    """``value`` if it is one of ``literals`` (strings or ``None``), else an int >= ``minimum``:
+    ``ValueError`` for another string, ``TypeError`` for another type."""
+    if value in literals and (value is None or isinstance(value, str)):
+        return value
+    allowed = " or ".join(repr(v) for v in literals)
+    if isinstance(value, str):
+        raise ValueError(f"{name} must be {allowed} or an int >= {minimum}; got {value!r}")
+    return check_int(value, f"{name} (when not {allowed})", minimum)
 
 
 def check_names(value, name, allow_none=True):
-    """A list of strings (``None`` passes when ``allow_none``): ``TypeError`` otherwise, a bare
-    string included (``["dense"]``, not ``"dense"``)."""
+    """A non-empty list of strings (``None`` passes when ``allow_none``): ``TypeError`` for
+    another type, a bare string included (``["dense"]``, not ``"dense"``); ``ValueError`` for
+    an empty list."""
     if value is None and allow_none:
         return None
     if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(

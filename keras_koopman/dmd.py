@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_koopman._tf import cached_function
-from keras_koopman._validation import check_choice, check_int, check_number
+from keras_koopman._validation import DataError, check_choice, check_int, check_number
 
 __all__ = ["DMDResult", "dmd", "dmd_batch"]
 
@@ -683,9 +683,9 @@ def result_from(outputs, dt, method, name):
     """Checks the graph outputs and wraps them in a :class:`DMDResult`."""
     finite, eigenvalues, modes, amplitudes, residuals, singular, k = outputs
     if not bool(finite):
-        raise ValueError(f"{name} contains NaN or Inf (or values whose squares overflow)")
+        raise DataError(f"{name} contains NaN or Inf (or values whose squares overflow)")
     if float(singular[0]) == 0.0:
-        raise ValueError(f"{name}: the snapshots before the last are all zero; DMD is undefined")
+        raise DataError(f"{name}: the snapshots before the last are all zero; DMD is undefined")
     return DMDResult(
         eigenvalues=eigenvalues,
         modes=modes,
@@ -836,7 +836,7 @@ def dmd_batch(snapshots, rank=None, dt=1.0):
     finite, eigenvalues, modes, amplitudes, residuals, singular, k = function(
         tensor, *_rank_tensors(code, value))
     if not bool(finite):
-        raise ValueError("snapshots contains NaN or Inf")
+        raise DataError("snapshots contains NaN or Inf")
     return DMDResult(eigenvalues=eigenvalues, modes=modes, amplitudes=amplitudes,
                      residuals=residuals, singular_values=singular, rank=k, dt=dt,
                      method="exact")

@@ -7,7 +7,7 @@ import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
 from keras_koopman._tf import cached_function
-from keras_koopman._validation import check_dtype, check_int
+from keras_koopman._validation import DataError, check_dtype, check_int
 from keras_koopman.dmd import (
     assemble_gram,
     check_dt,
@@ -344,7 +344,7 @@ class SnapshotBuffer(GramReader):
         if x.dtype != self._dtype:
             x = tf.cast(x, self._dtype)
         if not bool(self._append_function(x)):
-            raise ValueError("x contains NaN or Inf; the snapshot was not appended")
+            raise DataError("x contains NaN or Inf; the snapshot was not appended")
 
     def append_op(self, x, update_gram=True):
         """Graph-mode append for use inside a ``tf.function`` (no Python-side checks).

@@ -16,15 +16,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import zipfile
 
 import numpy as np
-import tensorflow as tf
 
+from keras_koopman._tf import read_variables, write_variables
+from keras_koopman._validation import DataError
 from keras_koopman.records import History
 
 _FOLDER = "koopman_monitor"
 _KEEP = 2
+_CHUNK = re.compile(r"^records-(\d{9})\.npz$")
+# What a damaged saved file raises when read: reported as a DataError.
+_DAMAGED = (KeyError, TypeError, ValueError, zipfile.BadZipFile, EOFError)
 
 
 class Backup:
@@ -48,9 +54,12 @@ class Backup:
     def save(self, epoch, state, variables, history):
         """Saves ``state`` (JSON-able), ``variables`` and ``history`` as the state to resume
         ``epoch`` from; only the records not yet on disk are written."""
-        os.makedirs(self._history, exist_ok=True)
         if self._saved_records is None:
-            self._cut_history(0)  # a new run: whatever history is there is not ours
+            # A run that did not resume: whatever states and history are there (a crashed run
+            # that was not resumed) are not this trajectory's.
+            self.remove()
+            self._saved_records = 0
+        os.makedirs(self._history, exist_ok=True)
         if len(history) > self._saved_records:
             _atomic_savez(os.path.join(self._history, f"records-{self._saved_records:09d}.npz"),
                           history.to_arrays(self._saved_records))
@@ -58,7 +67,7 @@ class Backup:
         temporary = os.path.join(self.root, f".partial-{epoch:06d}-{os.getpid()}")
         shutil.rmtree(temporary, ignore_errors=True)
         os.makedirs(temporary)
-        tf.train.Checkpoint(variables=list(variables)).write(os.path.join(temporary, "buffers"))
+        write_variables(os.path.join(temporary, "buffers"), variables)
         with open(os.path.join(temporary, "state.json"), "w") as file:
             json.dump({"state": state, "records": len(history)}, file)
         final = self._folder(epoch)
@@ -68,18 +77,21 @@ class Backup:
             shutil.rmtree(self._folder(old), ignore_errors=True)
 
     def read_state(self, epoch):
-        """``(state, record count)`` saved for ``epoch``, or ``None`` if there is none."""
+        """``(state, record count)`` saved for ``epoch``, or ``None`` if there is none;
+        ``DataError`` if the file is damaged."""
         path = os.path.join(self._folder(epoch), "state.json")
         if not os.path.isfile(path):
             return None
-        with open(path) as file:
-            saved = json.load(file)
-        return saved["state"], saved["records"]
+        try:
+            with open(path) as file:
+                saved = json.load(file)
+            return saved["state"], int(saved["records"])
+        except _DAMAGED as error:
+            raise DataError(f"the saved state {path} is damaged: {error!r}") from error
 
     def read_variables(self, epoch, variables):
         """Restores the checkpointed buffers of ``epoch`` into ``variables``."""
-        tf.train.Checkpoint(variables=list(variables)).read(
-            os.path.join(self._folder(epoch), "buffers")).assert_consumed()
+        read_variables(os.path.join(self._folder(epoch), "buffers"), variables)
 
     def read_history(self, count):
         """The first ``count`` records, as a :class:`~keras_koopman.records.History`; chunks
@@ -88,11 +100,16 @@ class Backup:
         for start, path in self._chunks():
             if start >= count:
                 break
-            with np.load(path) as arrays:
-                records.extend(History.from_arrays(arrays))
+            if start != len(records):
+                raise DataError(f"the saved history has a gap before record {start}")
+            try:
+                with np.load(path) as arrays:
+                    records.extend(History.from_arrays(arrays))
+            except _DAMAGED as error:
+                raise DataError(f"the saved history {path} is damaged: {error!r}") from error
         if len(records) < count:
-            raise ValueError(f"the saved history holds {len(records)} records; the state "
-                             f"needs {count}")
+            raise DataError(f"the saved history holds {len(records)} records; the state "
+                            f"needs {count}")
         records = History(records[:count])
         self._cut_history(count, records)
         return records
@@ -100,9 +117,9 @@ class Backup:
     def _chunks(self):
         if not os.path.isdir(self._history):
             return []
-        return sorted((int(name[8:17]), os.path.join(self._history, name))
+        return sorted((int(match.group(1)), os.path.join(self._history, name))
                       for name in os.listdir(self._history)
-                      if name.startswith("records-") and name.endswith(".npz"))
+                      for match in [_CHUNK.match(name)] if match)
 
     def _cut_history(self, count, records=None):
         """Keeps the first ``count`` records on disk (``records``: those records)."""
@@ -122,6 +139,7 @@ class Backup:
 
 
 def _atomic_savez(path, arrays):
-    temporary = f"{path}.partial-{os.getpid()}.npz"
+    folder, name = os.path.split(path)
+    temporary = os.path.join(folder, f".partial-{os.getpid()}-{name}")  # not a chunk's name
     np.savez(temporary, **arrays)
     os.replace(temporary, path)

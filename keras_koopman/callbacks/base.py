@@ -53,8 +53,15 @@ class KoopmanCallback(keras.callbacks.Callback):
         super().__init__()
         self.monitor = check_monitor(monitor)
         if monitor.every != "epoch":
-            # A batch hook only where the monitor gathers per batch (see KoopmanMonitor).
-            self.on_train_batch_end = self._forward_train_batch_end
+            # A batch hook only where the monitor gathers per batch (see KoopmanMonitor); a
+            # subclass's own batch hook runs after the forwarding.
+            own = self.on_train_batch_end
+
+            def on_train_batch_end(batch, logs=None):
+                self.monitor.on_train_batch_end(batch, logs)
+                own(batch, logs)
+
+            self.on_train_batch_end = on_train_batch_end
 
     # ----------------------------------------------------------------------------------------
     @property
@@ -77,13 +84,12 @@ class KoopmanCallback(keras.callbacks.Callback):
     # ----------------------------------------------------------------------------------------
     # Keras hooks, forwarded to the monitor first (a no-op where it already ran for the event).
     def on_train_begin(self, logs=None):
+        # This fit's params dict tells the monitor which fit it is in, when it is not listed.
+        self.monitor.set_params(self.params)
         self.monitor.ensure_started(self.model)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.monitor.on_epoch_begin(epoch, logs)
-
-    def _forward_train_batch_end(self, batch, logs=None):
-        self.monitor.on_train_batch_end(batch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
         self.monitor.on_epoch_end(epoch, logs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from keras_koopman._tf import IO_FAILURES
-from keras_koopman._validation import check_int, check_log_dir
+from keras_koopman._validation import DataError, check_int, check_int_or, check_log_dir
 from keras_koopman.callbacks._backup import Backup
 from keras_koopman.callbacks.logger import SummaryLogger
 from keras_koopman.callbacks.tracker import KoopmanTracker
@@ -13,8 +13,8 @@ from keras_koopman.records import SpectrumRecord
 
 __all__ = ["KoopmanMonitor", "SpectrumRecord"]
 
-# Environment failures of the backup (disk full, a state that does not fit): survived.
-_BACKUP_FAILURES = (*IO_FAILURES, ValueError, KeyError)
+# Failures of the backup that fit survives: the disk (full, gone), a damaged or foreign state.
+_BACKUP_FAILURES = (*IO_FAILURES, DataError)
 
 
 def _delegate(name, doc):
@@ -25,8 +25,9 @@ class KoopmanMonitor(keras.callbacks.Callback):
     """Watches training as a dynamical system: weight snapshots in, Koopman spectra out.
 
     At the start of training and then every epoch (or every ``every`` batches) one compiled
-    ``tf.function`` copies the weights of each observable group into that group's
-    :class:`keras_koopman.SnapshotBuffer`, on the weights' device and without a host round trip.
+    ``tf.function`` copies the weights of each observable group into that group's buffer
+    (:mod:`keras_koopman.buffers`: a :class:`keras_koopman.SnapshotBuffer`, or a ``PackedView``
+    when many small groups share one), on the weights' device and without a host round trip.
     Every ``analyze_every`` gatherings each group with at least 3 snapshots is analysed by DMD
     over the last ``window`` snapshots; the result is appended to :attr:`history` as a
     :class:`SpectrumRecord` and, with ``log_dir``, written to TensorBoard: the spectrum as a
@@ -98,9 +99,7 @@ class KoopmanMonitor(keras.callbacks.Callback):
                  sketch="auto", storage_dtype="float32", snapshot_memory=512 * 2**20,
                  backup_dir=None):
         super().__init__()
-        if isinstance(every, str) and every != "epoch":
-            raise ValueError(f"every must be 'epoch' or a positive int; got {every!r}")
-        self.every = every if every == "epoch" else check_int(every, "every", 1)
+        self.every = check_int_or(every, "every", ("epoch",))
         if every != "epoch":
             # Only then a batch hook: any callback with one makes Keras run every callback
             # synchronously after each batch, which costs a host sync per batch.
@@ -113,11 +112,9 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self.backup_dir = check_log_dir(backup_dir, "backup_dir")
         self.backup = Backup(self.backup_dir) if self.backup_dir else None
         self.verbose = verbose
-        self._fit = 0  # fits begun
         self._in_fit = False
-        self._events = set()  # hooks already run in this fit: each runs once per event
-        self._hooks_run = 0  # hooks run since the last on_train_begin
-        self._begun = None
+        self._fit_token = None  # which fit on_train_begin last started
+        self._last_event = {}  # per hook, the newest event it ran for: each runs once per event
         self._resume_pending = False
         self._since_analysis = 0
         self._batches = 0
@@ -176,28 +173,29 @@ class KoopmanMonitor(keras.callbacks.Callback):
 
     # ----------------------------------------------------------------------------------------
     # Keras hooks: each runs once per event, whether Keras or a decision callback calls it.
-    def _once(self, *event):
-        self._hooks_run += 1
-        if event in self._events:
+    def _once(self, hook, *event):
+        # Events of one hook come in order within a fit, so remembering the newest suffices.
+        if self._last_event.get(hook) == event:
             return False
-        self._events.add(event)
+        self._last_event[hook] = event
         return True
 
     def on_train_begin(self, logs=None):
-        begun = (id(self.model), self._hooks_run)
-        if self._in_fit and self._begun == begun:
+        # One fit's callbacks share Keras's params dict (a decision callback hands its own to a
+        # monitor left out of the list): a new dict is a new fit, even after one that raised.
+        token = (id(self.model), id(self.params))
+        if self._in_fit and self._fit_token == token:
             return  # already started in this fit (by a decision callback or Keras)
         tracker = self.tracker
         if not tracker.watching(self.model):
             if tracker.watch(self.model):  # ValueError for an unknown layer name
+                self._since_analysis = 0  # a new trajectory, a new schedule
                 if self.backup and self.backup.saved_epochs():
                     self._resume_pending = True  # once the epoch to resume is known
                 else:
                     tracker.gather()  # the weights training starts from
                     self._after_gather()
-        self._fit += 1
-        self._in_fit, self._events, self._hooks_run = True, set(), 0
-        self._begun = (id(self.model), 0)
+        self._in_fit, self._fit_token, self._last_event = True, token, {}
         self.logger.open(self.model, None if self._resume_pending else max(tracker.step, 0))
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -227,10 +225,10 @@ class KoopmanMonitor(keras.callbacks.Callback):
             self._after_gather()
         self.logger.flush()
         if self.backup and not self.disabled:
+            state = self.state_dict()  # outside the try: a bug here is not a disk failure
             try:
-                self.backup.save(epoch + 1, self.state_dict(), self.tracker.variables,
-                                 self.tracker.history)
-            except _BACKUP_FAILURES as error:
+                self.backup.save(epoch + 1, state, self.tracker.variables, self.tracker.history)
+            except IO_FAILURES as error:
                 self.tracker.report("saving to backup_dir", error)
 
     def on_train_end(self, logs=None):
@@ -271,12 +269,12 @@ class KoopmanMonitor(keras.callbacks.Callback):
             restored = self._restore(epoch)
         except _BACKUP_FAILURES as error:
             self.tracker.report("resuming from backup_dir", error)
-            restored = False
+            restored = None
         if not restored:
-            if epoch > 0:
-                self.tracker.report("resuming from backup_dir", ValueError(
+            if restored is False and epoch > 0:
+                self.tracker.report("resuming from backup_dir", DataError(
                     f"no saved state matches epoch {epoch}; the trajectory starts anew"))
-            self.tracker.gather()
+            self.tracker.restart()  # clean buffers (a failed read may have filled some)
             self._after_gather()
             self.logger.session_start(max(self.tracker.step, 0))
             return
@@ -290,8 +288,9 @@ class KoopmanMonitor(keras.callbacks.Callback):
             return False
         state, count = saved
         self.tracker.check_layout(state["tracker"]["layout"])
-        self.backup.read_variables(epoch, self.tracker.variables)
-        self.tracker.load_state_dict(state["tracker"], self.backup.read_history(count))
+        history = self.backup.read_history(count)
+        self.backup.read_variables(epoch, self.tracker.variables)  # last: all reads succeeded
+        self.tracker.load_state_dict(state["tracker"], history)
         schedule = state["schedule"]
         self._since_analysis = schedule["since_analysis"]
         self._batches = schedule["batches"]

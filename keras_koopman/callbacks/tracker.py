@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from keras_koopman import spectrum as spectrum_metrics
 from keras_koopman._tf import cached_function, value_of
-from keras_koopman._validation import check_choice, check_int, check_number
+from keras_koopman._validation import (DataError, check_choice, check_int, check_int_or,
+                                       check_names, check_number)
 from keras_koopman.buffers import PackedBuffers, SnapshotBuffer
 from keras_koopman.buffers.ring import buffer_dmd, chronological_gram, state_signature
 from keras_koopman.callbacks.plan import plan_storage
@@ -19,10 +20,11 @@ from keras_koopman.records import History, SpectrumRecord
 
 __all__ = ["KoopmanTracker", "DATA_FAILURES"]
 
-# What a Koopman callback survives inside fit (one warning, a record in ``errors``): NaN/Inf
-# data, a decomposition that fails, numbers that overflow. Anything else is a programming or
-# configuration error and propagates.
-DATA_FAILURES = (ValueError, ArithmeticError, np.linalg.LinAlgError,
+# What a Koopman callback survives inside fit (one warning, a record in ``errors``): data it
+# cannot use (NaN/Inf, all zero: DataError), a decomposition that fails at run time (an
+# eigensolver that does not converge), numbers that overflow. Anything else is a programming
+# or configuration error and propagates.
+DATA_FAILURES = (DataError, ArithmeticError, np.linalg.LinAlgError,
                  tf.errors.InvalidArgumentError)
 _XLA_FAILURES = (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError)
 _METRICS = ("spectral_radius", "near_one_fraction", "unstable_count", "max_residual", "motion")
@@ -72,28 +74,18 @@ class KoopmanTracker:
     def __init__(self, observables="layers", window=20, rank=None, method="exact",
                  tolerance=0.01, sketch="auto", storage_dtype="float32",
                  snapshot_memory=512 * 2**20, name="KoopmanMonitor"):
-        if not (isinstance(observables, str) or callable(observables)
-                or isinstance(observables, (list, tuple))):
-            raise TypeError("observables must be 'layers', 'model', a list of layer names or a "
-                            f"callable model -> {{name: [variables]}}; got {observables!r}")
         if isinstance(observables, str):
             check_choice(observables, "observables", ("layers", "model"))
         elif not callable(observables):
-            if not observables or not all(isinstance(n, str) for n in observables):
-                raise ValueError("observables as a list must name at least one layer, as "
-                                 f"strings; got {observables!r}")
-            observables = list(observables)
+            observables = check_names(observables, "observables (a list of layer names, "
+                                      "'layers', 'model' or a callable)", allow_none=False)
         self.observables = observables
         self.window = check_int(window, "window", 3)
         parse_rank(rank)
         self.rank = rank
         self.method = check_method(method)
         self.tolerance = check_number(tolerance, "tolerance")
-        if isinstance(sketch, str) and sketch != "auto":
-            raise ValueError(f"sketch must be 'auto', None or a positive int; got {sketch!r}")
-        if not (sketch is None or sketch == "auto"):
-            sketch = check_int(sketch, "sketch (when not 'auto' or None)", 1)
-        self.sketch = sketch
+        self.sketch = check_int_or(sketch, "sketch", ("auto", None))
         self.storage_dtype = check_choice(storage_dtype, "storage_dtype",
                                           ("float32", "bfloat16"))
         self.snapshot_memory = check_int(snapshot_memory, "snapshot_memory", 1)
@@ -131,8 +123,8 @@ class KoopmanTracker:
         Raises:
           ValueError: ``observables`` names layers the model does not have.
         """
+        self.groups = self._resolve(model)  # raises before anything changes
         self._model = model
-        self.groups = self._resolve(model)
         self.disabled = not self.groups
         self.buffers, self._pack, self._gather, self._analyses = {}, None, None, {}
         self._stored, self._pending, self.nonfinite_groups = {}, [], set()
@@ -248,13 +240,15 @@ class KoopmanTracker:
                     self._stored[name] += 1
                 else:
                     self.nonfinite_groups.add(name)
-                    self.report("snapshot", ValueError("weights hold NaN or Inf; not recorded"),
+                    self.report("snapshot", DataError("weights hold NaN or Inf; not recorded"),
                                 name)
         self._pending = []
 
     def stored(self, name):
         """How many finite snapshots group ``name`` holds (at most ``window``)."""
-        self._check_group(name)
+        if name not in self._stored:
+            raise KeyError(f"no observable group {name!r} is watched; the groups are "
+                           f"{list(self._stored)}")
         self.sync()
         return min(self._stored[name], self.window)
 
@@ -271,22 +265,25 @@ class KoopmanTracker:
                          if self._stored[name] >= 3 and name not in self.nonfinite_groups)
         if not eligible:
             return []
+        if eligible not in self._analyses:
+            # Traced here, outside the try below: a tracing error is a bug and propagates.
+            function = self._compile_analysis(eligible)
+            function.get_concrete_function()
+            self._analyses[eligible] = function
         try:
-            if eligible not in self._analyses:
-                self._analyses[eligible] = self._compile_analysis(eligible)
             outputs = {name: {key: np.asarray(value) for key, value in values.items()}
                        for name, values in self._analyses[eligible]().items()}
-            outputs.update(_unpack(outputs.pop(_PACKED, None), self._pack))
         except DATA_FAILURES as error:
             self.report("analysis", error)
             return []
+        outputs.update(_unpack(outputs.pop(_PACKED, None), self._pack))
         records = []
         for name in eligible:
             if name not in outputs:  # a packed group behind the others (a skipped snapshot)
                 continue
             values = outputs[name]
             if not values["finite"]:
-                self.report("analysis", ValueError("the Gram matrix holds NaN or Inf"), name)
+                self.report("analysis", DataError("the Gram matrix holds NaN or Inf"), name)
                 continue
             metrics = {key: values[key].item() for key in _METRICS}
             still = values["top_singular"] == 0  # weights exactly zero: no spectrum, no motion
@@ -306,8 +303,9 @@ class KoopmanTracker:
 
     def _compile_analysis(self, names):
         """One function analysing every group in ``names``: one dispatch per analysis. The DMD
-        and metrics inside it are functions shared by every tracker (traced once per process):
-        a new model costs a cheap outer trace, not a trace of the whole DMD."""
+        and metrics of single buffers inside it are functions shared by every tracker (traced
+        once per process): a new model costs an outer trace, not a trace of their DMD (the
+        pack's batched analysis is traced with the outer function)."""
         code, value = parse_rank(self.rank)  # Python numbers: the batched rank rule branches
         pack = self._pack
         packed = pack is not None and any(name in pack.names for name in names)
@@ -374,7 +372,7 @@ class KoopmanTracker:
         variables are restored separately, into :attr:`variables`).
 
         Raises:
-          ValueError: the state belongs to other groups than the watched model's.
+          DataError: the state belongs to other groups than the watched model's.
         """
         self.check_layout(state["layout"])
         self.step, self.epoch = state["step"], state["epoch"]
@@ -387,8 +385,9 @@ class KoopmanTracker:
         self.history = History(history)
 
     def check_layout(self, layout):
+        """``DataError`` unless a saved ``layout`` is this tracker's."""
         if layout != self.layout():
-            raise ValueError(f"the saved state is of other observable groups ({layout}) than "
+            raise DataError(f"the saved state is of other observable groups ({layout}) than "
                              f"this model's ({self.layout()})")
 
     # ----------------------------------------------------------------------------------------
@@ -413,8 +412,10 @@ class KoopmanTracker:
         return self.history.current(self.step) if self.history else []
 
     def records(self, group):
-        """Every record of ``group``, oldest first (``KeyError`` for an unknown group)."""
-        self._check_group(group)
+        """Every record of ``group``, oldest first (``KeyError`` for an unknown group once a
+        model is watched)."""
+        if self.buffers or self.history:
+            self._check_group(group)
         return self.history.records(group)
 
 

@@ -121,3 +121,54 @@ def test_the_backup_appends_new_records_instead_of_rewriting_the_history(tmp_pat
     history.extend(records(2, start=10))
     backup.save(6, {"epoch": 6}, [], history)
     assert backup.read_history(12) == history
+
+
+def test_a_new_run_over_a_stale_backup_dir_keeps_its_own_states(tmp_path):
+    stale = Backup(str(tmp_path))
+    history = History()
+    for epoch in range(1, 11):  # a crashed run that got to epoch 10 and was not resumed
+        history.extend(records(1, start=len(history)))
+        stale.save(epoch, {"run": "old"}, [], history)
+    fresh = Backup(str(tmp_path))  # a new process that did not resume
+    fresh.save(1, {"run": "new"}, [], records(1))
+    assert fresh.saved_epochs() == [1]
+    assert fresh.read_state(1) == ({"run": "new"}, 1) and fresh.read_history(1) == records(1)
+
+
+def test_a_leftover_partial_file_is_not_read_as_history(tmp_path):
+    backup = Backup(str(tmp_path))
+    backup.save(1, {}, [], records(2))
+    # What a kill in the middle of a chunk write leaves behind.
+    with open(os.path.join(backup._history, ".partial-123-records-000000002.npz"), "wb") as f:
+        f.write(b"PK\x03\x04 truncated")
+    assert Backup(str(tmp_path)).read_history(2) == records(2)
+
+
+def test_a_damaged_backup_warns_and_the_trajectory_starts_clean(tmp_path):
+    x = np.random.default_rng(0).normal(size=(64, 3)).astype("float32")
+    y = x @ np.ones((3, 1), "float32")
+
+    def model():
+        keras.utils.set_random_seed(0)
+        m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, name="dense")])
+        m.compile(keras.optimizers.SGD(0.05), "mse")
+        return m
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:
+                raise KeyboardInterrupt  # the saved states stay (no on_train_end)
+
+    first = kk.callbacks.KoopmanMonitor(window=4, backup_dir=str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        model().fit(x, y, epochs=5, verbose=0, callbacks=[first, Interrupt()])
+    history = os.path.join(str(tmp_path), "koopman_monitor", "history")
+    for name in os.listdir(history):
+        os.remove(os.path.join(history, name))  # the states' history is gone
+    second = kk.callbacks.KoopmanMonitor(window=4, backup_dir=str(tmp_path))
+    with pytest.warns(RuntimeWarning, match="resuming from backup_dir failed"):
+        model().fit(x, y, initial_epoch=2, epochs=4, verbose=0, callbacks=[second])
+    # Not a mix of the old buffers and a new count: a clean start and two epochs.
+    assert second.buffers["dense"].count == 3 and second.tracker.stored("dense") == 3
+    assert [e["where"] for e in second.errors] == ["resuming from backup_dir"]
+    assert "the saved history holds 0 records" in second.errors[0]["error"]
