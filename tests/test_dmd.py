@@ -289,7 +289,7 @@ def test_same_shape_calls_trace_once(rng):
         ({"rank": np.bool_(True)}, TypeError, "rank"),
         ({"rank": [2]}, TypeError, "rank"),
         ({"method": "fast"}, ValueError, "method"),
-        ({"method": None}, ValueError, "method"),
+        ({"method": None}, TypeError, "method"),  # not a string: a wrong type
         ({"dt": 0}, ValueError, "dt"),
         ({"dt": -1.0}, ValueError, "dt"),
         ({"dt": float("nan")}, ValueError, "dt"),

@@ -67,9 +67,10 @@ def test_summary_of_a_dmd_result_with_a_converged_and_a_decaying_mode():
     )
 
 
-@pytest.mark.parametrize("tolerance", [-0.1, "0.1", True])
-def test_bad_tolerance_raises(tolerance):
-    with pytest.raises(ValueError, match="tolerance"):
+@pytest.mark.parametrize("tolerance,error", [(-0.1, ValueError), ("0.1", TypeError),
+                                             (True, TypeError)])
+def test_bad_tolerance_raises(tolerance, error):
+    with pytest.raises(error, match="tolerance"):
         kk.spectrum.near_one_fraction([1.0], tolerance)
 
 

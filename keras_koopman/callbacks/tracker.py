@@ -63,8 +63,8 @@ class KoopmanTracker:
     >>> tracker.watch(model)
     True
     >>> for k in range(4):
-    ...     model.get_layer("dense").kernel.assign(0.5 ** k * np.eye(2))
-    ...     tracker.gather()
+    ...     _ = model.get_layer("dense").kernel.assign(0.5 ** k * np.eye(2))
+    ...     _ = tracker.gather()
     >>> [(r.group, r.snapshots) for r in tracker.analyse()]
     [('dense', 4)]
     >>> round(float(tracker.latest("dense").eigenvalues[0].real), 6)

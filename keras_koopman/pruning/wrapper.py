@@ -56,7 +56,10 @@ class KoopmanPruning(keras.layers.Wrapper):
     Training a model that holds these wrappers needs :class:`UpdateKoopmanPruning` among the
     callbacks of ``fit``: without it the train step fails with an error naming it, with or
     without XLA (``jit_compile``), also in a later ``fit`` that would reuse a train step traced
-    with the callback (see :func:`attach_callback`). Inference needs no callback.
+    with the callback (see :func:`attach_callback`). Inference needs no callback. One gap: a
+    ``fit`` with the callback that is interrupted (Ctrl-C, an exception) ends without Keras's
+    ``on_train_end``, so the model stays cleared to train until the next ``fit`` with the
+    callback ends.
 
     Args:
       layer: the Keras layer to wrap.

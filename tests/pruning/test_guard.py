@@ -49,6 +49,15 @@ def assert_pruned_to_target(model):
             assert np.all(weight[mask == 1] != 0.0)
 
 
+def assert_refused(pruned, x, y):
+    """A fit without the callback raises, naming it, and trains nothing."""
+    before = kernels(pruned)
+    with pytest.raises(Exception, match=NAMED):
+        pruned.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    for old, new in zip(before, kernels(pruned)):
+        np.testing.assert_array_equal(old, new)
+
+
 @pytest.mark.parametrize("jit_compile", [True, False])
 def test_guard_holds_in_first_and_later_fits(jit_compile):
     x, y = tiny_data()
@@ -56,10 +65,7 @@ def test_guard_holds_in_first_and_later_fits(jit_compile):
     before = kernels(pruned)
 
     # (1) A first fit without the callback raises, naming it, and trains nothing.
-    with pytest.raises(Exception, match=NAMED):
-        pruned.fit(x, y, epochs=2, batch_size=16, verbose=0)
-    for old, new in zip(before, kernels(pruned)):
-        np.testing.assert_array_equal(old, new)
+    assert_refused(pruned, x, y)
 
     # (2) With it: the target sparsity is reached and the pruned entries are exact zeros.
     update = kk.pruning.UpdateKoopmanPruning(window=3)
@@ -70,10 +76,7 @@ def test_guard_holds_in_first_and_later_fits(jit_compile):
     assert any(np.any(old != new) for old, new in zip(before, trained))
 
     # (3) A second fit of the same compiled model without it raises, and trains nothing.
-    with pytest.raises(Exception, match=NAMED):
-        pruned.fit(x, y, epochs=2, batch_size=16, verbose=0)
-    for old, new in zip(trained, kernels(pruned)):
-        np.testing.assert_array_equal(old, new)
+    assert_refused(pruned, x, y)
 
     # (4) A third fit with it works again; the pruned entries stay pruned.
     update = kk.pruning.UpdateKoopmanPruning(window=3)
