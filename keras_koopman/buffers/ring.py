@@ -460,14 +460,6 @@ class SnapshotBuffer(GramReader):
             self._count.read_value(),
         )
 
-    def gram_op(self):
-        """Float64 Gram matrix of :meth:`snapshots`, oldest first (graph-friendly).
-
-        Run :meth:`refresh_op` first if appends deferred their Gram rows.
-        """
-        _, _, centred, cross, reference_sq, count = self.state()
-        return chronological_gram(centred, cross, reference_sq, count)
-
 
 def _update_slice(tensor, update, start):
     """``tensor`` with ``update`` written at ``start``: in place under XLA."""
