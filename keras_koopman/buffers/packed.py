@@ -123,7 +123,8 @@ class PackedBuffers:
         centred = tf.where(write, x - reference, tf.gather_nd(buffer, index))
         self.buffer.assign(tf.tensor_scatter_nd_update(buffer, index, centred))
         cross = tf.math.unsorted_segment_sum(
-            tf.cast(tf.where(write, centred, 0.0) * reference, tf.float64), segments, g)
+            tf.cast(tf.where(write, centred, 0.0), tf.float64) * tf.cast(reference, tf.float64),
+            segments, g)
         cross_index = tf.stack([tf.range(g, dtype=tf.int64), head], axis=1)
         old_cross = self.cross.read_value()
         self.cross.assign(tf.tensor_scatter_nd_update(

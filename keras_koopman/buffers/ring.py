@@ -32,24 +32,67 @@ _DENSITY = 64
 
 
 def _products(a, b):
-    """``a b^T`` in float64 (``a [r, n]``, ``b [w, n]``, static ``n``). Stored float32 or
-    bfloat16 snapshots are widened to float64 block by block before the product, never the whole
-    buffer at once: a float32 accumulation over a million weights would cost the Gram matrix
-    (and, squared, the eigenvalues) digits (measured: eigenvalue errors ~1e-2 at 1e6 weights
-    with float32 products, ~1e-5 with float64)."""
+    """``a b^T`` in float64 (``a [r, n]``, ``b [w, n]``; ``n`` static or not). Stored float32
+    or bfloat16 snapshots are widened to float64 block by block before the product, never the
+    whole buffer at once: the products of two float32 numbers are exact in float64, and a
+    float32 accumulation over a million weights would cost the Gram matrix (and, squared, the
+    eigenvalues) digits (measured: eigenvalue errors ~1e-2 at 1e6 weights with float32
+    products, ~1e-5 with float64)."""
     if a.dtype == tf.float64:
         return tf.matmul(a, b, transpose_b=True)
-    n = int(a.shape[1])
-    total = None
-    for start in range(0, n, _BLOCK):
-        # One block at a time: each waits for the sum so far, so at most one widened block
-        # is alive (TensorFlow would otherwise run them all at once).
-        with tf.control_dependencies([] if total is None else [total]):
-            block = tf.matmul(tf.cast(a[:, start:start + _BLOCK], tf.float64),
-                              tf.cast(b[:, start:start + _BLOCK], tf.float64),
-                              transpose_b=True)
-        total = block if total is None else total + block
-    return total
+    n = b.shape[1]
+    if n is not None:
+        n = int(n)
+        total = None
+        for start in range(0, n, _BLOCK):
+            # One block at a time: each waits for the sum so far, so at most one widened block
+            # is alive (TensorFlow would otherwise run them all at once).
+            with tf.control_dependencies([] if total is None else [total]):
+                block = tf.matmul(tf.cast(a[:, start:start + _BLOCK], tf.float64),
+                                  tf.cast(b[:, start:start + _BLOCK], tf.float64),
+                                  transpose_b=True)
+            total = block if total is None else total + block
+        return total
+    n = tf.shape(b)[1]
+
+    def body(start, total):
+        size = tf.minimum(_BLOCK, n - start)
+        block = tf.matmul(tf.cast(tf.slice(a, [0, start], [-1, size]), tf.float64),
+                          tf.cast(tf.slice(b, [0, start], [-1, size]), tf.float64),
+                          transpose_b=True)
+        return start + _BLOCK, total + block
+
+    zeros = tf.zeros(tf.stack([tf.shape(a)[0], tf.shape(b)[0]]), tf.float64)
+    return tf.while_loop(lambda start, _: start < n, body, [tf.constant(0), zeros],
+                         parallel_iterations=1)[1]
+
+
+def refresh_gram(stored, gram, stale):
+    """The centred Gram matrix ``gram`` with the rows and columns flagged ``stale`` computed
+    from ``stored`` (graph mode; shapes may be dynamic)."""
+
+    def some_rows():
+        index = tf.where(stale)  # [s, 1] int64
+        return _replace_rows(gram, index, _products(tf.gather_nd(stored, index), stored))
+
+    def every_row():
+        # One product of the buffer with itself: cheaper than gathering many rows.
+        return _products(stored, stored)
+
+    count = tf.reduce_sum(tf.cast(stale, tf.int32))
+    many = 4 * count >= tf.shape(stale)[0]
+    return tf.cond(count > 0, lambda: tf.cond(many, every_row, some_rows), lambda: gram)
+
+
+def _refresh_function(storage_dtype):
+    """:func:`refresh_gram` traced once per process for each storage dtype."""
+
+    def build():
+        return tf.function(refresh_gram, autograph=False, input_signature=[
+            tf.TensorSpec([None, None], storage_dtype), tf.TensorSpec([None, None], tf.float64),
+            tf.TensorSpec([None], tf.bool)])
+
+    return cached_function(("refresh_gram", tf.as_dtype(storage_dtype).name), build)
 
 
 class _Sketch:
@@ -160,10 +203,13 @@ class SnapshotBuffer(GramReader):
 
     The snapshots live in a ``tf.Variable`` ``[window, n_features]`` on the device where the
     buffer is created (inside a ``tf.distribute`` scope or ``tf.device`` block, where you create
-    it). Next to them a ``[window, window]`` float64 Gram matrix is kept up to date: each
-    :meth:`append` costs one matrix-vector product with the buffer, ``O(n_features * window)``.
-    :meth:`dmd` then gets eigenvalues and residuals from the Gram matrix alone (method of
-    snapshots) and reads the stored snapshots once, to form the modes.
+    it). Next to them a ``[window, window]`` float64 Gram matrix: :meth:`append` only writes the
+    snapshot (``O(n_features)``, in place) and marks its Gram row stale; the next :meth:`gram`
+    or :meth:`dmd` computes every stale row in one float64 product with the buffer
+    (``O(n_features * window)`` per row, exact products of the stored float32 numbers summed in
+    float64). Appending many snapshots between two reads thus costs one product, not one per
+    snapshot. :meth:`dmd` then gets eigenvalues and residuals from the Gram matrix alone (method
+    of snapshots) and reads the stored snapshots once, to form the modes.
 
     For precision the buffer stores each snapshot minus the first one ever appended (the
     reference), and the Gram matrix is assembled from the centred parts in float64: weight
@@ -258,9 +304,8 @@ class SnapshotBuffer(GramReader):
             )
         # XLA updates the buffer in place; a plain scatter into a variable would make TensorFlow
         # copy the whole buffer on every later read.
-        self._refresh_function = None
         self._append_function = tf.function(
-            self.append_op,
+            lambda x: self.append_op(x, update_gram=False),
             input_signature=[tf.TensorSpec([self._n], self._dtype)],
             autograph=False,
             jit_compile=True,
@@ -329,6 +374,9 @@ class SnapshotBuffer(GramReader):
     def append(self, x):
         """Appends one snapshot ``x`` of shape ``[n_features]``; the oldest drops out when full.
 
+        One compiled call that writes ``x`` into its slot in place; the snapshot's Gram row is
+        computed when the Gram matrix is next read (:meth:`gram`, :meth:`dmd`, :meth:`refresh`).
+
         Raises:
           ValueError: wrong shape, or ``x`` holds NaN or Inf (the buffer is left unchanged).
         """
@@ -370,78 +418,24 @@ class SnapshotBuffer(GramReader):
             # Only the sampled weights are read, the finiteness check included: a NaN in a
             # weight the sketch does not sample cannot reach the buffer.
             parts = [self._sketch.project(parts, sizes, self._dtype)]
-        finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(p)) for p in parts]))
-        tf.cond(finite, lambda: self._write(parts, update_gram), tf.no_op)
-        return finite
-
-    def _write(self, parts, update_gram):
-        sizes = [int(part.shape[0]) for part in parts]
-        offsets = np.cumsum([0] + sizes[:-1]).tolist()
-
-        def set_reference():
-            reference = self._reference.read_value()
-            reference_sq = tf.zeros([], tf.float64)
-            for part, offset in zip(parts, offsets):
-                reference = _update_slice(reference, part, [offset])
-                part64 = tf.cast(part, tf.float64)
-                reference_sq += tf.reduce_sum(part64 * part64)
-            self._reference.assign(reference)
-            self._reference_sq.assign(reference_sq)
-            return tf.no_op()
-
-        # Only the first snapshot sets the reference: no pass over x for it afterwards.
-        tf.cond(tf.equal(self._count, 0), set_reference, tf.no_op)
-        reference = self._reference.read_value()
-        head = tf.math.floormod(self._count, self._window)
-        snapshots = self._buffer.read_value()
-        cross = tf.zeros([], tf.float64)
-        for part, offset, size in zip(parts, offsets, sizes):
-            part_reference = reference[offset:offset + size]
-            stored = tf.cast(part - part_reference, self._storage)
-            snapshots = _update_slice(snapshots, stored[tf.newaxis], [head, offset])
-            # From the stored (rounded) values, so that the Gram matrix matches the buffer.
-            centred = tf.cast(stored, self._dtype)
-            cross += tf.cast(tf.reduce_sum(centred * part_reference), tf.float64)
-        index = head[tf.newaxis, tf.newaxis]
-        if update_gram:
-            row = _products(snapshots[head][tf.newaxis], snapshots)[0]
-            self._centred_gram.assign(_replace_rows(self._centred_gram.read_value(), index, row[None]))
-        self._stale.assign(tf.tensor_scatter_nd_update(
-            self._stale.read_value(), index, tf.constant([not update_gram])
-        ))
-        self._buffer.assign(snapshots)
-        self._cross.assign(tf.tensor_scatter_nd_update(self._cross.read_value(), index, cross[None]))
-        self._count.assign_add(1)
-        return tf.no_op()
+        return ring_append(self.variables, parts, update_gram)
 
     def refresh_op(self):
         """Computes the Gram rows that appends with ``update_gram=False`` left out (graph mode)."""
-
-        def refresh():
-            stale_flags = self._stale.read_value()
-            snapshots = self._buffer.read_value()
-
-            def some_rows():
-                stale = tf.where(stale_flags)  # [s, 1] int64
-                rows = _products(tf.gather_nd(snapshots, stale), snapshots)
-                return _replace_rows(self._centred_gram.read_value(), stale, rows)
-
-            def every_row():
-                # One product of the buffer with itself: cheaper than gathering many rows.
-                return _products(snapshots, snapshots)
-
-            many = 4 * tf.reduce_sum(tf.cast(stale_flags, tf.int32)) >= self._window
-            self._centred_gram.assign(tf.cond(many, every_row, some_rows))
-            self._stale.assign(tf.zeros_like(self._stale))
-            return tf.no_op()
-
-        tf.cond(tf.reduce_any(self._stale.read_value()), refresh, tf.no_op)
+        self._centred_gram.assign(refresh_gram(self._buffer.read_value(),
+                                               self._centred_gram.read_value(),
+                                               self._stale.read_value()))
+        self._stale.assign(tf.zeros_like(self._stale))
 
     def refresh(self):
-        """Computes the Gram rows that appends with ``update_gram=False`` left out."""
-        if self._refresh_function is None:
-            self._refresh_function = tf.function(self.refresh_op, autograph=False)
-        self._refresh_function()
+        """Computes the Gram rows that appends with ``update_gram=False`` left out: one
+        float64 product of the stale rows with the buffer, by a function traced once per
+        process for all buffers."""
+        function = _refresh_function(self._storage)
+        self._centred_gram.assign(function(self._buffer.read_value(),
+                                           self._centred_gram.read_value(),
+                                           self._stale.read_value()))
+        self._stale.assign(tf.zeros_like(self._stale))
 
     def reset(self):
         """Forgets every snapshot (the next append sets a new reference)."""
@@ -459,6 +453,65 @@ class SnapshotBuffer(GramReader):
             self._reference_sq.read_value(),
             self._count.read_value(),
         )
+
+
+def ring_append(variables, parts, update_gram=True):
+    """Graph mode: appends one snapshot, given as consecutive 1-D ``parts`` (of the snapshot
+    dtype), to the ring buffer held in ``variables`` (a :class:`SnapshotBuffer`'s
+    ``variables``, in that order; unsketched widths). Returns whether the parts were finite
+    (nothing is written otherwise). A function of the variables, not of a buffer object, so that
+    one traced function serves every buffer of the same shapes (see the tracker's gather)."""
+    finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(p)) for p in parts]))
+    tf.cond(finite, lambda: _write(variables, parts, update_gram), tf.no_op)
+    return finite
+
+
+def _write(variables, parts, update_gram):
+    buffer_var, reference_var, gram_var, cross_var, reference_sq_var, count_var, stale_var = (
+        variables)
+    window = int(buffer_var.shape[0])
+    sizes = [int(part.shape[0]) for part in parts]
+    offsets = np.cumsum([0] + sizes[:-1]).tolist()
+
+    def set_reference():
+        reference = reference_var.read_value()
+        reference_sq = tf.zeros([], tf.float64)
+        for part, offset in zip(parts, offsets):
+            reference = _update_slice(reference, part, [offset])
+            part64 = tf.cast(part, tf.float64)
+            reference_sq += tf.reduce_sum(part64 * part64)
+        reference_var.assign(reference)
+        reference_sq_var.assign(reference_sq)
+        return tf.no_op()
+
+    # Only the first snapshot sets the reference: no pass over x for it afterwards.
+    tf.cond(tf.equal(count_var, 0), set_reference, tf.no_op)
+    reference = reference_var.read_value()
+    head = tf.math.floormod(count_var, window)
+    snapshots = buffer_var.read_value()
+    cross = tf.zeros([], tf.float64)
+    for part, offset, size in zip(parts, offsets, sizes):
+        part_reference = reference[offset:offset + size]
+        stored = tf.cast(part - part_reference, buffer_var.dtype)
+        snapshots = _update_slice(snapshots, stored[tf.newaxis], [head, offset])
+        # From the stored (rounded) values, so that the Gram matrix matches the buffer.
+        # Exact float64 products summed in float64, as in the Gram rows.
+        cross += tf.reduce_sum(tf.cast(stored, tf.float64)
+                               * tf.cast(part_reference, tf.float64))
+    index = head[tf.newaxis, tf.newaxis]
+    if update_gram:
+        # tf.gather, not snapshots[head]: XLA would make a strided slice's start a
+        # compile-time constant and compile anew for every value of the count.
+        row = _products(tf.gather(snapshots, head[tf.newaxis]), snapshots)[0]
+        gram_var.assign(_replace_rows(gram_var.read_value(), index, row[None]))
+    stale_var.assign(tf.tensor_scatter_nd_update(
+        stale_var.read_value(), index, tf.constant([not update_gram])
+    ))
+    buffer_var.assign(snapshots)
+    cross_var.assign(tf.tensor_scatter_nd_update(cross_var.read_value(), index, cross[None]))
+    count_var.assign_add(1)
+    return tf.no_op()
+
 
 
 def _update_slice(tensor, update, start):
