@@ -8,6 +8,7 @@ from keras_koopman._tf import IO_FAILURES
 from keras_koopman._validation import DataError, check_int, check_int_or, check_log_dir
 from keras_koopman.callbacks._backup import Backup
 from keras_koopman.callbacks.logger import SummaryLogger
+from keras_koopman.callbacks.step_gather import StepGather, supported
 from keras_koopman.callbacks.tracker import KoopmanTracker
 from keras_koopman.records import SpectrumRecord
 
@@ -24,29 +25,26 @@ def _delegate(name, doc):
 class KoopmanMonitor(keras.callbacks.Callback):
     """Watches training as a dynamical system: weight snapshots in, Koopman spectra out.
 
-    At the start of training and then every epoch (or every ``every`` batches) one compiled
-    ``tf.function`` copies the weights of each observable group into that group's buffer
-    (:mod:`keras_koopman.buffers`: a :class:`keras_koopman.SnapshotBuffer`, or a ``PackedView``
-    when many small groups share one), on the weights' device and without a host round trip.
-    Every ``analyze_every`` gatherings each group with at least 3 snapshots is analysed by DMD
-    over the last ``window`` snapshots; the result is appended to :attr:`history` as a
-    :class:`SpectrumRecord` and, with ``log_dir``, written to TensorBoard: the spectrum as a
-    ``koopman/<group>`` tensor summary (the "Koopman" dashboard) and the scalars
-    ``koopman/<group>/spectral_radius``, ``near_one_fraction``, ``unstable_count``,
-    ``max_residual`` (the Scalars dashboard).
+    At the start of training and then every epoch (or every ``every`` batches) the weights of
+    each observable group are copied into its buffer (:mod:`keras_koopman.buffers`) on their
+    device, by one compiled function and without a host round trip; per-batch snapshots are
+    taken inside the train function itself (:mod:`~keras_koopman.callbacks.step_gather`: exactly
+    the weights after batches ``every``, ``2 every``, ..., whatever ``steps_per_execution``; only
+    those still in the window at the end of the epoch). At the end of every ``analyze_every``
+    epochs each group with at least 3 snapshots is analysed by DMD over the last ``window``; the
+    result is appended to :attr:`history` as a :class:`SpectrumRecord` and, with ``log_dir``,
+    written to TensorBoard: a ``koopman/<group>`` spectrum (the "Koopman" dashboard) and the
+    scalars ``koopman/<group>/spectral_radius``, ``near_one_fraction``, ``unstable_count``,
+    ``max_residual``.
 
-    The work is done by a :class:`~keras_koopman.callbacks.KoopmanTracker` (:attr:`tracker`:
-    groups, buffers, gathering, analysis, failures); the monitor schedules it on the Keras hooks
-    and writes through a :class:`~keras_koopman.callbacks.logger.SummaryLogger`
-    (:attr:`logger`). Decision callbacks (:class:`~keras_koopman.callbacks.KoopmanCallback`)
-    take ``monitor=`` and read its records, so snapshots are gathered once per step however many
-    callbacks use them; the monitor may be left out of the callback list, as they forward every
-    hook to it (each hook runs once per event). Buffers survive repeated ``fit`` calls on the
-    same model; a different model (rebuilt between fits) gets new buffers, while history and
-    step numbers carry on. Layers without trainable weights (``Flatten``, ``Dropout``, frozen
-    layers) are not watched; weights that do not move give a spectrum ``{1}`` with ``motion`` 0;
-    a group whose weights turn NaN or Inf is skipped from then on with one warning and listed
-    in :attr:`nonfinite_groups`. Data failures (NaN/Inf, a failed decomposition, an event file
+    The work is done by a :class:`~keras_koopman.callbacks.KoopmanTracker` (:attr:`tracker`);
+    the monitor schedules it on the Keras hooks and writes through :attr:`logger`. Decision
+    callbacks (:class:`~keras_koopman.callbacks.KoopmanCallback`) read its records, and forward
+    every hook to it when it is not in the callback list (each hook runs once per event).
+    Buffers survive repeated ``fit`` calls on the same model; a rebuilt model gets new buffers,
+    while history and step numbers carry on. Layers without trainable weights are not
+    watched; a group whose weights turn NaN or Inf is skipped from then on (one warning,
+    :attr:`nonfinite_groups`). Data failures (NaN/Inf, a failed decomposition, an event file
     that cannot be written) warn once, are recorded in :attr:`errors`, and training goes on;
     configuration mistakes (an unknown layer name) raise when ``fit`` starts.
 
@@ -58,8 +56,9 @@ class KoopmanMonitor(keras.callbacks.Callback):
       window: how many of the latest snapshots each analysis uses (at least 3).
       rank: DMD rank rule (``None``: Gavish-Donoho; int; float fraction of energy).
       method: ``"exact"`` or ``"rrr"``.
-      analyze_every: analyse after every this many gatherings (``None``: never; the monitor
-        then only gathers, for callbacks that run their own DMD on its buffers).
+      analyze_every: analyse at the end of every this many epochs, whatever ``every`` is
+        (``None``: never; the monitor then only gathers, for callbacks that run their own DMD
+        on its buffers).
       log_dir: directory for TensorBoard summaries (``None``: no logging); created at
         construction, where a path that cannot be written raises ``ValueError``.
       tolerance: distance to 1 counted as "at 1" by ``near_one_fraction``.
@@ -117,9 +116,8 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self._last_event = {}  # per hook, the newest event it ran for: each runs once per event
         self._resume_pending = False
         self._since_analysis = 0
-        self._batches = 0
-        self._next_batch_gather = 0 if every == "epoch" else self.every
-        self._last_batch = -1
+        self._step_gather = None if every == "epoch" else StepGather(self.tracker, self.every)
+        self._in_graph = False  # gathering inside the train function in this fit
 
     observables = _delegate("observables", "The observable groups' rule.")
     window = _delegate("window", "Snapshots per analysis.")
@@ -162,8 +160,7 @@ class KoopmanMonitor(keras.callbacks.Callback):
         it only resets the schedule.
         """
         self._since_analysis = 0
-        if self.tracker.restart() is not None:
-            self._after_gather()
+        self.tracker.restart()
 
     def ensure_started(self, model):
         """Starts the monitor on ``model`` if this fit has not started it yet (what decision
@@ -194,26 +191,28 @@ class KoopmanMonitor(keras.callbacks.Callback):
                     self._resume_pending = True  # once the epoch to resume is known
                 else:
                     tracker.gather()  # the weights training starts from
-                    self._after_gather()
         self._in_fit, self._fit_token, self._last_event = True, token, {}
+        self._in_graph = (self._step_gather is not None and not tracker.disabled
+                          and supported(self.model))
+        if self._in_graph:
+            self._step_gather.install(self.model)
         self.logger.open(self.model, None if self._resume_pending else max(tracker.step, 0))
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._once("epoch_begin", epoch):
             self._resume(epoch)
             self.tracker.epoch = epoch
-            self._last_batch = -1
+            if self._step_gather is not None:
+                self._step_gather.epoch_begin()
+            if self._in_graph:
+                self._step_gather.plan_until((self.params or {}).get("steps"))
 
     def _on_train_batch_end(self, batch, logs=None):
-        if not self._once("batch", self.tracker.epoch, batch) or self.disabled:
-            return
-        # With steps_per_execution > 1 Keras reports only the last batch of each execution.
-        self._batches += batch - self._last_batch
-        self._last_batch = batch
-        if self._batches >= self._next_batch_gather:
-            self._next_batch_gather = (self._batches // self.every + 1) * self.every
+        # Under a distribution strategy only: elsewhere the train function gathers.
+        if (not self._in_graph and not self.disabled
+                and self._once("batch", self.tracker.epoch, batch)
+                and self._step_gather.batch_end(batch)):
             self.tracker.gather()
-            self._after_gather()
 
     def on_epoch_end(self, epoch, logs=None):
         if not self._once("epoch_end", epoch):
@@ -222,7 +221,7 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self.tracker.epoch = epoch
         if not self.disabled and self.every == "epoch":
             self.tracker.gather()
-            self._after_gather()
+        self._analysis_due()
         self.logger.flush()
         if self.backup and not self.disabled:
             state = self.state_dict()  # outside the try: a bug here is not a disk failure
@@ -235,13 +234,18 @@ class KoopmanMonitor(keras.callbacks.Callback):
         if not self._in_fit:
             return
         self._in_fit = False
+        if self._step_gather is not None:
+            self._step_gather.remove(self.model)  # Keras's own train function again
+        self._in_graph = False
+        self.tracker.sync()
         self.logger.flush()
         if self.backup:
             self.backup.remove()
 
     # ----------------------------------------------------------------------------------------
-    def _after_gather(self):
-        """The analysis schedule: every ``analyze_every`` gatherings."""
+    def _analysis_due(self):
+        """The analysis schedule: at the end of every ``analyze_every`` epochs."""
+        self.tracker.sync()  # snapshots taken inside the train function, NaN/Inf flags
         self._since_analysis += 1
         if self.analyze_every is None or self._since_analysis < self.analyze_every:
             return
@@ -249,16 +253,13 @@ class KoopmanMonitor(keras.callbacks.Callback):
         for record in self.tracker.analyse():
             self.logger.spectrum(record)
             if self.verbose:
-                m = record.metrics
-                print(f"koopman {record.group}: step {record.step} rank {record.rank} "
-                      f"radius {m['spectral_radius']:.4f} near_1 {m['near_one_fraction']:.3f} "
-                      f"unstable {m['unstable_count']} max_residual {m['max_residual']:.2e}")
+                print(record.line())
 
     def state_dict(self):
         """The tracker's state plus the schedule's counters (JSON-able)."""
+        batches = None if self._step_gather is None else self._step_gather.state_dict()
         return {"tracker": self.tracker.state_dict(),
-                "schedule": {"since_analysis": self._since_analysis, "batches": self._batches,
-                             "next_batch_gather": self._next_batch_gather}}
+                "schedule": {"since_analysis": self._since_analysis, "batches": batches}}
 
     def _resume(self, epoch):
         """Loads the state saved when ``epoch`` was next (after a crash), once per fit."""
@@ -275,7 +276,6 @@ class KoopmanMonitor(keras.callbacks.Callback):
                 self.tracker.report("resuming from backup_dir", DataError(
                     f"no saved state matches epoch {epoch}; the trajectory starts anew"))
             self.tracker.restart()  # clean buffers (a failed read may have filled some)
-            self._after_gather()
             self.logger.session_start(max(self.tracker.step, 0))
             return
         # TensorBoard drops what this run's files hold from this step on: steps logged after
@@ -293,6 +293,6 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self.tracker.load_state_dict(state["tracker"], history)
         schedule = state["schedule"]
         self._since_analysis = schedule["since_analysis"]
-        self._batches = schedule["batches"]
-        self._next_batch_gather = schedule["next_batch_gather"]
+        if self._step_gather is not None:
+            self._step_gather.load_state_dict(schedule["batches"])
         return True

@@ -13,7 +13,8 @@ from keras_koopman._tf import cached_function, value_of
 from keras_koopman._validation import (DataError, check_choice, check_int, check_int_or,
                                        check_names, check_number)
 from keras_koopman.buffers import PackedBuffers, SnapshotBuffer
-from keras_koopman.buffers.ring import buffer_dmd, chronological_gram, state_signature
+from keras_koopman.buffers.ring import (buffer_dmd, chronological_gram, ring_append,
+                                       state_signature)
 from keras_koopman.callbacks.plan import plan_storage
 from keras_koopman.dmd import check_method, parse_rank
 from keras_koopman.records import History, SpectrumRecord
@@ -102,10 +103,12 @@ class KoopmanTracker:
         self._pack = None
         self._gather = None
         self._stored = {}
-        self._pending = []
+        self._counters = None  # device: gathers, finite snapshots and NaN/Inf ones per group
+        self._synced_gathers = 0
+        self._synced_bad = None
         self._warned = set()
         self._last_analysed = None
-        self._analyses = {}
+        self._pack_analysis = None
 
     # ----------------------------------------------------------------------------------------
     # set-up
@@ -126,8 +129,8 @@ class KoopmanTracker:
         self.groups = self._resolve(model)  # raises before anything changes
         self._model = model
         self.disabled = not self.groups
-        self.buffers, self._pack, self._gather, self._analyses = {}, None, None, {}
-        self._stored, self._pending, self.nonfinite_groups = {}, [], set()
+        self.buffers, self._pack, self._gather, self._pack_analysis = {}, None, None, None
+        self._stored, self.nonfinite_groups = {}, set()
         if self.disabled:
             self.report("set-up", ValueError("no observable group has trainable weights to "
                                              "watch; nothing is recorded"))
@@ -147,6 +150,8 @@ class KoopmanTracker:
                     storage_dtype=self.storage_dtype)
         self.buffers = {name: self.buffers[name] for name in sizes}  # in the groups' order
         self._stored = {name: 0 for name in self.buffers}
+        self._counters = _Counters(len(self.buffers))
+        self._synced_gathers, self._synced_bad = 0, np.zeros(len(self.buffers), np.int64)
         self._gather = self._compile_gather(jit_compile=True)
         return True
 
@@ -181,68 +186,98 @@ class KoopmanTracker:
 
     @property
     def gather_function(self):
-        """The compiled gather (``None`` before :meth:`watch`), for benchmarks and tests."""
+        """The compiled gather (``None`` before :meth:`watch`): a function of no arguments
+        that appends one snapshot of every group and counts it on the device."""
         return self._gather
 
-    def _compile_gather(self, jit_compile):
-        pack = self._pack
-        groups = [(name, self.buffers[name], variables)
-                  for name, variables in self.groups.items()
-                  if pack is None or name not in pack.names]
-        packed = [] if pack is None else [self.groups[name] for name in pack.names]
+    def step_gather_function(self):
+        """The gather as a ``tf.function`` of this tracker's own (XLA-compiled) to call inside
+        another ``tf.function``, such as a train step (see
+        :class:`~keras_koopman.callbacks.step_gather.StepGather`); :meth:`sync` then learns how
+        many snapshots were taken. (The process-wide gather takes the variables as arguments,
+        which a trace inside another function cannot bind to new variables.)"""
+        return self._compile_gather(jit_compile=True, shared=False)
 
-        def flat(variables):
-            return [tf.reshape(tf.cast(value_of(v), tf.float32), [-1]) for v in variables]
+    def _compile_gather(self, jit_compile, shared=True):
+        pack = self._pack
+        singles = [(self.buffers[name], variables) for name, variables in self.groups.items()
+                   if pack is None or name not in pack.names]
+        weights = tuple(tuple(value_of(v) for v in variables) for _, variables in singles)
+        rings = tuple(tuple(buffer.variables) for buffer, _ in singles)
+        counters = self._counters.variables
+        plain = not any(isinstance(v, tf.distribute.DistributedValues)
+                        for group in weights for v in group)
+        if (shared and plain and pack is None
+                and all(buffer.sketch is None for buffer, _ in singles)):
+            # Variables as arguments: one trace and one XLA compilation per process for every
+            # model whose watched variables have these shapes and dtypes. (Not for a
+            # strategy's mirrored variables: a trace binds to their components.)
+            function = cached_function(("gather", jit_compile), lambda: tf.function(
+                _gather_rings, jit_compile=jit_compile, autograph=False))
+            return lambda: function(weights, rings, counters)
+        packed = [] if pack is None else [self.groups[name] for name in pack.names]
+        single_buffers = [buffer for buffer, _ in singles]
+        order = [name for name in self.buffers if pack is None or name not in pack.names]
 
         def gather():
             flags = {}
             if pack is not None:
-                ok = pack.append_op([part for variables in packed for part in flat(variables)])
+                ok = pack.append_op([part for variables in packed
+                                     for part in _flat(variables, tf.float32)])
                 flags.update({name: ok[i] for i, name in enumerate(pack.names)})
-            for name, buffer, variables in groups:
+            for name, buffer, variables in zip(order, single_buffers, weights):
                 # Each variable goes straight into its slice of the buffer row (no concatenated
-                # copy); the Gram rows wait for the next analysis: one product there instead of
-                # a pass over the buffer at every snapshot.
-                flags[name] = buffer.append_op(flat(variables), update_gram=False)
-            return tf.stack([flags[name] for name in self.buffers])
+                # copy); the Gram rows wait for the next analysis.
+                flags[name] = (buffer.append_op(_flat(variables, buffer.dtype), update_gram=False)
+                               if buffer.sketch else ring_append(
+                                   buffer.variables, _flat(variables, buffer.dtype), False))
+            count_gathers(counters, tf.stack([flags[name] for name in self.buffers]))
+            return tf.constant(True)
 
         return tf.function(gather, jit_compile=jit_compile, autograph=False)
 
     # ----------------------------------------------------------------------------------------
     # gathering
     def gather(self):
-        """Appends one snapshot of every group; returns the new step (``None`` if disabled)."""
+        """Appends one snapshot of every group; returns the new step (``None`` if disabled).
+        One compiled call, no host read (NaN/Inf flags are counted on the device, read by
+        :meth:`sync`)."""
         if self.disabled or self._gather is None:
             return None
         try:
-            flags = self._gather()
+            self._gather()
         except _XLA_FAILURES as error:
             # XLA cannot compile this set-up (a device or dtype without XLA support): fall
             # back to a plain graph, which copies the buffers instead of updating in place.
             self.report("XLA compilation of the snapshot step", error)
             self._gather = self._compile_gather(jit_compile=False)
-            flags = self._gather()
+            self._gather()
         self.step += 1
-        self._pending.append(flags)
-        if len(self._pending) >= self.window:  # bounded: read them at most once a window
-            self.sync()
+        self._synced_gathers += 1  # known here: sync does not count it again
         return self.step
 
+    def skip(self):
+        """Counts a snapshot that is not taken (one that the next analysis would not see, as
+        it leaves the window before): the step advances, the buffers do not."""
+        self.step += 1
+
     def sync(self):
-        """Reads the NaN/Inf flags of the snapshots gathered since the last read (one host
-        read): a group whose weights held NaN or Inf is marked and warned about once."""
-        if not self._pending:
+        """Reads the device counters (one host read): snapshots gathered inside a train step
+        advance :attr:`step`, and a group whose weights held NaN or Inf is marked and warned
+        about once (each such snapshot is one entry of :attr:`errors`)."""
+        if self._counters is None:
             return
+        gathers, finite, bad = self._counters.read()
+        self.step += gathers - self._synced_gathers
+        self._synced_gathers = gathers
         names = list(self.buffers)
-        for flags in np.asarray(tf.stack(self._pending)):
-            for name, ok in zip(names, flags):
-                if ok:
-                    self._stored[name] += 1
-                else:
-                    self.nonfinite_groups.add(name)
-                    self.report("snapshot", DataError("weights hold NaN or Inf; not recorded"),
-                                name)
-        self._pending = []
+        for index in np.flatnonzero(bad > self._synced_bad):
+            name = names[index]
+            self.nonfinite_groups.add(name)
+            for _ in range(int(bad[index] - self._synced_bad[index])):
+                self.report("snapshot", DataError("weights hold NaN or Inf; not recorded"), name)
+        self._synced_bad = bad
+        self._stored = dict(zip(names, finite.tolist()))
 
     def stored(self, name):
         """How many finite snapshots group ``name`` holds (at most ``window``)."""
@@ -265,14 +300,29 @@ class KoopmanTracker:
                          if self._stored[name] >= 3 and name not in self.nonfinite_groups)
         if not eligible:
             return []
-        if eligible not in self._analyses:
+        code, value = parse_rank(self.rank)  # Python numbers: the batched rank rule branches
+        packed = self._pack is not None and any(name in self._pack.names for name in eligible)
+        if packed and self._pack_analysis is None:
             # Traced here, outside the try below: a tracing error is a bug and propagates.
-            function = self._compile_analysis(eligible)
-            function.get_concrete_function()
-            self._analyses[eligible] = function
+            self._pack_analysis = self._compile_pack_analysis(code, value)
+            self._pack_analysis.get_concrete_function()
         try:
+            outputs = {}
+            if packed:
+                outputs[_PACKED] = self._pack_analysis()
+            rank = (tf.constant(code, tf.int32), tf.constant(value, tf.float64))
+            for name in eligible:
+                buffer = self.buffers[name]
+                if packed and name in self._pack.names:
+                    continue
+                # Functions shared by every buffer and tracker (traced once per process): a
+                # new model costs no trace here.
+                buffer.refresh()
+                function = _analysis_function(self.method, buffer.storage_dtype, buffer.dtype,
+                                              self.tolerance)
+                outputs[name] = function(*buffer.state(), *rank)
             outputs = {name: {key: np.asarray(value) for key, value in values.items()}
-                       for name, values in self._analyses[eligible]().items()}
+                       for name, values in outputs.items()}
         except DATA_FAILURES as error:
             self.report("analysis", error)
             return []
@@ -301,30 +351,13 @@ class KoopmanTracker:
         self.history.extend(records)
         return records
 
-    def _compile_analysis(self, names):
-        """One function analysing every group in ``names``: one dispatch per analysis. The DMD
-        and metrics of single buffers inside it are functions shared by every tracker (traced
-        once per process): a new model costs an outer trace, not a trace of their DMD (the
-        pack's batched analysis is traced with the outer function)."""
-        code, value = parse_rank(self.rank)  # Python numbers: the batched rank rule branches
-        pack = self._pack
-        packed = pack is not None and any(name in pack.names for name in names)
-        single = [(name, self.buffers[name]) for name in names
-                  if pack is None or name not in pack.names]
-        method, tolerance = self.method, self.tolerance
+    def _compile_pack_analysis(self, code, value):
+        """The pack's Gram rows and batched analysis, in one function (traced once per pack)."""
+        pack, tolerance = self._pack, self.tolerance
 
         def analyse():
-            outputs = {}
-            if packed:
-                pack.refresh_op()
-                outputs[_PACKED] = pack.analysis_op(code, value, tolerance)
-            for name, buffer in single:
-                buffer.refresh_op()
-                function = _analysis_function(method, buffer.storage_dtype, buffer.dtype,
-                                              tolerance)
-                outputs[name] = function(*buffer.state(), tf.constant(code, tf.int32),
-                                         tf.constant(value, tf.float64))
-            return outputs
+            pack.refresh_op()
+            return pack.analysis_op(code, value, tolerance)
 
         return tf.function(analyse, autograph=False)
 
@@ -334,10 +367,12 @@ class KoopmanTracker:
         """Forgets the trajectory (after the weights were re-initialised or jumped) and, when a
         model is watched, takes its first snapshot anew (returning its step; ``None`` when
         nothing is watched). History and step numbers carry on."""
+        self.sync()  # NaN/Inf of snapshots taken before are still reported
         for storage in self.storages:
             storage.reset()
         self._stored = {name: 0 for name in self.buffers}
-        self._pending = []
+        if self._counters is not None:
+            self._counters.reset_finite()
         self.nonfinite_groups = set()
         return self.gather()
 
@@ -381,7 +416,8 @@ class KoopmanTracker:
         self.errors = list(state["errors"])
         self._warned = {tuple(key) for key in state["warned"]}
         self._last_analysed = state["last_analysed"]
-        self._pending = []
+        self._counters.load([self._stored[name] for name in self.buffers])
+        self._synced_gathers, self._synced_bad = 0, np.zeros(len(self.buffers), np.int64)
         self.history = History(history)
 
     def check_layout(self, layout):
@@ -417,6 +453,59 @@ class KoopmanTracker:
         if self.buffers or self.history:
             self._check_group(group)
         return self.history.records(group)
+
+
+class _Counters:
+    """Device-side counts of the gathering, read by the host once per :meth:`read`: gathers
+    since the model was watched, finite snapshots per group since the last restart, and
+    NaN/Inf snapshots per group (never reset)."""
+
+    def __init__(self, groups):
+        with tf.name_scope("koopman_counters"):
+            self.gathers = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="gathers")
+            self.finite = tf.Variable(tf.zeros([groups], tf.int64), trainable=False,
+                                      name="finite")
+            self.bad = tf.Variable(tf.zeros([groups], tf.int64), trainable=False, name="bad")
+
+    @property
+    def variables(self):
+        return (self.gathers, self.finite, self.bad)
+
+    def read(self):
+        values = tf.concat([self.gathers[tf.newaxis], self.finite, self.bad], 0).numpy()
+        groups = (len(values) - 1) // 2
+        return int(values[0]), values[1:1 + groups], values[1 + groups:]
+
+    def reset_finite(self):
+        self.finite.assign(tf.zeros_like(self.finite))
+
+    def load(self, finite):
+        self.gathers.assign(0)
+        self.finite.assign(tf.constant(finite, tf.int64))
+        self.bad.assign(tf.zeros_like(self.bad))
+
+
+def count_gathers(counters, flags):
+    """Graph mode: counts one gather's ``[groups]`` finiteness ``flags`` in the
+    ``(gathers, finite, bad)`` counter variables."""
+    gathers, finite, bad = counters
+    ok = tf.cast(flags, tf.int64)
+    gathers.assign_add(tf.constant(1, tf.int64))
+    finite.assign_add(ok)
+    bad.assign_add(1 - ok)
+
+
+def _flat(variables, dtype):
+    return [tf.reshape(tf.cast(v, dtype), [-1]) for v in variables]
+
+
+def _gather_rings(weights, rings, counters):
+    """One snapshot of every group into its ring buffer (``weights``: a tuple of variables per
+    group; ``rings``: each group's buffer variables), counted in ``counters``."""
+    flags = [ring_append(ring, _flat(group, ring[1].dtype), update_gram=False)
+             for group, ring in zip(weights, rings)]
+    count_gathers(counters, tf.stack(flags))
+    return tf.constant(True)
 
 
 def _unpack(outputs, pack):

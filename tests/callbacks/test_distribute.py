@@ -142,6 +142,32 @@ for name, strategy in [("default", tf.distribute.get_strategy()),
     out[name] = {"epochs": len(history.history["loss"]), "errors": monitor.errors,
                  "records": [[r.step, r.group, np.sort(np.abs(r.eigenvalues)).tolist()]
                              for r in monitor.history]}
+    # Per-batch snapshots (inside the train function, or from the batch hook under a
+    # strategy) against the weights an independent callback records after every batch.
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)),
+                                  keras.layers.Dense(8, activation="tanh", name="hidden"),
+                                  keras.layers.Dense(2, name="out")])
+        model.compile(keras.optimizers.SGD(0.05), "mse")
+    weights = []
+
+    class Record(keras.callbacks.Callback):
+        def record(self):
+            layer = self.model.get_layer("hidden")
+            weights.append(np.concatenate([layer.kernel.numpy().ravel(),
+                                           layer.bias.numpy().ravel()]))
+        def on_train_begin(self, logs=None):
+            self.record()
+        def on_train_batch_end(self, batch, logs=None):
+            self.record()
+
+    monitor = kk.callbacks.KoopmanMonitor(window=6, every=2)
+    model.fit(x, y, epochs=3, batch_size=64, shuffle=False, verbose=0,
+              callbacks=[Record(), monitor])
+    expected = np.stack(weights)[[2, 4, 6, 8, 10, 12]]  # 12 batches, a snapshot every 2
+    got = monitor.buffers["hidden"].snapshots().numpy()
+    out[name]["per_batch"] = [monitor.step, float(np.max(np.abs(got - expected)))]
     if name == "mirrored":
         with strategy.scope():
             keras.utils.set_random_seed(0)
@@ -173,6 +199,11 @@ def test_mirrored_and_one_device_strategies_give_the_spectra_of_a_plain_run():
     for name in ("one_device", "mirrored"):
         run = result[name]
         assert not run["errors"] and run["epochs"] == plain["epochs"]
+    for name in ("default", "one_device", "mirrored"):
+        step, deviation = result[name]["per_batch"]
+        assert step == 6 and deviation < 1e-6, (name, step, deviation)
+    for name in ("one_device", "mirrored"):
+        run = result[name]
         assert [r[:2] for r in run["records"]] == [r[:2] for r in plain["records"]]
         for got, want in zip(run["records"], plain["records"]):
             np.testing.assert_allclose(got[2], want[2], atol=1e-4)  # float rounding only

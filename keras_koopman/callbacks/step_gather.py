@@ -1,0 +1,184 @@
+"""Snapshots inside the model's train function: no separate dispatch per snapshot.
+
+A monitor that gathers every ``N`` batches would otherwise run its compiled gather from a batch
+hook: one more dispatch and host round trip after every ``N``-th batch, and with
+``steps_per_execution > 1`` a batch hook sees only the last batch of each execution.
+:class:`StepGather` instead puts the tracker's gather into the train step itself (after the
+optimizer's update, as a nested XLA function, or inlined where the train function is already
+compiled with XLA) for the duration of one ``fit``:
+
+* ``steps_per_execution=1``: two train functions, one that gathers and Keras's own, picked
+  on the host for each batch (a ``tf.cond`` in an XLA step costs more than it saves); a
+  snapshot that would leave the window before the end of the epoch (when the buffers are
+  read) is not taken at all, only counted;
+* ``steps_per_execution=K > 1`` and ``every=N > 1``: a step counter on the device and a
+  ``tf.cond``, so that exactly the weights after batches ``N, 2N, ...`` are gathered whatever
+  ``K`` is (``every=1``: every step gathers).
+
+Keras's own train function is put back when ``fit`` ends (and is kept, so that the next ``fit``
+does not trace again). Not used under a ``tf.distribute`` strategy (the train step runs per
+replica there) nor with ``run_eagerly=True``: the monitor then gathers from its batch hook, which
+:meth:`StepGather.batch_end` schedules (counting the batches that ``steps_per_execution`` hides).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+__all__ = ["StepGather", "supported"]
+
+
+def supported(model):
+    """Whether the gather can run inside ``model``'s train step: not under a distribution
+    strategy (the step runs once per replica there) nor eagerly."""
+    strategy = getattr(model, "distribute_strategy", None)
+    default = tf.distribute.get_strategy()
+    if strategy is not None and type(strategy) is not type(default):
+        return False
+    return not getattr(model, "run_eagerly", False)
+
+
+class StepGather:
+    """Installs a tracker's gather in ``model``'s train function for one ``fit``.
+
+    Args:
+      tracker: the :class:`~keras_koopman.callbacks.KoopmanTracker` (watching ``model``).
+      every: gather after every this many batches.
+
+    The host learns how many snapshots were taken from the tracker's device counters
+    (:meth:`~keras_koopman.callbacks.KoopmanTracker.sync`), once per epoch.
+    """
+
+    def __init__(self, tracker, every):
+        self.tracker = tracker
+        self.every = int(every)
+        self._model = None
+        self._original = None   # Keras's train function while ours is installed
+        self._built = {}        # Keras's train function -> (ours, device counter or None)
+        self.batches = 0        # batches run since the watched trajectory began (host count)
+        self.plan = None        # (first batch, last batch) of the coming analysis, or None
+        self._next = self.every  # the batch hook's next gathering batch
+        self._last_batch = -1
+
+    # ----------------------------------------------------------------------------------------
+    def install(self, model):
+        """Puts the gathering train function in place of ``model.train_function``."""
+        model.make_train_function()  # Keras builds it before on_train_begin; a loop may not
+        original = model.train_function
+        if original is None or getattr(original, "_koopman_gathering", False):
+            return
+        if self._model is not model:
+            self._model, self._built = model, {}
+        if original not in self._built:
+            self._built = {original: self._build(model)}  # a re-compiled model: a new one
+        gathering, counter, per_call = self._built[original]
+        self._original = original
+        if counter is not None:
+            counter.assign(self.batches)
+        if per_call > 1:  # several steps a call: the device decides (or every step gathers)
+            chosen = self._wrap(gathering, original)
+        else:
+            chosen = self._alternate(gathering, original)
+        chosen._koopman_gathering = True
+        model.train_function = chosen
+
+    def remove(self, model):
+        """Puts Keras's train function back."""
+        if self._original is not None and model is self._model:
+            if getattr(model.train_function, "_koopman_gathering", False):
+                model.train_function = self._original
+                counter = self._built.get(self._original, (None, None, 1))[1]
+                if counter is not None:
+                    self.batches = int(counter.numpy())
+        self._original = None
+
+    # ----------------------------------------------------------------------------------------
+    def _build(self, model):
+        """Keras's train function made again around a train step that gathers after the
+        update; with ``steps_per_execution > 1`` and ``every > 1`` a device counter decides."""
+        gather = self.tracker.step_gather_function()
+        every = self.every
+        step_function = model.train_step
+        counter = None
+        per_call = int(getattr(model, "steps_per_execution", 1) or 1)
+        if every > 1 and per_call > 1:
+            counter = tf.Variable(tf.constant(0, tf.int64), trainable=False,
+                                  name="koopman_batches")
+
+        def train_step(data):
+            logs = step_function(data)
+            if counter is None:
+                gather()
+            else:
+                batches = counter.assign_add(1)
+                tf.cond(tf.equal(tf.math.floormod(batches, every), 0),
+                        lambda: gather(), lambda: tf.constant(False))
+            return logs
+
+        # Keras's own builder, so that its distribution, XLA and steps_per_execution logic
+        # wraps this step as it wraps the original one; then its function is put back.
+        kept = model.train_function
+        model.train_step = train_step
+        try:
+            model.make_train_function(force=True)
+            gathering = model.train_function
+        finally:
+            del model.train_step
+            model.train_function = kept
+        return gathering, counter, per_call
+
+    def _wrap(self, gathering, original):
+        def train_function(iterator):
+            if self._original is not original:  # stale: a fit that did not end normally
+                return original(iterator)
+            return gathering(iterator)
+
+        return train_function
+
+    def _alternate(self, gathering, original):
+        every, tracker = self.every, self.tracker
+
+        def train_function(iterator):
+            if self._original is not original:
+                return original(iterator)
+            self.batches += 1
+            if self.batches % every:
+                return original(iterator)
+            if self.plan is not None and self.batches < self.plan[0]:
+                tracker.skip()  # would leave the window before the next analysis
+                return original(iterator)
+            return gathering(iterator)
+
+        return train_function
+
+    # ----------------------------------------------------------------------------------------
+    # the batch hook's schedule, where the train function cannot gather
+    def epoch_begin(self):
+        self._last_batch = -1
+
+    def batch_end(self, batch):
+        """Whether to gather after Keras's ``batch`` (of this epoch) from a batch hook. With
+        ``steps_per_execution > 1`` Keras reports only the last batch of each execution."""
+        self.batches += batch - self._last_batch
+        self._last_batch = batch
+        if self.batches < self._next:
+            return False
+        self._next = (self.batches // self.every + 1) * self.every
+        return True
+
+    def state_dict(self):
+        return {"batches": self.batches, "next": self._next}
+
+    def load_state_dict(self, state):
+        self.batches, self._next = state["batches"], state["next"]
+
+    def plan_until(self, batches_ahead):
+        """Takes only the last ``window`` snapshots of the next ``batches_ahead`` batches
+        (``None``: all of them): whoever reads the buffers after them (an analysis, a decision
+        at the end of the epoch) sees no more."""
+        if batches_ahead is None:
+            self.plan = None
+            return
+        last = self.batches + int(batches_ahead)
+        last_gather = last - last % self.every
+        self.plan = (last_gather - (self.tracker.window - 1) * self.every, last)
