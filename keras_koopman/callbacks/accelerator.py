@@ -7,6 +7,7 @@ import warnings
 
 import keras
 import numpy as np
+from keras import ops
 
 from keras_koopman._tf import compiled_loss
 from keras_koopman._validation import check_choice, check_int
@@ -190,18 +191,19 @@ class KoopmanAccelerator(KoopmanCallback):
             index = node_index(variables) if self.observables == "nodes" else None
             if index is None:
                 result = buffer.dmd(rank=self.rank, method=self.monitor.method)
-                state = self._predict(result, steps)[0].numpy()
+                state = self._predict(result, steps)[0]
             else:
                 snapshots = buffer.snapshots()  # [m, n]
-                nodes = keras.ops.transpose(keras.ops.take(snapshots, index, axis=1), [1, 0, 2])
+                nodes = ops.transpose(ops.take(snapshots, index, axis=1), [1, 0, 2])
                 result = dmd_batch(nodes, rank=self.rank)
-                state = np.empty(index.size)
-                predicted = self._predict(result, steps)[:, 0].numpy()  # [units, fan_in + 1]
-                state[index.ravel()] = predicted.ravel()
+                predicted = self._predict(result, steps)[:, 0]  # [units, fan_in + 1]
+                state = ops.scatter(index.reshape(-1, 1), ops.reshape(predicted, [-1]),
+                                    (index.size,))
+            # On the device: the predicted weights never pass through the host.
             sizes = [int(np.prod(v.shape)) for v in variables]
-            pieces = np.split(state, np.cumsum(sizes)[:-1])
-            with np.errstate(over="ignore", invalid="ignore"):  # overflow shows up as inf below
-                values = [p.reshape(v.shape).astype(v.dtype) for p, v in zip(pieces, variables)]
+            pieces = ops.split(state, np.cumsum(sizes)[:-1].tolist())
+            values = [ops.cast(ops.reshape(p, v.shape), v.dtype)  # overflow: inf, caught later
+                      for p, v in zip(pieces, variables)]
             targets.append((variables, values))
         return targets
 
@@ -228,15 +230,18 @@ class KoopmanAccelerator(KoopmanCallback):
             targets = self._targets()
             if not targets:
                 return
-            if not all(np.all(np.isfinite(v)) for _, values in targets for v in values):
+            finite = ops.stack([ops.all(ops.isfinite(v)) for _, values in targets
+                                for v in values])
+            if not bool(ops.all(finite)):  # one host read for every group
                 attempt["reason"] = "the prediction is not finite"
                 self._adapt(False)
                 self.jumps.append(attempt)
                 return
             if self.guard == "loss":
                 attempt["loss_before"] = self._probe_loss()
-            saved = [(v, np.array(v.numpy(), copy=True)) for variables, _ in targets
-                     for v in variables]
+            # The undo copy stays on the device (an assignment never writes into a value
+            # that is still referenced).
+            saved = [(v, ops.copy(v.value)) for variables, _ in targets for v in variables]
             for variables, values in targets:
                 for variable, value in zip(variables, values):
                     variable.assign(value)
@@ -250,7 +255,7 @@ class KoopmanAccelerator(KoopmanCallback):
                 saved = None
                 if self.optimizer_state == "reset" and self.model.optimizer is not None:
                     for variable in optimizer_slots(self.model.optimizer):
-                        variable.assign(np.zeros(variable.shape, variable.dtype))
+                        variable.assign(ops.zeros_like(variable))
                 self.monitor.restart()
             else:
                 self._restore(saved)

@@ -126,15 +126,22 @@ def test_multi_worker_mirrored_strategy_two_workers_same_decisions_chief_writes(
 STRATEGIES = TWO_CPUS_SCRIPT + r'''
 y = np.tanh(x @ rng.normal(size=(4, 2))).astype("float32")
 out = {}
-for name, strategy in [("default", tf.distribute.get_strategy()),
-                       ("one_device", tf.distribute.OneDeviceStrategy("/cpu:0")),
-                       ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))]:
+
+
+def build(strategy):
     with strategy.scope():
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input((4,)),
                                   keras.layers.Dense(8, activation="tanh", name="hidden"),
                                   keras.layers.Dense(2, name="out")])
         model.compile(keras.optimizers.SGD(0.05), "mse")
+    return model
+
+
+for name, strategy in [("default", tf.distribute.get_strategy()),
+                       ("one_device", tf.distribute.OneDeviceStrategy("/cpu:0")),
+                       ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))]:
+    model = build(strategy)
     monitor = kk.callbacks.KoopmanMonitor(window=6)
     stop = kk.callbacks.KoopmanEarlyStopping(monitor, patience=2, min_epochs=5)
     history = model.fit(x, y, epochs=12, batch_size=64, shuffle=False, verbose=0,
@@ -144,12 +151,7 @@ for name, strategy in [("default", tf.distribute.get_strategy()),
                              for r in monitor.history]}
     # Per-batch snapshots (inside the train function, or from the batch hook under a
     # strategy) against the weights an independent callback records after every batch.
-    with strategy.scope():
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((4,)),
-                                  keras.layers.Dense(8, activation="tanh", name="hidden"),
-                                  keras.layers.Dense(2, name="out")])
-        model.compile(keras.optimizers.SGD(0.05), "mse")
+    model = build(strategy)
     weights = []
 
     class Record(keras.callbacks.Callback):
