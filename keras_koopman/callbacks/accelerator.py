@@ -200,10 +200,12 @@ class KoopmanAccelerator(KoopmanCallback):
                 state = ops.scatter(index.reshape(-1, 1), ops.reshape(predicted, [-1]),
                                     (index.size,))
             # On the device: the predicted weights never pass through the host.
-            sizes = [int(np.prod(v.shape)) for v in variables]
-            pieces = ops.split(state, np.cumsum(sizes)[:-1].tolist())
-            values = [ops.cast(ops.reshape(p, v.shape), v.dtype)  # overflow: inf, caught later
-                      for p, v in zip(pieces, variables)]
+            values, offset = [], 0
+            for variable in variables:  # a cast that overflows gives inf: checked below
+                size = int(np.prod(variable.shape))
+                piece = ops.reshape(state[offset:offset + size], variable.shape)
+                values.append(ops.cast(piece, variable.dtype))
+                offset += size
             targets.append((variables, values))
         return targets
 

@@ -29,8 +29,9 @@ class KoopmanMonitor(keras.callbacks.Callback):
     each observable group are copied into its buffer (:mod:`keras_koopman.buffers`) on their
     device, by one compiled function and without a host round trip; per-batch snapshots are
     taken inside the train function itself (:mod:`~keras_koopman.callbacks.step_gather`: exactly
-    the weights after batches ``every``, ``2 every``, ..., whatever ``steps_per_execution``; only
-    those still in the window at the end of the epoch). At the end of every ``analyze_every``
+    the weights after batches ``every``, ``2 every``, ..., whatever ``steps_per_execution``;
+    with one step per execution only those still in the window at the end of the epoch; the
+    buffers and :attr:`step` are brought up to date there). At the end of every ``analyze_every``
     epochs each group with at least 3 snapshots is analysed by DMD over the last ``window``; the
     result is appended to :attr:`history` as a :class:`SpectrumRecord` and, with ``log_dir``,
     written to TensorBoard: a ``koopman/<group>`` spectrum (the "Koopman" dashboard) and the
@@ -118,6 +119,7 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self._since_analysis = 0
         self._step_gather = None if every == "epoch" else StepGather(self.tracker, self.every)
         self._in_graph = False  # gathering inside the train function in this fit
+        self._calls_seen = 0
 
     observables = _delegate("observables", "The observable groups' rule.")
     window = _delegate("window", "Snapshots per analysis.")
@@ -193,9 +195,8 @@ class KoopmanMonitor(keras.callbacks.Callback):
                     tracker.gather()  # the weights training starts from
         self._in_fit, self._fit_token, self._last_event = True, token, {}
         self._in_graph = (self._step_gather is not None and not tracker.disabled
-                          and supported(self.model))
-        if self._in_graph:
-            self._step_gather.install(self.model)
+                          and supported(self.model) and self._step_gather.install(self.model))
+        self._calls_seen = 0 if self._step_gather is None else self._step_gather.calls
         self.logger.open(self.model, None if self._resume_pending else max(tracker.step, 0))
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -205,13 +206,22 @@ class KoopmanMonitor(keras.callbacks.Callback):
             if self._step_gather is not None:
                 self._step_gather.epoch_begin()
             if self._in_graph:
-                self._step_gather.plan_until((self.params or {}).get("steps"))
+                self._step_gather.plan_until((self.params or {}).get("steps"),
+                                             getattr(self.model, "steps_per_execution", 1))
 
     def _on_train_batch_end(self, batch, logs=None):
-        # Under a distribution strategy only: elsewhere the train function gathers.
-        if (not self._in_graph and not self.disabled
-                and self._once("batch", self.tracker.epoch, batch)
-                and self._step_gather.batch_end(batch)):
+        if self.disabled or not self._once("batch", self.tracker.epoch, batch):
+            return
+        gather = self._step_gather
+        if self._in_graph:
+            if gather.calls != self._calls_seen:  # the train function ran (and gathered)
+                self._calls_seen = gather.calls
+                return
+            # A loop with a step of its own (not model.train_function): gather from here.
+            gather.remove(self.model)
+            self._in_graph = False
+        # Here too under a tf.distribute strategy, run_eagerly or another monitor's gathering.
+        if gather.batch_end(batch):
             self.tracker.gather()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -221,6 +231,8 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self.tracker.epoch = epoch
         if not self.disabled and self.every == "epoch":
             self.tracker.gather()
+        if self._in_graph:
+            self._step_gather.disarm()  # armed again by the next epoch's plan
         self._analysis_due()
         self.logger.flush()
         if self.backup and not self.disabled:
@@ -288,10 +300,13 @@ class KoopmanMonitor(keras.callbacks.Callback):
             return False
         state, count = saved
         self.tracker.check_layout(state["tracker"]["layout"])
+        schedule = state["schedule"]
+        if not isinstance(schedule.get("batches"), dict if self._step_gather else type(None)):
+            raise DataError("the saved state is of another gathering schedule (every=) than "
+                            f"this monitor's (every={self.every!r})")
         history = self.backup.read_history(count)
         self.backup.read_variables(epoch, self.tracker.variables)  # last: all reads succeeded
         self.tracker.load_state_dict(state["tracker"], history)
-        schedule = state["schedule"]
         self._since_analysis = schedule["since_analysis"]
         if self._step_gather is not None:
             self._step_gather.load_state_dict(schedule["batches"])

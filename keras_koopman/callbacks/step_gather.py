@@ -46,51 +46,64 @@ class StepGather:
       every: gather after every this many batches.
 
     The host learns how many snapshots were taken from the tracker's device counters
-    (:meth:`~keras_koopman.callbacks.KoopmanTracker.sync`), once per epoch.
+    (:meth:`~keras_koopman.callbacks.KoopmanTracker.sync`), once per epoch. The gathering train
+    function only gathers within the epoch it was armed for (:meth:`plan_until`, at most the
+    epoch's number of calls): a fit that raised, and so never put Keras's function back, does
+    not keep gathering in later fits without the monitor.
     """
 
     def __init__(self, tracker, every):
         self.tracker = tracker
         self.every = int(every)
-        self._model = None
-        self._original = None   # Keras's train function while ours is installed
-        self._built = {}        # Keras's train function -> (ours, device counter or None)
+        self.active = False     # our train function is installed
+        self.calls = 0          # calls of the installed train function (host count)
         self.batches = 0        # batches run since the watched trajectory began (host count)
-        self.plan = None        # (first batch, last batch) of the coming analysis, or None
-        self._next = self.every  # the batch hook's next gathering batch
+        self.plan = None        # (first batch taken, last batch) of this epoch, or None
+        self._budget = 0        # calls that may still gather in this epoch (None: no bound)
+        self._model = None
+        self._built = {}        # Keras's train function -> (ours, device counter, steps a call)
+        self._counter = None    # the device batch counter in use (steps_per_execution > 1)
         self._last_batch = -1
 
     # ----------------------------------------------------------------------------------------
     def install(self, model):
-        """Puts the gathering train function in place of ``model.train_function``."""
+        """Puts the gathering train function in place of ``model.train_function``. Returns
+        ``False`` (nothing installed) when another monitor's gathering function is in place:
+        this one then gathers from its batch hook."""
         model.make_train_function()  # Keras builds it before on_train_begin; a loop may not
-        original = model.train_function
-        if original is None or getattr(original, "_koopman_gathering", False):
-            return
+        current = model.train_function
+        owner = getattr(current, "_koopman_owner", None)
+        if owner is not None and owner is not self and owner.active:
+            return False
+        # Ours or another's left over by a fit that raised: unwrap it.
+        original = getattr(current, "_koopman_original", current)
         if self._model is not model:
             self._model, self._built = model, {}
         if original not in self._built:
             self._built = {original: self._build(model)}  # a re-compiled model: a new one
-        gathering, counter, per_call = self._built[original]
-        self._original = original
-        if counter is not None:
-            counter.assign(self.batches)
+        gathering, self._counter, per_call = self._built[original]
+        if self._counter is not None:
+            self._counter.assign(self.batches)
         if per_call > 1:  # several steps a call: the device decides (or every step gathers)
             chosen = self._wrap(gathering, original)
         else:
             chosen = self._alternate(gathering, original)
-        chosen._koopman_gathering = True
+        chosen._koopman_original, chosen._koopman_owner = original, self
         model.train_function = chosen
+        self.active, self._budget = True, 0
+        return True
 
     def remove(self, model):
         """Puts Keras's train function back."""
-        if self._original is not None and model is self._model:
-            if getattr(model.train_function, "_koopman_gathering", False):
-                model.train_function = self._original
-                counter = self._built.get(self._original, (None, None, 1))[1]
-                if counter is not None:
-                    self.batches = int(counter.numpy())
-        self._original = None
+        if self.active and model is self._model:
+            current = model.train_function
+            if getattr(current, "_koopman_owner", None) is self:
+                model.train_function = current._koopman_original
+            self.batches = self._device_batches()
+        self.active, self._budget = False, 0
+
+    def _device_batches(self):
+        return self.batches if self._counter is None else int(self._counter.numpy())
 
     # ----------------------------------------------------------------------------------------
     def _build(self, model):
@@ -116,22 +129,33 @@ class StepGather:
             return logs
 
         # Keras's own builder, so that its distribution, XLA and steps_per_execution logic
-        # wraps this step as it wraps the original one; then its function is put back.
-        kept = model.train_function
+        # wraps this step as it wraps the original one; then its function (and a train_step
+        # the user set on the instance) is put back.
+        kept, own_step = model.train_function, vars(model).get("train_step")
         model.train_step = train_step
         try:
             model.make_train_function(force=True)
             gathering = model.train_function
         finally:
             del model.train_step
+            if own_step is not None:
+                model.train_step = own_step
             model.train_function = kept
         return gathering, counter, per_call
 
+    def _armed(self):
+        """Whether this call may gather (and counts it)."""
+        self.calls += 1
+        if self._budget is None:
+            return True
+        if self._budget <= 0:
+            return False
+        self._budget -= 1
+        return True
+
     def _wrap(self, gathering, original):
         def train_function(iterator):
-            if self._original is not original:  # stale: a fit that did not end normally
-                return original(iterator)
-            return gathering(iterator)
+            return gathering(iterator) if self._armed() else original(iterator)
 
         return train_function
 
@@ -139,13 +163,13 @@ class StepGather:
         every, tracker = self.every, self.tracker
 
         def train_function(iterator):
-            if self._original is not original:
+            if not self._armed():
                 return original(iterator)
             self.batches += 1
             if self.batches % every:
                 return original(iterator)
             if self.plan is not None and self.batches < self.plan[0]:
-                tracker.skip()  # would leave the window before the next analysis
+                tracker.skip()  # would leave the window before the end of the epoch
                 return original(iterator)
             return gathering(iterator)
 
@@ -159,26 +183,32 @@ class StepGather:
     def batch_end(self, batch):
         """Whether to gather after Keras's ``batch`` (of this epoch) from a batch hook. With
         ``steps_per_execution > 1`` Keras reports only the last batch of each execution."""
+        before = self.batches // self.every
         self.batches += batch - self._last_batch
         self._last_batch = batch
-        if self.batches < self._next:
-            return False
-        self._next = (self.batches // self.every + 1) * self.every
-        return True
+        return self.batches // self.every > before
 
     def state_dict(self):
-        return {"batches": self.batches, "next": self._next}
+        return {"batches": self._device_batches() if self.active else self.batches}
 
     def load_state_dict(self, state):
-        self.batches, self._next = state["batches"], state["next"]
+        self.batches = int(state["batches"])
+        if self.active and self._counter is not None:
+            self._counter.assign(self.batches)
 
-    def plan_until(self, batches_ahead):
-        """Takes only the last ``window`` snapshots of the next ``batches_ahead`` batches
-        (``None``: all of them): whoever reads the buffers after them (an analysis, a decision
-        at the end of the epoch) sees no more."""
+    def plan_until(self, batches_ahead, per_call=1):
+        """Arms the train function for the next ``batches_ahead`` batches (``None``: unknown,
+        no bound) and takes only the last ``window`` snapshots among them: whoever reads the
+        buffers after them (an analysis, a decision at the end of the epoch) sees no more."""
         if batches_ahead is None:
-            self.plan = None
+            self.plan, self._budget = None, None
             return
-        last = self.batches + int(batches_ahead)
+        batches_ahead = int(batches_ahead)
+        self._budget = -(-batches_ahead // max(int(per_call), 1))
+        last = self.batches + batches_ahead
         last_gather = last - last % self.every
         self.plan = (last_gather - (self.tracker.window - 1) * self.every, last)
+
+    def disarm(self):
+        """No gathering until the next :meth:`plan_until` (the end of an epoch)."""
+        self._budget = 0

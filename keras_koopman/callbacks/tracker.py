@@ -104,6 +104,7 @@ class KoopmanTracker:
         self._gather = None
         self._stored = {}
         self._counters = None  # device: gathers, finite snapshots and NaN/Inf ones per group
+        self._jit = True  # XLA for the gather (False once XLA failed here)
         self._synced_gathers = 0
         self._synced_bad = None
         self._warned = set()
@@ -130,7 +131,7 @@ class KoopmanTracker:
         self._model = model
         self.disabled = not self.groups
         self.buffers, self._pack, self._gather, self._pack_analysis = {}, None, None, None
-        self._stored, self.nonfinite_groups = {}, set()
+        self._stored, self.nonfinite_groups, self._counters = {}, set(), None
         if self.disabled:
             self.report("set-up", ValueError("no observable group has trainable weights to "
                                              "watch; nothing is recorded"))
@@ -196,7 +197,7 @@ class KoopmanTracker:
         :class:`~keras_koopman.callbacks.step_gather.StepGather`); :meth:`sync` then learns how
         many snapshots were taken. (The process-wide gather takes the variables as arguments,
         which a trace inside another function cannot bind to new variables.)"""
-        return self._compile_gather(jit_compile=True, shared=False)
+        return self._compile_gather(jit_compile=self._jit, shared=False)
 
     def _compile_gather(self, jit_compile, shared=True):
         pack = self._pack
@@ -250,6 +251,7 @@ class KoopmanTracker:
             # XLA cannot compile this set-up (a device or dtype without XLA support): fall
             # back to a plain graph, which copies the buffers instead of updating in place.
             self.report("XLA compilation of the snapshot step", error)
+            self._jit = False
             self._gather = self._compile_gather(jit_compile=False)
             self._gather()
         self.step += 1

@@ -1,5 +1,7 @@
 """KoopmanAccelerator: exact jumps on linear dynamics, exact undo, horizon adaptation."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -184,6 +186,36 @@ def test_a_jump_that_overflows_is_refused_and_leaves_finite_weights():
     assert not attempt["accepted"] and "not finite" in attempt["reason"]
     assert all(np.all(np.isfinite(w)) for w in model.get_weights())
     assert jump.horizon == 50_000
+
+
+
+def test_a_group_of_one_variable_jumps_to_its_dmd_prediction():
+    # A kernel without bias: the whole prediction is one piece (it used to fail to split).
+    x, y = least_squares()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((1,)),
+                              keras.layers.Dense(3, use_bias=False, name="dense")])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    monitor = kk.callbacks.KoopmanMonitor(window=6, rank=2)
+    jump = kk.callbacks.KoopmanAccelerator(monitor, every=6, horizon=5, guard=None)
+    snapshots = []
+
+    class Before(keras.callbacks.Callback):  # the window the jump reads, recorded on its own
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots.append(model.get_layer("dense").kernel.numpy().ravel())
+
+    model.fit(x, y, epochs=6, batch_size=len(x), shuffle=False, verbose=0,
+              callbacks=[monitor, Before(), jump])
+    (attempt,) = jump.jumps
+    assert attempt["accepted"], attempt["reason"]
+    window = np.stack(snapshots)  # the monitor's 6 newest: the ends of epochs 0-5
+    expected = kk.dmd(window.astype(np.float64), rank=2)
+    eigenvalues = np.asarray(expected.eigenvalues)
+    snapped = np.where(np.abs(eigenvalues - 1) <= monitor.tolerance, 1.0, eigenvalues)
+    # 10 steps after the oldest snapshot: the newest (5) plus the horizon (5).
+    predicted = dataclasses.replace(expected, eigenvalues=snapped).predict([10]).numpy()[0]
+    np.testing.assert_allclose(model.get_layer("dense").kernel.numpy().ravel(), predicted,
+                               rtol=1e-3, atol=1e-5)
 
 
 MIRRORED_SCRIPT = TWO_CPUS_SCRIPT + r"""

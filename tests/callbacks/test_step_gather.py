@@ -44,7 +44,10 @@ def test_every_n_batches_gathers_exactly_those_weights(jit_compile, steps_per_ex
     # Keras's own train function is back after fit: a plain fit gathers nothing.
     x, y = make_data()
     model.fit(x, y, epochs=1, batch_size=8, verbose=0)
-    assert monitor.tracker.sync() is None and monitor.step == 5
+    monitor.tracker.sync()
+    assert monitor.step == 5
+    # The batch count of the schedule (what a backup saves) is every batch, on the device too.
+    assert monitor.state_dict()["schedule"]["batches"] == {"batches": 16}
 
 
 def test_snapshots_that_leave_the_window_before_the_epoch_ends_are_not_taken():
@@ -112,3 +115,93 @@ def test_nan_inside_the_train_function_is_counted_and_warned_once():
     # The NaN weights of the 2nd epoch's 4 kept batches were counted, not stored.
     assert sum(e["group"] == "out" for e in monitor.errors) == 4
     assert monitor.tracker.stored("out") == 4  # the first epoch's newest 4
+
+
+def test_a_custom_loop_that_calls_only_the_hooks_is_gathered_from_the_batch_hook():
+    import tensorflow as tf
+
+    x, y = make_data()
+    model = make_model()
+    recorder = WeightRecorder(["hidden"], per_batch=True)
+    monitor = kk.callbacks.KoopmanMonitor(every=2, window=8)
+    optimizer, loss = keras.optimizers.SGD(0.05), keras.losses.MeanSquaredError()
+
+    @tf.function
+    def step(xb, yb):
+        with tf.GradientTape() as tape:
+            value = loss(yb, model(xb, training=True))
+        gradients = tape.gradient(value, model.trainable_weights)
+        optimizer.apply_gradients(zip(gradients, model.trainable_weights))
+
+    callbacks = keras.callbacks.CallbackList([recorder, monitor], model=model,
+                                             params={"epochs": 1, "steps": 8})
+    callbacks.on_train_begin()
+    callbacks.on_epoch_begin(0)
+    for batch in range(8):
+        callbacks.on_train_batch_begin(batch)
+        step(x[8 * batch:8 * batch + 8], y[8 * batch:8 * batch + 8])
+        callbacks.on_train_batch_end(batch)
+    callbacks.on_epoch_end(0)
+    callbacks.on_train_end()
+    assert monitor.step == 4
+    np.testing.assert_allclose(monitor.buffers["hidden"].snapshots().numpy(),
+                               np.stack(recorder.snapshots["hidden"])[[0, 2, 4, 6, 8]],
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_a_fit_that_raises_leaves_no_gathering_in_later_fits_without_the_monitor():
+    class Interrupt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2:
+                raise KeyboardInterrupt  # Keras then skips on_train_end
+
+    x, y = make_data()
+    model = make_model()
+    monitor = kk.callbacks.KoopmanMonitor(every=1, window=4)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[monitor, Interrupt()])
+    monitor.tracker.sync()
+    before = (monitor.step, monitor.buffers["hidden"].count)
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)  # the monitor is not in this fit
+    monitor.tracker.sync()
+    # At most the rest of the interrupted epoch's budget (8 batches, 3 run) can still gather.
+    assert monitor.step - before[0] <= 5
+    # A later fit with the monitor installs it again and gathers exactly its batches.
+    recorder = WeightRecorder(["hidden"], per_batch=True)
+    model.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0,
+              callbacks=[recorder, monitor])
+    np.testing.assert_allclose(monitor.buffers["hidden"].snapshots().numpy(),
+                               np.stack(recorder.snapshots["hidden"])[5:9], rtol=1e-6,
+                               atol=1e-7)
+
+
+def test_two_per_batch_monitors_on_one_model_both_gather():
+    x, y = make_data()
+    model = make_model()
+    hidden = kk.callbacks.KoopmanMonitor(observables=["hidden"], every=2, window=8)
+    out = kk.callbacks.KoopmanMonitor(observables=["out"], every=2, window=8)
+    recorder = WeightRecorder(["hidden", "out"], per_batch=True)
+    model.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0,
+              callbacks=[recorder, hidden, out])
+    assert hidden.step == out.step == 4
+    for monitor, name in ((hidden, "hidden"), (out, "out")):
+        np.testing.assert_allclose(monitor.buffers[name].snapshots().numpy(),
+                                   np.stack(recorder.snapshots[name])[[0, 2, 4, 6, 8]],
+                                   rtol=1e-6, atol=1e-7)
+
+
+def test_a_train_step_set_on_the_instance_survives():
+    x, y = make_data()
+    model = make_model()
+    calls = []
+    original = model.train_step
+
+    def train_step(data):
+        calls.append(1)  # traced: once per trace
+        return original(data)
+
+    model.train_step = train_step
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    monitor = kk.callbacks.KoopmanMonitor(every=2, window=8)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[monitor])
+    assert model.train_step is train_step and calls and monitor.step == 4

@@ -172,3 +172,35 @@ def test_a_damaged_backup_warns_and_the_trajectory_starts_clean(tmp_path):
     assert second.buffers["dense"].count == 3 and second.tracker.stored("dense") == 3
     assert [e["where"] for e in second.errors] == ["resuming from backup_dir"]
     assert "the saved history holds 0 records" in second.errors[0]["error"]
+
+
+def test_a_second_model_of_the_same_shapes_reuses_the_compiled_gather():
+    # The gather takes the variables as arguments: one trace and one XLA compilation serve
+    # every model of these shapes, and no call compiles again (each would cost ~1 s).
+    import time
+
+    from keras_koopman._tf import trace_count
+
+    def build(seed):
+        keras.utils.set_random_seed(seed)
+        return keras.Sequential([keras.Input((5,)), keras.layers.Dense(7, name="a"),
+                                 keras.layers.Dense(3, name="b")])
+
+    first, second = build(0), build(1)
+    trackers = [KoopmanTracker(window=4), KoopmanTracker(window=4)]
+    trackers[0].watch(first)
+    trackers[0].gather()
+    traces = trace_count("gather")
+    trackers[1].watch(second)
+    start = time.perf_counter()
+    for _ in range(15):
+        trackers[1].gather()
+    trackers[1].sync()
+    assert (time.perf_counter() - start) / 15 < 0.05
+    assert trace_count("gather") == traces
+    # Each tracker holds its own model's weights.
+    for tracker, model in zip(trackers, (first, second)):
+        layer = model.get_layer("a")
+        np.testing.assert_allclose(tracker.buffers["a"].snapshots().numpy()[-1],
+                                   np.concatenate([layer.kernel.numpy().ravel(),
+                                                   layer.bias.numpy().ravel()]), rtol=1e-6)
