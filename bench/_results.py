@@ -42,9 +42,7 @@ def stamp():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def commit():
-    """The commit the benchmark ran on; ``+changes`` when the package or the benchmarks differ
-    from it (figures of uncommitted code say so)."""
+def _commit_now():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, check=True,
@@ -53,8 +51,20 @@ def commit():
                                cwd=root, check=True, capture_output=True, text=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
-    changed = [line for line in dirty.splitlines() if not line.endswith("RESULTS.md")]
+    # A benchmark's own outputs (RESULTS.md, its plots) are not changes of the code.
+    changed = [line for line in dirty.splitlines() if not line.endswith((".md", ".png"))]
     return head + (" +changes" if changed else "")
+
+
+# Taken when the benchmark starts (it imports this module first): the code it runs is the code
+# of that moment, whatever is committed while it runs.
+_COMMIT = _commit_now()
+
+
+def commit():
+    """The commit the benchmark started on; ``+changes`` when the package or the benchmarks
+    differed from it then (figures of uncommitted code say so)."""
+    return _COMMIT
 
 
 def header(command):
