@@ -88,7 +88,8 @@ def _refresh_function(storage_dtype):
     """:func:`refresh_gram` traced once per process for each storage dtype."""
 
     def build():
-        return tf.function(refresh_gram, autograph=False, input_signature=[
+        return tf.function(refresh_gram, autograph=False,
+                           experimental_attributes={"_noinline": True}, input_signature=[
             tf.TensorSpec([None, None], storage_dtype), tf.TensorSpec([None, None], tf.float64),
             tf.TensorSpec([None], tf.bool)])
 

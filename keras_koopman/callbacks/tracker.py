@@ -13,8 +13,8 @@ from keras_koopman._tf import cached_function, value_of
 from keras_koopman._validation import (DataError, check_choice, check_int, check_int_or,
                                        check_names, check_number)
 from keras_koopman.buffers import PackedBuffers, SnapshotBuffer
-from keras_koopman.buffers.ring import (buffer_dmd, chronological_gram, ring_append,
-                                       state_signature)
+from keras_koopman.buffers.ring import (_refresh_function, buffer_dmd, chronological_gram,
+                                       ring_append, state_signature)
 from keras_koopman.callbacks.plan import plan_storage
 from keras_koopman.dmd import check_method, parse_rank
 from keras_koopman.records import History, SpectrumRecord
@@ -312,17 +312,16 @@ class KoopmanTracker:
             outputs = {}
             if packed:
                 outputs[_PACKED] = self._pack_analysis()
-            rank = (tf.constant(code, tf.int32), tf.constant(value, tf.float64))
-            for name in eligible:
-                buffer = self.buffers[name]
-                if packed and name in self._pack.names:
-                    continue
-                # Functions shared by every buffer and tracker (traced once per process): a
-                # new model costs no trace here.
-                buffer.refresh()
-                function = _analysis_function(self.method, buffer.storage_dtype, buffer.dtype,
-                                              self.tolerance)
-                outputs[name] = function(*buffer.state(), *rank)
+            single = [name for name in eligible
+                      if not (packed and name in self._pack.names)]
+            if single:
+                # One call for every group: their Gram rows, then their spectra and metrics,
+                # by a function shared by every tracker whose buffers have these shapes.
+                function = _rings_analysis_function(self.method, self.tolerance)
+                rings = tuple(tuple(self.buffers[name].variables) for name in single)
+                results = function(rings, tf.constant(code, tf.int32),
+                                   tf.constant(value, tf.float64))
+                outputs.update(zip(single, results))
             outputs = {name: {key: np.asarray(value) for key, value in values.items()}
                        for name, values in outputs.items()}
         except DATA_FAILURES as error:
@@ -526,6 +525,31 @@ def _unpack(outputs, pack):
     return unpacked
 
 
+def _rings_analysis_function(method, tolerance):
+    """For a tuple of ring buffers' variables: each one's deferred Gram rows, then its spectrum,
+    metrics and motion (the per-buffer parts are functions traced once per process; this outer
+    one once per set of buffer shapes, relaxed to any shapes after a few)."""
+
+    def build():
+        def analyse(rings, code, value):
+            results = []
+            for ring in rings:
+                stored, reference, gram, cross, reference_sq, count, stale = ring
+                refresh = _refresh_function(stored.dtype)
+                gram.assign(refresh(stored.read_value(), gram.read_value(), stale.read_value()))
+                stale.assign(tf.zeros_like(stale))
+                function = _analysis_function(method, stored.dtype, reference.dtype, tolerance)
+                results.append(function(stored.read_value(), reference.read_value(),
+                                        gram.read_value(), cross.read_value(),
+                                        reference_sq.read_value(), count.read_value(), code,
+                                        value))
+            return results
+
+        return tf.function(analyse, autograph=False)
+
+    return cached_function(("analyse_rings", method, tolerance), build)
+
+
 def _analysis_function(method, storage_dtype, dtype, tolerance):
     """The spectrum, metrics and motion of one buffer's state, traced once per process for each
     (method, dtypes, tolerance)."""
@@ -544,6 +568,6 @@ def _analysis_function(method, storage_dtype, dtype, tolerance):
                         **spectrum_metrics.summary(result, tolerance))
 
         return tf.function(analyse, input_signature=state_signature(storage_dtype, dtype),
-                           autograph=False)
+                           autograph=False, experimental_attributes={"_noinline": True})
 
     return cached_function(("analysis", method, storage_dtype, dtype, tolerance), build)
