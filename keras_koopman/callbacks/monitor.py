@@ -18,10 +18,6 @@ __all__ = ["KoopmanMonitor", "SpectrumRecord"]
 _BACKUP_FAILURES = (*IO_FAILURES, DataError)
 
 
-def _delegate(name, doc):
-    return property(lambda self: getattr(self.tracker, name), doc=doc)
-
-
 class KoopmanMonitor(keras.callbacks.Callback):
     """Watches training as a dynamical system: weight snapshots in, Koopman spectra out.
 
@@ -38,10 +34,9 @@ class KoopmanMonitor(keras.callbacks.Callback):
     scalars ``koopman/<group>/spectral_radius``, ``near_one_fraction``, ``unstable_count``,
     ``max_residual``.
 
-    The work is done by a :class:`~keras_koopman.callbacks.KoopmanTracker` (:attr:`tracker`);
-    the monitor schedules it on the Keras hooks and writes through :attr:`logger`. Decision
-    callbacks (:class:`~keras_koopman.callbacks.KoopmanCallback`) read its records, and forward
-    every hook to it when it is not in the callback list (each hook runs once per event).
+    The work is done by a :class:`~keras_koopman.callbacks.KoopmanTracker` (:attr:`tracker`),
+    written through :attr:`logger`; decision callbacks (:class:`~keras_koopman.callbacks.
+    KoopmanCallback`) read its records and forward every hook to it when it is not listed.
     Buffers survive repeated ``fit`` calls on the same model; a rebuilt model gets new buffers,
     while history and step numbers carry on. Layers without trainable weights are not
     watched; a group whose weights turn NaN or Inf is skipped from then on (one warning,
@@ -64,23 +59,19 @@ class KoopmanMonitor(keras.callbacks.Callback):
         construction, where a path that cannot be written raises ``ValueError``.
       tolerance: distance to 1 counted as "at 1" by ``near_one_fraction``.
       verbose: 1 prints one line per analysis.
-      sketch: how big groups are stored (see :func:`keras_koopman.callbacks.plan.plan_storage`).
-        ``"auto"`` (default): every group in full while all the buffers together fit in
-        ``snapshot_memory`` bytes; past that, the biggest groups are sketched to 2048 numbers
-        per snapshot until they fit. An int ``k``: every group with more than ``2 k`` weights is
-        sketched to ``k``. ``None``: never sketch. A sketched group keeps its spectrum (for
-        low-rank weight dynamics) but has no modes: :class:`KoopmanAccelerator` skips it.
+      sketch: ``"auto"`` (default: groups in full while all buffers fit in
+        ``snapshot_memory`` bytes, then the biggest sketched to 2048 numbers), an int ``k``
+        (groups over ``2 k`` weights sketched to ``k``) or ``None`` (never); see
+        :func:`keras_koopman.callbacks.plan.plan_storage`. A sketched group keeps its spectrum
+        but has no modes (:class:`KoopmanAccelerator` skips it).
       storage_dtype: ``"float32"`` or ``"bfloat16"`` (half the memory, about 3 digits of the
         motion; the Gram matrices stay float64).
       snapshot_memory: the byte budget of ``sketch="auto"`` (default 512 MiB).
       backup_dir: where to keep the monitor's state for resuming after a crash (``None``: no
-        backup). Use it with ``keras.callbacks.BackupAndRestore`` (the same directory is fine):
-        after every epoch the buffers, counters and the new records are saved (the two newest
-        states are kept); a process killed mid-fit and started again with the same command
-        resumes from the state that matches the epoch ``BackupAndRestore`` resumes from, so
-        history and TensorBoard steps continue as in an uninterrupted run (a session-start
-        event makes TensorBoard drop the steps logged after that state). The state is removed
-        when ``fit`` ends normally, as ``BackupAndRestore`` removes its own.
+        backup), with ``keras.callbacks.BackupAndRestore`` (the same directory is fine): saved
+        after every epoch (two newest states kept), resumed at the epoch ``BackupAndRestore``
+        resumes from, so history and TensorBoard steps continue as in an uninterrupted run;
+        removed when ``fit`` ends normally.
 
     Example:
 
@@ -121,22 +112,6 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self._in_graph = False  # gathering inside the train function in this fit
         self._calls_seen = 0
 
-    observables = _delegate("observables", "The observable groups' rule.")
-    window = _delegate("window", "Snapshots per analysis.")
-    rank = _delegate("rank", "The DMD rank rule.")
-    method = _delegate("method", "``'exact'`` or ``'rrr'``.")
-    tolerance = _delegate("tolerance", "Distance to 1 counted as at 1.")
-    sketch = _delegate("sketch", "The sketch rule.")
-    storage_dtype = _delegate("storage_dtype", "How snapshots are stored.")
-    snapshot_memory = _delegate("snapshot_memory", "The byte budget of sketch='auto'.")
-    history = _delegate("history", "Every :class:`SpectrumRecord`, oldest first.")
-    errors = _delegate("errors", "Failures survived: one dict each.")
-    groups = _delegate("groups", "``{group: [variables]}`` of the watched model.")
-    buffers = _delegate("buffers", "``{group: buffer}`` (see :mod:`keras_koopman.buffers`).")
-    step = _delegate("step", "Index of the newest snapshot (-1 before any).")
-    epoch = _delegate("epoch", "The current epoch.")
-    nonfinite_groups = _delegate("nonfinite_groups", "Groups whose weights turned NaN/Inf.")
-    disabled = _delegate("disabled", "True when the model has nothing to watch.")
 
     @property
     def log_dir(self):
@@ -205,7 +180,7 @@ class KoopmanMonitor(keras.callbacks.Callback):
             self.tracker.epoch = epoch
             if self._step_gather is not None:
                 self._step_gather.epoch_begin()
-            if self._in_graph:
+            if self._step_gather is not None:
                 self._step_gather.plan_until((self.params or {}).get("steps"),
                                              getattr(self.model, "steps_per_execution", 1))
 
@@ -220,9 +195,12 @@ class KoopmanMonitor(keras.callbacks.Callback):
             # A loop with a step of its own (not model.train_function): gather from here.
             gather.remove(self.model)
             self._in_graph = False
-        # Here too under a tf.distribute strategy, run_eagerly or another monitor's gathering.
-        if gather.batch_end(batch):
+        # Here too without XLA, under a tf.distribute strategy, run_eagerly or another monitor.
+        action = gather.batch_end(batch)
+        if action == "gather":
             self.tracker.gather()
+        elif action == "skip":
+            self.tracker.skip()
 
     def on_epoch_end(self, epoch, logs=None):
         if not self._once("epoch_end", epoch):
@@ -311,3 +289,11 @@ class KoopmanMonitor(keras.callbacks.Callback):
         if self._step_gather is not None:
             self._step_gather.load_state_dict(schedule["batches"])
         return True
+
+
+# The tracker's state, readable on the monitor (see KoopmanTracker for each).
+for _name in ("observables", "window", "rank", "method", "tolerance", "sketch", "storage_dtype",
+              "snapshot_memory", "history", "errors", "groups", "buffers", "step", "epoch",
+              "nonfinite_groups", "disabled"):
+    setattr(KoopmanMonitor, _name, property(lambda self, name=_name: getattr(self.tracker, name),
+                                            doc=f"The tracker's ``{_name}``."))
