@@ -145,7 +145,9 @@ def warm_rows(x, y, epochs, repeats):
                 shown = f"{estimated:+.1%}"
                 worst = max(overhead, estimated)
             else:
-                shown, worst = "(in the train step)", overhead
+                # Keras's CPU default (no XLA, one step a call) gathers from the batch hook.
+                shown = "(in the train step)" if jit_compile is True else "(batch hook)"
+                worst = overhead
             jit = "XLA" if jit_compile is True else "default"
             rows.append(
                 f"| {label} | {model.count_params():,} | {config} | {jit} | "

@@ -84,7 +84,7 @@ def refresh_gram(stored, gram, stale):
     return tf.cond(count > 0, lambda: tf.cond(many, every_row, some_rows), lambda: gram)
 
 
-def _refresh_function(storage_dtype):
+def refresh_function(storage_dtype):
     """:func:`refresh_gram` traced once per process for each storage dtype."""
 
     def build():
@@ -432,7 +432,7 @@ class SnapshotBuffer(GramReader):
         """Computes the Gram rows that appends with ``update_gram=False`` left out: one
         float64 product of the stale rows with the buffer, by a function traced once per
         process for all buffers."""
-        function = _refresh_function(self._storage)
+        function = refresh_function(self._storage)
         self._centred_gram.assign(function(self._buffer.read_value(),
                                            self._centred_gram.read_value(),
                                            self._stale.read_value()))

@@ -13,7 +13,7 @@ from keras_koopman._tf import cached_function, value_of
 from keras_koopman._validation import (DataError, check_choice, check_int, check_int_or,
                                        check_names, check_number)
 from keras_koopman.buffers import PackedBuffers, SnapshotBuffer
-from keras_koopman.buffers.ring import (_refresh_function, buffer_dmd, chronological_gram,
+from keras_koopman.buffers.ring import (buffer_dmd, chronological_gram, refresh_function,
                                        ring_append, state_signature)
 from keras_koopman.callbacks.plan import plan_storage
 from keras_koopman.dmd import check_method, parse_rank
@@ -535,7 +535,7 @@ def _rings_analysis_function(method, tolerance):
             results = []
             for ring in rings:
                 stored, reference, gram, cross, reference_sq, count, stale = ring
-                refresh = _refresh_function(stored.dtype)
+                refresh = refresh_function(stored.dtype)
                 gram.assign(refresh(stored.read_value(), gram.read_value(), stale.read_value()))
                 stale.assign(tf.zeros_like(stale))
                 function = _analysis_function(method, stored.dtype, reference.dtype, tolerance)
