@@ -24,10 +24,10 @@ class KoopmanMonitor(keras.callbacks.Callback):
     At the start of training and then every epoch (or every ``every`` batches) the weights of
     each observable group are copied into its buffer (:mod:`keras_koopman.buffers`) on their
     device, by one compiled function and without a host round trip; per-batch snapshots are
-    taken inside the train function itself (:mod:`~keras_koopman.callbacks.step_gather`: exactly
-    the weights after batches ``every``, ``2 every``, ..., whatever ``steps_per_execution``;
-    with one step per execution only those still in the window at the end of the epoch; the
-    buffers and :attr:`step` are brought up to date there). At the end of every ``analyze_every``
+    taken inside an XLA-compiled or multi-step train function, from the batch hook otherwise
+    (:mod:`~keras_koopman.callbacks.step_gather`: exactly the weights after batches ``every``,
+    ``2 every``, ..., whatever ``steps_per_execution``; the buffers and :attr:`step` are brought
+    up to date at the end of each epoch). At the end of every ``analyze_every``
     epochs each group with at least 3 snapshots is analysed by DMD over the last ``window``; the
     result is appended to :attr:`history` as a :class:`SpectrumRecord` and, with ``log_dir``,
     written to TensorBoard: a ``koopman/<group>`` spectrum (the "Koopman" dashboard) and the
