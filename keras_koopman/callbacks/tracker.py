@@ -201,8 +201,9 @@ class KoopmanTracker:
 
     def _compile_gather(self, jit_compile, shared=True):
         pack = self._pack
+        in_pack = set() if pack is None else set(pack.names)
         singles = [(self.buffers[name], variables) for name, variables in self.groups.items()
-                   if pack is None or name not in pack.names]
+                   if name not in in_pack]
         weights = tuple(tuple(value_of(v) for v in variables) for _, variables in singles)
         rings = tuple(tuple(buffer.variables) for buffer, _ in singles)
         counters = self._counters.variables
@@ -218,7 +219,7 @@ class KoopmanTracker:
             return lambda: function(weights, rings, counters)
         packed = [] if pack is None else [self.groups[name] for name in pack.names]
         single_buffers = [buffer for buffer, _ in singles]
-        order = [name for name in self.buffers if pack is None or name not in pack.names]
+        order = [name for name in self.buffers if name not in in_pack]
 
         def gather():
             flags = {}
@@ -303,7 +304,8 @@ class KoopmanTracker:
         if not eligible:
             return []
         code, value = parse_rank(self.rank)  # Python numbers: the batched rank rule branches
-        packed = self._pack is not None and any(name in self._pack.names for name in eligible)
+        in_pack = set() if self._pack is None else set(self._pack.names)
+        packed = any(name in in_pack for name in eligible)
         if packed and self._pack_analysis is None:
             # Traced here, outside the try below: a tracing error is a bug and propagates.
             self._pack_analysis = self._compile_pack_analysis(code, value)
@@ -313,7 +315,7 @@ class KoopmanTracker:
             if packed:
                 outputs[_PACKED] = self._pack_analysis()
             single = [name for name in eligible
-                      if not (packed and name in self._pack.names)]
+                      if name not in in_pack]
             if single:
                 # One call for every group: their Gram rows, then their spectra and metrics,
                 # by a function shared by every tracker whose buffers have these shapes.
