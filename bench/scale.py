@@ -199,12 +199,25 @@ def tiny_layers(count):
     monitored = min(timings["monitored"], timings["monitored2"])
     return {"layers": count, "groups": len(monitor.buffers),
             "packed": sum(isinstance(b, kk.buffers.PackedView) for b in monitor.buffers.values()),
-            "gather_traces": monitor.tracker.gather_function.experimental_get_tracing_count(),
+            "gather_traces": gather_traces(monitor),
             "build": build, "first_fit": first_fit, "setup": setup,
             "snapshot_ms": 1e3 * float(np.median(snapshot[1:] or snapshot)),
             "first_analysis": analysis[0], "analysis_ms": 1e3 * float(np.median(analysis[1:])),
             "records": records, "analyses": len(analysis), "errors": len(monitor.errors),
             "fit_plain": plain, "fit_monitored": monitored}
+
+
+
+def gather_traces(monitor):
+    """Traces of the monitor's gather: its own ``tf.function`` (packed or sketched groups), or
+    the process-wide one shared by every model of the same shapes (a plain callable)."""
+    gather = monitor.tracker.gather_function
+    count = getattr(gather, "experimental_get_tracing_count", None)
+    if count is not None:
+        return count()
+    from keras_koopman._tf import trace_count
+
+    return trace_count("gather")
 
 
 def main():
