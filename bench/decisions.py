@@ -1,4 +1,4 @@
-"""Seconds per Koopman jump (KoopmanAccelerator) at 1e6 and 1e7 weights.
+"""Seconds per Koopman decision at 1e6 and 1e7 weights: a jump and a pruning mask update.
 
 A model of one ``Dense`` layer with about ``n`` weights (``sqrt(n)`` inputs and units) is watched
 by ``KoopmanMonitor(window=10)``; its buffer is filled with 10 snapshots of a decaying trajectory
@@ -8,7 +8,13 @@ optimizer-state reset (``guard=None``: the jump is kept, so the monitor restarts
 same with ``guard="loss"`` on a 64-sample probe (two probe losses; the jump is kept or undone).
 Medians of ``--repeats`` jumps, each after the buffer was filled again.
 
-Run:  python bench/decisions.py                 (about 3 minutes here; writes bench/RESULTS.md)
+Pruning: the same layer wrapped by ``KoopmanPruning`` (Koopman criterion, global scope, a
+schedule that updates at every epoch towards 50%); ``UpdateKoopmanPruning(window=10)``'s buffer
+is filled the same way (pruned entries kept at zero), then one mask update is timed: the DMD of
+the unpruned entries with modes, the scores, the selection of the weights to prune, the new
+masks and the masked weights. Medians of ``--repeats`` updates.
+
+Run:  python bench/decisions.py                 (about 5 minutes here; writes bench/RESULTS.md)
       PYTHONPATH=/tmp/old python bench/decisions.py --output /tmp/old.md   (another checkout)
 """
 
@@ -29,15 +35,16 @@ import keras_koopman as kk  # noqa: E402
 SIZES = {"1e6": 1000, "1e7": 3162}
 
 
-def fill(model, monitor, rng):
-    """Ten snapshots of weights decaying towards a fixed point, gathered by the tracker."""
+def fill(kernel, monitor, rng, mask=None):
+    """Ten snapshots of weights decaying towards a fixed point, gathered by the tracker (pruned
+    entries, where ``mask`` is 0, stay at zero)."""
     tracker = monitor.tracker
-    kernel = model.layers[0].kernel
     target = kernel.numpy() + 0.01 * rng.standard_normal(kernel.shape).astype(np.float32)
     start = kernel.numpy()
+    keep = 1.0 if mask is None else mask.numpy()
     tracker.restart()
     for k in range(1, monitor.window):
-        kernel.assign(target + 0.8 ** k * (start - target))
+        kernel.assign((target + 0.8 ** k * (start - target)) * keep)
         tracker.gather()
     tracker.sync()
 
@@ -57,7 +64,7 @@ def time_jumps(width, guard, repeats, rng):
     monitor.on_train_begin()
     times = []
     for _ in range(repeats + 1):  # the first one traces
-        fill(model, monitor, rng)
+        fill(model.layers[0].kernel, monitor, rng)
         start = time.perf_counter()
         jump.decide(0, {})
         model.layers[0].kernel.numpy()[0, 0]  # waits for the assignment
@@ -65,6 +72,33 @@ def time_jumps(width, guard, repeats, rng):
     kept = sum(j["accepted"] for j in jump.jumps)
     monitor.on_train_end()
     return statistics.median(times[1:]), kept, len(jump.jumps), model.count_params()
+
+
+def time_pruning(width, repeats, rng):
+    """Median seconds of one ``UpdateKoopmanPruning`` mask update, the number of updates and
+    the sparsity reached."""
+    keras.utils.set_random_seed(0)
+    schedule = kk.pruning.PolynomialDecay(0.1, 0.5, begin_step=0, end_step=repeats,
+                                          frequency=1, unit="epoch")
+    layer = kk.pruning.KoopmanPruning(keras.layers.Dense(width, name="dense"),
+                                      target_sparsity=0.5, schedule=schedule)
+    model = keras.Sequential([keras.Input((width,)), layer])
+    model.compile(keras.optimizers.SGD(1e-3), "mse")
+    update = kk.pruning.UpdateKoopmanPruning(window=10, rank=4)
+    update.set_model(model)
+    update.on_train_begin()
+    (kernel, mask), = layer.masked
+    times = []
+    for epoch in range(repeats + 1):  # the first one traces
+        fill(kernel, update.monitor, rng, mask)
+        start = time.perf_counter()
+        update.decide(epoch, {})
+        mask.numpy()[0, 0]  # waits for the new mask
+        times.append(time.perf_counter() - start)
+    update.on_train_end()
+    criteria = {u["criterion"] for u in update.updates}
+    return (statistics.median(times[1:]), len(update.updates), layer.sparsity(),
+            "/".join(sorted(criteria)), model.count_params())
 
 
 def main():
@@ -79,6 +113,12 @@ def main():
             seconds, kept, jumps, weights = time_jumps(width, guard, args.repeats, rng)
             rows.append(f"| {weights:,} | {guard} | {seconds:.3f} | {kept}/{jumps} |")
             print(rows[-1], flush=True)
+    pruning = []
+    for label, width in SIZES.items():
+        seconds, updates, sparsity, criteria, weights = time_pruning(width, args.repeats, rng)
+        pruning.append(f"| {weights:,} | {seconds:.3f} | {updates} | {sparsity:.3f} | "
+                       f"{criteria} |")
+        print(pruning[-1], flush=True)
     body = "\n".join([
         *header(f"python bench/decisions.py --repeats {args.repeats}"),
         "- one Dense layer, window 10, rank 4, horizon 20; median seconds of one "
@@ -87,6 +127,14 @@ def main():
         "| weights | guard | s per jump | kept / jumps |",
         "| ---: | --- | ---: | ---: |",
         *rows,
+        "",
+        "- the same layer in `KoopmanPruning` (Koopman criterion, 10% -> 50% over the updates); "
+        "median seconds of one `UpdateKoopmanPruning` mask update after its window is filled "
+        "again",
+        "",
+        "| weights | s per update | updates | sparsity reached | criterion |",
+        "| ---: | ---: | ---: | ---: | --- |",
+        *pruning,
     ])
     report("Koopman decisions: seconds per jump (`bench/decisions.py`)", body, args.output)
 

@@ -1,6 +1,7 @@
 """The TensorFlow seam: what the callback layer needs from TensorFlow, in one place.
 
-Here: one process-wide cache of traced functions (keyed by what a trace depends on), the value
+Here: one process-wide cache of traced functions (keyed by what a trace depends on), nested
+outputs packed into one vector so that they reach the host in one transfer, the value
 behind a Keras variable, checkpoints of variables, a compiled loss, the distribution strategy's
 chief check and the environment failures of file I/O. TensorFlow is otherwise used by the
 engine (``dmd.py``, ``spectrum.py``, ``buffers/``: variables, XLA in-place updates), the
@@ -12,10 +13,13 @@ TensorFlow: another Keras backend would replace this layer and the engine, not t
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import tensorflow as tf
 
-__all__ = ["IO_FAILURES", "cached_function", "compiled_loss", "read_variables", "trace_count",
-           "value_of", "write_variables", "writes_summaries"]
+__all__ = ["IO_FAILURES", "cached_function", "compiled_loss", "pack_outputs", "read_variables",
+           "trace_count", "unpack_outputs", "value_of", "write_variables", "writes_summaries"]
 
 # Failures of writing or reading files (a full disk, a remote file system that went away):
 # environment failures, which the callbacks survive. Not tf.errors.OpError as a whole: that
@@ -38,6 +42,55 @@ def cached_function(key, build):
     if function is None:
         function = _FUNCTIONS[key] = build()
     return function
+
+
+# Host-side layouts of packed outputs, one per trace of a function that packs: (nesting with
+# None leaves, (dtype, rank) per leaf). A packed vector starts with its layout's index.
+_LAYOUTS = []
+
+
+def pack_outputs(structure):
+    """Graph side: every tensor of a nested ``structure`` in one float64 vector, so that the
+    host reads them all with one device-to-host copy (:func:`unpack_outputs` rebuilds them).
+
+    Layout: the index of the structure's host layout (registered at trace time), the shape of
+    every leaf, then every leaf's values (complex ones as their real parts, then imaginary
+    parts). Integers and booleans travel exactly (below 2**53).
+    """
+    leaves = tf.nest.flatten(structure)
+    _LAYOUTS.append((tf.nest.map_structure(lambda _: None, structure),
+                     tuple((leaf.dtype, leaf.shape.rank) for leaf in leaves)))
+    parts = [tf.constant([len(_LAYOUTS) - 1], tf.float64)]
+    parts += [tf.cast(tf.shape(leaf), tf.float64) for leaf in leaves]
+    for leaf in leaves:
+        flat = tf.reshape(leaf, [-1])
+        if leaf.dtype.is_complex:
+            parts += [tf.math.real(flat), tf.math.imag(flat)]
+        else:
+            parts.append(tf.cast(flat, tf.float64))
+    return tf.concat([tf.cast(part, tf.float64) for part in parts], 0)
+
+
+def unpack_outputs(vector):
+    """Host side of :func:`pack_outputs`: the NumPy arrays in the packed structure."""
+    values = np.asarray(vector)  # the one transfer
+    structure, leaves = _LAYOUTS[int(values[0])]
+    position, shapes = 1, []
+    for _, rank in leaves:
+        shapes.append(tuple(int(d) for d in values[position:position + rank]))
+        position += rank
+    arrays = []
+    for (dtype, _), shape in zip(leaves, shapes):
+        size = math.prod(shape)
+        if dtype.is_complex:
+            array = values[position:position + size] + 1j * values[position + size:
+                                                                  position + 2 * size]
+            size *= 2
+        else:
+            array = values[position:position + size]
+        arrays.append(array.astype(dtype.as_numpy_dtype).reshape(shape))
+        position += size
+    return tf.nest.pack_sequence_as(structure, arrays)
 
 
 def trace_count(prefix=None):

@@ -99,6 +99,8 @@ def main(argv=None):
           + (f"; stopped by KoopmanEarlyStopping at epoch {stop.stopped_epoch + 1}"
              if stop.stopped_epoch else "")
           + (f"; {len(restart.restarts)} restart(s)" if restart.restarts else ""))
+    if stop.stopped_epoch:
+        print(f"why it stopped: {stop.decisions[-1]['reason']}")
     print(f"final val_accuracy {history.history['val_accuracy'][-1]:.3f}\n")
     print(f"{'layer':<10} {'weights':>8} {'rank':>5} {'radius':>8} {'near 1':>7} "
           f"{'unstable':>9} {'max resid':>10}  verdict")
@@ -113,8 +115,10 @@ def main(argv=None):
               f"{m['spectral_radius']:>8.4f} {m['near_one_fraction']:>7.3f} "
               f"{m['unstable_count']:>9} {m['max_residual']:>10.2e}  {_verdict(record, stop)}")
     print("\nradius: largest |eigenvalue| (above 1: a growing direction); near 1: share of the "
-          "amplitude at eigenvalue 1 (where training heads);\nverdict: converged when the "
-          "modes away from 1 have decayed (the KoopmanEarlyStopping rule).")
+          "amplitude at eigenvalue 1 (where training heads);\nverdict: the weights rule of "
+          "KoopmanEarlyStopping for that layer (converged: the modes away from 1 have "
+          "decayed);\nKoopmanEarlyStopping also stops on its loss rule (the Koopman forecast of "
+          "val_loss), with layers still moving.")
     try:
         from keras_koopman.plot import plot_spectra
 

@@ -152,7 +152,7 @@ class GramReader:
         stored, reference, _, _, _, count = self.state()
         # Gather from a read tensor: a gather on the variable itself would switch it to
         # copy-on-read, making every later read copy the whole buffer.
-        order = _order(count, self.window)
+        order = order_slots(count, self.window)
         return tf.cast(tf.gather(stored, order), self.dtype) + reference[tf.newaxis, :]
 
     def gram(self):
@@ -526,14 +526,14 @@ def _replace_rows(gram, index, rows):
     return tf.tensor_scatter_nd_update(tf.transpose(gram), index, rows)
 
 
-def _order(count, window):
+def order_slots(count, window):
     """Slots of the stored snapshots, oldest first."""
     stored = tf.minimum(count, window)
     return tf.math.floormod(count - stored + tf.range(stored), window)
 
 
 def chronological_gram(centred, cross, reference_sq, count):
-    order = _order(count, tf.shape(centred, tf.int64)[0])
+    order = order_slots(count, tf.shape(centred, tf.int64)[0])
     centred = tf.gather(tf.gather(centred, order), order, axis=1)
     return assemble_gram(centred, tf.gather(cross, order), reference_sq)
 
@@ -553,7 +553,7 @@ def buffer_dmd(buffer, reference, centred, cross, reference_sq, count, code, val
         return finite, eigenvalues, None, amplitudes, residuals, singular, k
     window = tf.shape(buffer, tf.int64)[0]
     slots = tf.scatter_nd(
-        _order(count, window)[:, tf.newaxis],
+        order_slots(count, window)[:, tf.newaxis],
         combination,
         tf.stack([window, tf.shape(combination, tf.int64)[1]]),
     )

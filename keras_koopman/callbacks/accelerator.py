@@ -273,7 +273,7 @@ class KoopmanAccelerator(KoopmanCallback):
                           RuntimeWarning, stacklevel=2)
         self.jumps.append(attempt)
         if self.verbose:
-            print(f"KoopmanAccelerator: epoch {epoch + 1}, horizon {attempt['horizon']}: "
+            print(f"Epoch {epoch + 1}: KoopmanAccelerator: horizon {attempt['horizon']}: "
                   f"{'kept' if attempt['accepted'] else 'undone'} ({attempt['reason']})")
 
     @staticmethod

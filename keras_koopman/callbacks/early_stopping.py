@@ -132,6 +132,12 @@ class KoopmanEarlyStopping(KoopmanCallback):
       holds a non-finite loss. The loss watched is ``val_loss`` when there is validation,
       else ``loss``.
 
+    **Without validation data** (no ``validation_data`` or ``validation_split``), the loss rule
+    reads the training loss and stops when its Koopman forecast promises less than ``min_gain``
+    more: all the data can then go to training. The training loss of a model that can still fit
+    noise keeps creeping down, so this stops later than a validation loss would; the weights
+    rule reads only the weights and is the same with or without validation.
+
     When a rule chosen by ``criterion`` has held for ``patience`` checks in a row, and at least
     ``min_epochs`` epochs have run, training stops (``model.stop_training = True``) and
     ``stopped_epoch`` is set, as with ``keras.callbacks.EarlyStopping``. With
@@ -160,8 +166,17 @@ class KoopmanEarlyStopping(KoopmanCallback):
       stopped_epoch: the epoch training stopped at (0 if it did not).
       decisions: one dict per epoch checked: ``epoch``, ``step``, ``converged`` (the weights
         rule; ``None`` when no new analysis came), ``groups`` (per group
-        ``(mass_at_one, velocity)``), ``loss_gain`` (``None`` before ``loss_window`` epochs) and
-        ``stop_rule`` (the rule that stopped training, or ``None``).
+        ``(mass_at_one, velocity)``), ``loss_gain`` (``None`` before ``loss_window`` epochs),
+        ``stop_rule`` (``"weights"``, ``"loss"`` or ``None``) and ``reason`` (when it stopped:
+        which rule fired with its numbers, as the message and the TensorBoard text
+        ``koopman/stop_reason`` say it).
+
+    Epochs are numbered as Keras numbers them: ``stopped_epoch``, ``best_epoch`` and the
+    ``epoch`` of a decision are the 0-based index Keras passes to ``on_epoch_end`` (as
+    ``keras.callbacks.EarlyStopping.stopped_epoch``); messages say ``Epoch N`` with
+    ``N = epoch + 1``, as the progress bar does. ``step`` counts the monitor's snapshots after
+    the first: with one snapshot per epoch it equals ``N``, and it is the step of the
+    TensorBoard events.
 
     Example:
 
@@ -220,6 +235,7 @@ class KoopmanEarlyStopping(KoopmanCallback):
         self._last_step = None
         self._watched = []
         self._training = []
+        self._has_validation = False
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
@@ -227,6 +243,7 @@ class KoopmanEarlyStopping(KoopmanCallback):
         self._reset()
 
     def _track(self, epoch, logs):
+        self._has_validation = "val_loss" in logs
         value = logs.get("val_loss", logs.get("loss"))
         self._watched.append(np.nan if value is None else float(value))
         self._training.append(float(logs.get("loss", np.nan)))
@@ -285,24 +302,53 @@ class KoopmanEarlyStopping(KoopmanCallback):
         fired = next((r for r in rules if self.wait[r] >= self.patience), None)
         if epoch + 1 < self.min_epochs:
             fired = None
+        reason = None if fired is None else self._reason(fired, measures, gain)
         decision = {"epoch": epoch, "step": self.monitor.step, "converged": converged,
-                    "groups": measures, "loss_gain": gain, "stop_rule": fired}
+                    "groups": measures, "loss_gain": gain, "stop_rule": fired,
+                    "reason": reason}
         self.decisions.append(decision)
         if fired is None:
             return
         self.stopped_epoch = epoch
         self.model.stop_training = True
+        restored = ""
         if self.restore_best_weights and self.best_weights is not None:
             try:
                 self.model.set_weights(self.best_weights)
+                restored = f"; restored the weights of epoch {self.best_epoch + 1}"
             except DATA_FAILURES as error:
                 warnings.warn(f"KoopmanEarlyStopping could not restore weights: {error}",
                               RuntimeWarning, stacklevel=2)
+        message = f"Epoch {epoch + 1}: {reason}{restored}"
+        self.log_text("koopman/stop_reason", message)
         if self.verbose:
-            reason = ("weight spectrum converged" if fired == "weights"
-                      else f"loss forecast gain {gain:.2%} < {self.min_gain:.2%}")
-            print(
-                f"KoopmanEarlyStopping: {reason} for {self.wait[fired]} checks; "
-                f"stopping at epoch {epoch + 1}"
-                + (f", restoring epoch {self.best_epoch + 1}" if self.best_weights else "")
-            )
+            print(f"Epoch {epoch + 1}: KoopmanEarlyStopping: stopping: {reason}{restored}")
+
+    def _reason(self, fired, measures, gain):
+        """Which rule stopped training, with its numbers (and the other rule's state)."""
+        watched = "val_loss" if self._has_validation else "loss"
+        loss_text = (None if gain is None else
+                     f"the Koopman forecast of {watched} gains {gain:.2%} over the next "
+                     f"{self.horizon} epochs (< {self.min_gain:.2%})")
+        if measures:
+            slowest = max(measures.items(), key=lambda item: item[1][1])
+            weights_text = (f"the weight spectra sit at 1 (lowest mass at 1 "
+                            f"{min(m for m, _ in measures.values()):.3f} >= {self.mass:g}, "
+                            f"largest velocity {slowest[1][1]:.1e} <= {self.max_velocity:g}, "
+                            f"{slowest[0]})")
+        else:
+            weights_text = None
+        weights_text = weights_text or "the weight spectra sat at 1 at the last analysis"
+        both = self.wait["weights"] >= self.patience and self.wait["loss"] >= self.patience
+        if both:
+            return f"both rules hold for {self.patience} checks: {weights_text}; {loss_text}"
+        if fired == "weights":
+            return f"weights rule for {self.wait['weights']} checks: {weights_text}"
+        text = f"loss rule for {self.wait['loss']} checks: {loss_text}"
+        if measures:
+            moving = [name for name, (m, v) in measures.items()
+                      if not (m >= self.mass and v <= self.max_velocity)]
+            if moving:
+                text += (f" (the weights still move: {', '.join(moving)}; the loss has "
+                         "converged, not every weight)")
+        return text

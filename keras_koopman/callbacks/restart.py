@@ -12,7 +12,7 @@ from keras_koopman.callbacks.base import KoopmanCallback
 from keras_koopman.callbacks.early_stopping import convergence
 from keras_koopman.spectrum import mode_share
 
-__all__ = ["KoopmanRestart", "diagnose", "unstable_fraction"]
+__all__ = ["KoopmanRestart", "default_initializer", "diagnose", "unstable_fraction"]
 
 # Default thresholds of diagnose (the demo's verdicts use the same).
 GROWTH = 0.05
@@ -94,20 +94,62 @@ def diagnose(records, losses, growth=GROWTH, unstable_mass=UNSTABLE_MASS, stagna
     return None
 
 
-def _reinitialize(model, seed, initializers=None):
-    """Draws every weight again from its layer's own initializer, with a new seed.
+# Activations for which He initialization suits a kernel (Glorot for the others: tanh,
+# sigmoid, linear, softmax, ...).
+_RELU_LIKE = {"relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "mish",
+              "celu", "glu", "softplus"}
+# Defaults by variable name, for a variable whose own initializer is deterministic or failed.
+_DEFAULTS = {"recurrent_kernel": "orthogonal", "embeddings": "uniform", "bias": "zeros",
+             "beta": "zeros", "gamma": "ones", "moving_mean": "zeros",
+             "moving_variance": "ones"}
+_KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
-    A variable named ``w`` is drawn from ``initializers[w]`` if given, else from the layer's
-    ``w_initializer`` attribute (``kernel``, ``bias``, ``embeddings``, ``gamma``, ...). Returns
-    the variables no initializer was found for (they are left as they are).
+
+def default_initializer(layer, name):
+    """The initializer a restart falls back on for ``layer``'s variable ``name``: for kernels
+    He normal when the layer's activation is ReLU-like, else Glorot uniform; orthogonal for
+    recurrent kernels, Keras's defaults for embeddings, biases and normalisation; ``None`` for
+    other variables."""
+    if name in _KERNELS:
+        activation = getattr(layer, "activation", None)
+        activation = getattr(activation, "__name__", str(activation)).lower()
+        return "he_normal" if activation in _RELU_LIKE else "glorot_uniform"
+    return _DEFAULTS.get(name)
+
+
+def _describe(initializer):
+    return type(keras.initializers.get(initializer)).__name__
+
+
+def _reinitialize(model, seed, initializers=None, use_defaults=False):
+    """Draws every weight again with a new seed; returns ``(missed, changed)``.
+
+    A variable named ``w`` is drawn from ``initializers[w]`` if given; else from the layer's
+    ``w_initializer`` attribute (``kernel``, ``bias``, ``embeddings``, ``gamma``, ...) unless
+    that initializer is deterministic (zeros, a constant: drawing it again gives the same
+    weights) or ``use_defaults`` is set, in which case :func:`default_initializer` is used.
+    ``missed``: the variables no initializer was found for (left as they are); ``changed``:
+    ``"layer/variable: Old -> New"`` for every variable drawn from another initializer than
+    its layer's.
     """
     initializers = initializers or {}
-    missed = []
+    missed, changed = [], []
     counter = 0
     for layer in model._flatten_layers(include_self=False, recursive=True):
         for variable in layer._trainable_variables + layer._non_trainable_variables:
             name = variable.name.split("/")[-1].split(":")[0]
-            initializer = initializers.get(name, getattr(layer, f"{name}_initializer", None))
+            own = getattr(layer, f"{name}_initializer", None)
+            initializer = initializers.get(name, own)
+            if name not in initializers and (use_defaults or (
+                    own is not None
+                    and "seed" not in keras.initializers.get(own).get_config())):
+                fallback = default_initializer(layer, name)
+                if fallback is not None:
+                    initializer = fallback
+                    if own is None or _describe(own) != _describe(fallback):
+                        changed.append(f"{layer.name}/{name}: "
+                                       f"{'none' if own is None else _describe(own)} -> "
+                                       f"{_describe(fallback)}")
             if initializer is None:
                 missed.append(variable.path)
                 continue
@@ -118,7 +160,7 @@ def _reinitialize(model, seed, initializers=None):
                 config["seed"] = int(seed) * 1000 + counter
                 initializer = initializer.__class__.from_config(config)
             variable.assign(initializer(variable.shape, dtype=variable.dtype))
-    return missed
+    return missed, changed
 
 
 class KoopmanRestart(KoopmanCallback):
@@ -129,13 +171,22 @@ class KoopmanRestart(KoopmanCallback):
     :func:`diagnose`: a group with a sizeable share of its weights in modes outside the unit
     circle means divergence; a loss that did not improve while some layer's weights do not
     move means stagnation. Either restarts training: every layer is drawn again from its own
-    initializers with a new seed (``initializers`` overrides them by variable name, for when the
-    bad initializer itself is the problem), the optimizer state is put back to what it was at
-    the start, and training carries on from the current epoch. Each restart is listed in
-    ``restarts`` (every verdict, healthy ones too, in ``verdicts``) and, with a monitor
-    ``log_dir``, logged to TensorBoard (scalar
-    ``koopman/restarts`` and the reason as text). After ``max_restarts`` it warns and lets
-    training go on.
+    initializers with a new seed, the optimizer state is put back to what it was at the start,
+    and training carries on from the current epoch. A deterministic initializer (zeros, a
+    constant) would give the same weights again: those variables are drawn from a default
+    suited to the layer instead (:func:`default_initializer`: He normal for kernels of ReLU-like
+    layers, Glorot uniform for tanh, sigmoid, linear and the rest; zeros for biases). When the
+    same verdict comes back after a restart, the next restart draws every variable from those
+    defaults; if it comes back once more, the initialization is not the cause and training
+    goes on without further restarts (with a warning). ``initializers`` overrides all of this
+    by variable name. Each restart is listed in ``restarts`` (every verdict, healthy ones too,
+    in ``verdicts``) and, with a monitor ``log_dir``, logged to TensorBoard (scalar
+    ``koopman/restarts`` and the reason with the action as text). After ``max_restarts`` it
+    warns and lets training go on.
+
+    Epochs are numbered as Keras numbers them: ``epoch`` in ``restarts`` and ``verdicts`` is
+    the 0-based index Keras passes to ``on_epoch_end``; messages say ``Epoch N`` with
+    ``N = epoch + 1``, as the progress bar shows it.
 
     Args:
       monitor: the :class:`KoopmanMonitor` to read (analysing every epoch).
@@ -148,6 +199,14 @@ class KoopmanRestart(KoopmanCallback):
         :func:`diagnose`.
       seed: base seed for the re-initializations (restart ``i`` uses ``seed + i``).
       verbose: 1 prints a line per restart.
+
+    Attributes:
+      restarts: one dict per restart: ``epoch`` (0-based, the epoch judged), ``reason`` (the
+        verdict of :func:`diagnose`), ``draw`` (``"own"``: the layers' initializers, new seed,
+        deterministic ones replaced by defaults; ``"defaults"``: every variable from
+        :func:`default_initializer`), ``action`` (what was drawn, as the message says it) and
+        ``not_reinitialized`` (variables no initializer was found for).
+      verdicts: ``{"epoch", "reason"}`` for every judgement (``reason`` ``None``: healthy).
 
     Example:
 
@@ -242,26 +301,40 @@ class KoopmanRestart(KoopmanCallback):
             self._restart(epoch, reason)
 
     def _restart(self, epoch, reason):
+        kind = reason.split(":")[0]
+        previous = self.restarts[-1] if self.restarts else None
+        repeated = previous is not None and previous["reason"].split(":")[0] == kind
+        if repeated and previous["draw"] == "defaults":
+            # Drawn anew from the defaults and judged the same: drawing again would repeat it.
+            return self._give_up(epoch, reason, "the same verdict followed a restart from the "
+                                 "default initializers, so the initialization is not its cause")
         if len(self.restarts) >= self.max_restarts:
-            self._gave_up = True
-            warnings.warn(
-                f"KoopmanRestart: {reason} at epoch {epoch + 1}, but max_restarts="
-                f"{self.max_restarts} is reached; training goes on",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return
-        missed = _reinitialize(self.model, self.seed + len(self.restarts), self.initializers)
+            return self._give_up(epoch, reason, f"max_restarts={self.max_restarts} is reached")
+        use_defaults = repeated  # the layers' own initializers gave the same verdict again
+        missed, changed = _reinitialize(self.model, self.seed + len(self.restarts),
+                                        self.initializers, use_defaults)
         if self._optimizer_state is not None:
             for variable, value in zip(self.model.optimizer.variables, self._optimizer_state):
                 variable.assign(value)
         self.monitor.restart()
-        self.restarts.append({"epoch": epoch, "reason": reason, "not_reinitialized": missed})
+        draw = "defaults" if use_defaults else "own"
+        action = ("redrawn from the default initializers after the same verdict"
+                  if use_defaults else "redrawn from the layers' initializers, new seed")
+        if changed:
+            action += "; " + ("" if use_defaults else "deterministic ones replaced: ") + \
+                ", ".join(changed)
+        self.restarts.append({"epoch": epoch, "reason": reason, "draw": draw,
+                              "action": action, "not_reinitialized": missed})
         self._start_epoch = epoch + 1
         self._losses = []
         self._nonfinite_seen = set(self.monitor.nonfinite_groups)
         self.log_scalar("koopman/restarts", len(self.restarts))
-        self.log_text("koopman/restart_reason", f"epoch {epoch + 1}: {reason}")
+        self.log_text("koopman/restart_reason", f"Epoch {epoch + 1}: {reason}; {action}")
         if self.verbose:
-            print(f"KoopmanRestart: {reason}; restarting at epoch {epoch + 2} "
-                  f"(restart {len(self.restarts)} of at most {self.max_restarts})")
+            print(f"Epoch {epoch + 1}: KoopmanRestart: {reason}; {action} (restart "
+                  f"{len(self.restarts)} of at most {self.max_restarts})")
+
+    def _give_up(self, epoch, reason, why):
+        self._gave_up = True
+        warnings.warn(f"KoopmanRestart: epoch {epoch + 1}: {reason}; no restart: {why}; "
+                      "training goes on", RuntimeWarning, stacklevel=3)

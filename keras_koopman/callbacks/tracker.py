@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_koopman import spectrum as spectrum_metrics
-from keras_koopman._tf import cached_function, value_of
+from keras_koopman._tf import cached_function, pack_outputs, unpack_outputs, value_of
 from keras_koopman._validation import (DataError, check_choice, check_int, check_int_or,
                                        check_names, check_number)
 from keras_koopman.buffers import PackedBuffers, SnapshotBuffer
@@ -313,7 +313,7 @@ class KoopmanTracker:
         try:
             outputs = {}
             if packed:
-                outputs[_PACKED] = self._pack_analysis()
+                outputs[_PACKED] = unpack_outputs(self._pack_analysis())
             single = [name for name in eligible
                       if name not in in_pack]
             if single:
@@ -323,9 +323,7 @@ class KoopmanTracker:
                 rings = tuple(tuple(self.buffers[name].variables) for name in single)
                 results = function(rings, tf.constant(code, tf.int32),
                                    tf.constant(value, tf.float64))
-                outputs.update(zip(single, results))
-            outputs = {name: {key: np.asarray(value) for key, value in values.items()}
-                       for name, values in outputs.items()}
+                outputs.update(zip(single, unpack_outputs(results)))
         except DATA_FAILURES as error:
             self.report("analysis", error)
             return []
@@ -360,7 +358,7 @@ class KoopmanTracker:
 
         def analyse():
             pack.refresh_op()
-            return pack.analysis_op(code, value, tolerance)
+            return pack_outputs(pack.analysis_op(code, value, tolerance))
 
         return tf.function(analyse, autograph=False)
 
@@ -545,7 +543,7 @@ def _rings_analysis_function(method, tolerance):
                                         gram.read_value(), cross.read_value(),
                                         reference_sq.read_value(), count.read_value(), code,
                                         value))
-            return results
+            return pack_outputs(results)  # one transfer to the host
 
         return tf.function(analyse, autograph=False)
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 
-import keras
 import numpy as np
+import tensorflow as tf
 
 from keras_koopman._validation import check_int, check_log_dir
 from keras_koopman.callbacks.base import KoopmanCallback
 from keras_koopman.callbacks.monitor import KoopmanMonitor
-from keras_koopman.dmd import dmd, parse_rank
+from keras_koopman.dmd import parse_rank
+from keras_koopman.pruning.masks import mask_update_function
 from keras_koopman.pruning.wrapper import attach_callback, detach_callback, pruning_wrappers
 
 __all__ = ["UpdateKoopmanPruning", "koopman_scores"]
@@ -97,6 +98,7 @@ class UpdateKoopmanPruning(KoopmanCallback):
         self.updates = []
         self.wrappers = []
         self._groups = {}
+        self._functions = {}  # compiled mask updates, by pools and buffers
         self._model_id = None
 
     def _observables(self, model):
@@ -164,96 +166,89 @@ class UpdateKoopmanPruning(KoopmanCallback):
         return self.monitor.tracker.stored(name)
 
     def _update(self, unit, t):
-        pools = []
+        pools = []  # (sparsity, [group names])
         pooled = [w for w in self.wrappers if w.scope == "global"]
         if pooled:
             sparsity = self._due(pooled[0], unit, t)
             for other in pooled[1:]:
                 self._due(other, unit, t)  # keeps the once-only bookkeeping in step
             if sparsity is not None:
-                pools.append((sparsity, [g for g in self._groups.items()
-                                         if g[1][0].scope == "global"]))
+                pools.append((sparsity, [name for name, g in self._groups.items()
+                                         if g[0].scope == "global"]))
         for wrapper in self.wrappers:
             if wrapper.scope != "layer":
                 continue
             sparsity = self._due(wrapper, unit, t)
             if sparsity is not None:
-                for group in self._groups.items():
-                    if group[1][0] is wrapper:
-                        pools.append((sparsity, [group]))
+                pools.append((sparsity, [name for name, g in self._groups.items()
+                                         if g[0] is wrapper]))
         if not pools:
             return
-        used, all_scores = set(), []
-        for sparsity, groups in pools:
-            scores = []
-            for name, (wrapper, weight, mask) in groups:
-                flat_mask = np.asarray(mask.numpy()).ravel()
-                score, how = self._score(name, wrapper, weight, flat_mask)
-                used.add(how)
-                # Pruned weights stay pruned: they sort first.
-                score = np.where(flat_mask == 0, -1.0, score)
-                scores.append(score)
-                all_scores.append(score[score >= 0])
-            flat = np.concatenate(scores)
-            count = int(np.floor(sparsity * flat.size))
-            keep = np.ones(flat.size, bool)
-            if count:
-                keep[np.argpartition(flat, count - 1)[:count]] = False
-            offset = 0
-            for (name, (wrapper, weight, mask)), score in zip(groups, scores):
-                piece = keep[offset:offset + score.size].reshape(mask.shape)
-                offset += score.size
-                mask.assign(piece.astype(mask.dtype))
-                weight.assign(weight * keras.ops.cast(mask, weight.dtype))
+        used, layers, scores = self._apply(pools)
         record = {"step": t, "sparsity": max(s for s, _ in pools),
                   "criterion": "koopman" if used == {"koopman"} else
                   "magnitude" if used == {"magnitude"} else "mixed",
-                  "layers": {w.name: w.sparsity() for w in self.wrappers}}
+                  "layers": layers}
         self.updates.append(record)
         logger = self.monitor.logger
         for name, value in record["layers"].items():
             logger.scalar(f"pruning/{name}/sparsity", value, t)
-        logger.histogram("pruning/scores", np.concatenate(all_scores), t)
+        if scores is not None:
+            logger.histogram("pruning/scores", scores, t)
         if self.verbose:
             print(f"UpdateKoopmanPruning: {unit} {t}: sparsity {record['sparsity']:.3f} "
                   f"({record['criterion']}); " + ", ".join(
                       f"{k} {v:.3f}" for k, v in record["layers"].items()))
 
-    def _score(self, name, wrapper, weight, mask):
-        """``(scores [size], criterion used)`` for one wrapped weight (``mask``: its flat mask).
+    def _apply(self, pools):
+        """Scores, selects and masks ``pools`` in one compiled call (see
+        :mod:`keras_koopman.pruning.masks`); returns the criteria used, the sparsity of each
+        wrapper and the logged scores (a device tensor, or ``None`` without ``log_dir``).
 
-        The DMD runs on the entries the mask still keeps: entries pruned inside the window
-        jump to zero there, and that jump (not a step of training) would otherwise show up as a
-        decaying mode and shrink every score of the tensor. The Koopman scores of a tensor are
-        then put on the scale of its weights (same root mean square over the kept entries): the
-        mode decides which entries of a tensor matter, while a global threshold shares the
-        sparsity among tensors as magnitude pruning does. Unscaled, one tensor whose mode
-        nearest 1 sits at 0.9 or 1.05 has all its scores shrunk or inflated by ``|lambda|^t``,
-        and the global threshold can empty it (measured: 0.08 validation accuracy in a seed of
-        the CNN bench at 90%).
+        The Koopman score of a weight is tried once its window is full and finite: the DMD
+        runs on the entries the mask still keeps (entries pruned inside the window jump to zero
+        there, and that jump, not a step of training, would otherwise show up as a decaying
+        mode and shrink every score of the tensor). A failed DMD (a still or all-zero window)
+        falls back to magnitude. The Koopman scores of a tensor are put on the scale of its
+        weights (same root mean square over the kept entries): the mode decides which entries
+        of a tensor matter, while a global threshold shares the sparsity among tensors as
+        magnitude pruning does. Unscaled, one tensor whose mode nearest 1 sits at 0.9 or 1.05
+        has all its scores shrunk or inflated by ``|lambda|^t``, and the global threshold can
+        empty it (measured: 0.08 validation accuracy in a seed of the CNN bench at 90%).
         """
-        if wrapper.criterion == "koopman":
-            stored = self._stored(name)
-            if stored >= self.window and name not in self.monitor.nonfinite_groups:
-                kept = np.flatnonzero(mask)
-                scores = np.zeros(int(np.prod(weight.shape)))
-                try:
-                    buffer = self.monitor.buffers[name]
-                    if kept.size == scores.size:
-                        result = buffer.dmd(rank=self.rank)
-                    else:
-                        result = dmd(keras.ops.take(buffer.snapshots(), kept, axis=1),
-                                     rank=self.rank)
-                    scores[kept] = _on_weight_scale(koopman_scores(result, stored - 1),
-                                                    weight, kept)
-                    return scores, "koopman"
-                except ValueError:  # a still or all-zero window: fall back to magnitude
-                    pass
-        return np.abs(np.asarray(weight.numpy(), np.float64)).ravel(), "magnitude"
+        names = [name for _, pool in pools for name in pool]
+        others = [name for name in self._groups if name not in set(names)]
+        koopman = tuple(tuple(self._groups[n][0].criterion == "koopman" for n in pool)
+                        for _, pool in pools)
+        buffers = self.monitor.buffers
+        key = (tuple(tuple(pool) for _, pool in pools), koopman, self.log_dir is not None,
+               tuple(id(buffers[n]) for n in names))
+        function = self._functions.get(key)
+        if function is None:
+            if any(k[3] != key[3] for k in self._functions):
+                self._functions = {}  # the monitor made new buffers: drop the old captures
+            function = self._functions[key] = mask_update_function(
+                [[(buffers[n], *self._groups[n][1:]) for n in pool] for _, pool in pools],
+                koopman, [self._groups[n][2] for n in others], self.log_dir is not None)
+        stored = {n: self._stored(n) for n in names}
+        ready = [self._groups[n][0].criterion == "koopman" and stored[n] >= self.window
+                 and n not in self.monitor.nonfinite_groups for n in names]
+        counts = [int(np.floor(sparsity * sum(self._size(n) for n in pool)))
+                  for sparsity, pool in pools]
+        code, value = parse_rank(self.rank)
+        report, scores = function(
+            tf.constant(counts, tf.int64), tf.constant(ready, tf.bool),
+            tf.constant([max(stored[n] - 1, 0) for n in names], tf.int64),
+            tf.constant(code, tf.int32), tf.constant(value, tf.float64))
+        report = report.numpy()  # the one read of the update
+        used = {"koopman" if u else "magnitude" for u in report[:len(names)]}
+        zeros = dict(zip(names + others, report[len(names):].tolist()))
+        layers = {}
+        for wrapper in self.wrappers:
+            mine = [n for n, g in self._groups.items() if g[0] is wrapper]
+            layers[wrapper.name] = (sum(zeros[n] for n in mine)
+                                    / max(sum(self._size(n) for n in mine), 1))
+        return used, layers, scores if self.log_dir is not None else None
 
-
-def _on_weight_scale(scores, weight, kept):
-    """``scores`` (of the ``kept`` entries) scaled to the root mean square of those weights."""
-    values = np.asarray(weight.numpy(), np.float64).ravel()[kept]
-    size = np.sqrt(np.mean(scores**2))
-    return scores * (np.sqrt(np.mean(values**2)) / size) if size > 0 else scores
+    def _size(self, name):
+        return int(np.prod(self._groups[name][1].shape))

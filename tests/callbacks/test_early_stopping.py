@@ -206,3 +206,46 @@ def test_bad_arguments(kwargs, error):
 def test_monitor_must_be_a_koopman_monitor():
     with pytest.raises(TypeError, match="monitor"):
         kk.callbacks.KoopmanEarlyStopping(keras.callbacks.EarlyStopping())
+
+
+def test_the_stop_says_which_rule_fired_with_its_numbers(tmp_path, capsys):
+    """The decision, the message and the TensorBoard text carry the same reason: the loss rule
+    with its forecast gain, and which layers' weights still move; the message numbers the
+    epoch as the progress bar does (stopped_epoch + 1, as Keras's EarlyStopping prints it)."""
+    x, y = noisy_regression()
+    model = adam_model()
+    monitor = kk.callbacks.KoopmanMonitor(window=8, log_dir=tmp_path)
+    stop = kk.callbacks.KoopmanEarlyStopping(monitor, restore_best_weights=True, verbose=1)
+    model.fit(x, y, epochs=300, batch_size=64, validation_split=0.25, verbose=0,
+              callbacks=[monitor, stop])
+    decision = stop.decisions[-1]
+    assert decision["stop_rule"] == "loss" and decision["epoch"] == stop.stopped_epoch > 0
+    reason = decision["reason"]
+    assert reason.startswith("loss rule for 2 checks: the Koopman forecast of val_loss gains")
+    assert f"{decision['loss_gain']:.2%}" in reason
+    assert all(d["reason"] is None for d in stop.decisions[:-1])
+    (line,) = [l for l in capsys.readouterr().out.splitlines() if "KoopmanEarlyStopping" in l]
+    assert line == (f"Epoch {stop.stopped_epoch + 1}: KoopmanEarlyStopping: stopping: {reason}; "
+                    f"restored the weights of epoch {stop.best_epoch + 1}")
+
+    from tensorboard.backend.event_processing import event_accumulator
+
+    accumulator = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    (event,) = accumulator.Tensors("koopman/stop_reason")
+    assert event.tensor_proto.string_val[0].decode() == (
+        f"Epoch {stop.stopped_epoch + 1}: {reason}; restored the weights of epoch "
+        f"{stop.best_epoch + 1}")
+
+
+def test_without_validation_the_loss_rule_reads_the_training_loss():
+    x, y = noisy_regression()
+    model = adam_model()
+    monitor = kk.callbacks.KoopmanMonitor(window=8)
+    stop = kk.callbacks.KoopmanEarlyStopping(monitor, criterion="loss")
+    history = model.fit(x, y, epochs=300, batch_size=64, verbose=0, callbacks=[monitor, stop])
+    assert 0 < stop.stopped_epoch < 299
+    gain = forecast_gain(history.history["loss"][-stop.loss_window:], stop.horizon,
+                         stop.loss_rank)[0]
+    assert stop.decisions[-1]["loss_gain"] == pytest.approx(gain)
+    assert "forecast of loss gains" in stop.decisions[-1]["reason"]

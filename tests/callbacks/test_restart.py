@@ -115,7 +115,9 @@ def test_a_restart_redraws_weights_and_resets_the_optimizer():
                   callbacks=[monitor, restart, Spy()])
     assert [r["epoch"] for r in restart.restarts] == [2]
     after = seen[2]  # the spy runs after the restart in that epoch
-    np.testing.assert_array_equal(after["bias"], -10.0)  # drawn again from its own initializer
+    # A constant initializer would give the same -10 again: the bias default (zeros) instead.
+    np.testing.assert_array_equal(after["bias"], 0.0)
+    assert "h1/bias: Constant -> Zeros" in restart.restarts[0]["action"]
     assert after["iterations"] == 0
     assert not np.allclose(after["kernel"], seen[1]["kernel"])
     assert np.std(after["kernel"]) == pytest.approx(np.sqrt(2 / 64), rel=0.2)  # he_normal
@@ -151,3 +153,77 @@ def test_nan_weights_mid_fit_with_every_callback_never_raise(tmp_path):
     accumulator.Reload()
     assert "koopman/restarts" in accumulator.Tags()["tensors"]
     assert "koopman/restart_reason" in accumulator.Tags()["tensors"]
+
+
+def test_default_initializers_suit_the_layer_and_its_activation():
+    default = kk.callbacks.restart.default_initializer
+    assert default(keras.layers.Dense(3, activation="relu"), "kernel") == "he_normal"
+    assert default(keras.layers.Dense(3, activation="gelu"), "kernel") == "he_normal"
+    assert default(keras.layers.Dense(3, activation="tanh"), "kernel") == "glorot_uniform"
+    assert default(keras.layers.Dense(3), "kernel") == "glorot_uniform"  # linear
+    assert default(keras.layers.Conv2D(3, 3, activation="relu"), "kernel") == "he_normal"
+    assert default(keras.layers.LSTM(3), "recurrent_kernel") == "orthogonal"
+    assert default(keras.layers.Dense(3, activation="relu"), "bias") == "zeros"
+    assert default(keras.layers.BatchNormalization(), "gamma") == "ones"
+
+
+def test_zeros_kernels_are_redrawn_from_he_and_glorot_not_from_zeros_again():
+    """A zeros kernel restarted from its own initializer would stay zeros (the run the issue
+    saw: three restarts, the same verdict each time). The restart draws the ReLU layers from He
+    normal, says so, keeps the output layer's own (random) Glorot initializer with a new seed,
+    and training then learns."""
+    x, y = digits()
+    model = mlp("zeros", "zeros", "relu")
+    monitor = kk.callbacks.KoopmanMonitor(window=6)
+    restart = kk.callbacks.KoopmanRestart(monitor, check_epoch=3, max_restarts=3)
+    seen = {}
+
+    class Spy(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.setdefault(epoch, {n: model.get_layer(n).kernel.numpy().copy()
+                                    for n in ("h1", "h2", "out")})
+
+    history = model.fit(x, y, epochs=12, batch_size=64, verbose=0,
+                        callbacks=[monitor, restart, Spy()])
+    assert len(restart.restarts) == 1, restart.restarts
+    first = restart.restarts[0]
+    assert first["draw"] == "own" and first["epoch"] == 2
+    for name in ("h1", "h2"):
+        assert f"{name}/kernel: Zeros -> HeNormal" in first["action"]
+    assert "out/" not in first["action"]
+    kernels = seen[2]  # right after the restart
+    assert np.std(kernels["h1"]) == pytest.approx(np.sqrt(2 / 64), rel=0.15)  # He, fan-in 64
+    assert np.std(kernels["h2"]) == pytest.approx(np.sqrt(2 / 32), rel=0.15)  # He, fan-in 32
+    limit = np.sqrt(6 / (32 + 10))  # its own Glorot uniform, fan-in 32, fan-out 10, new seed
+    assert np.abs(kernels["out"]).max() <= limit
+    assert not np.allclose(kernels["out"], seen[1]["out"])
+    assert [v["reason"] for v in restart.verdicts[1:]] == [None]  # healthy after it
+    assert history.history["loss"][-1] < 0.5 * history.history["loss"][2]
+
+
+def test_the_same_verdict_twice_draws_from_defaults_then_stops_restarting():
+    """With a learning rate of 0 nothing the initialization does can help: the first restart
+    draws the layers' own initializers, the second (same verdict) the defaults, and the third
+    verdict gives up with a warning that says the initialization is not the cause."""
+    x, y = digits()
+    model = mlp()
+    model.compile(keras.optimizers.SGD(0.0), "sparse_categorical_crossentropy")
+    monitor = kk.callbacks.KoopmanMonitor(window=6)
+    restart = kk.callbacks.KoopmanRestart(monitor, check_epoch=3, max_restarts=5)
+    with pytest.warns(RuntimeWarning, match="not its cause") as caught:
+        model.fit(x, y, epochs=10, batch_size=64, verbose=0, callbacks=[monitor, restart])
+    assert [r["draw"] for r in restart.restarts] == ["own", "defaults"]
+    assert [r["epoch"] for r in restart.restarts] == [2, 5]
+    assert all(r["reason"].startswith("stagnation") for r in restart.restarts)
+    assert len([w for w in caught if "KoopmanRestart" in str(w.message)]) == 1
+    assert "epoch 9" in str(caught[0].message)  # the third check: 0-based epoch 8
+
+
+def test_restart_messages_number_epochs_as_the_progress_bar_does(capsys):
+    x, y = digits()
+    model = mlp("zeros", "zeros", "relu")
+    monitor = kk.callbacks.KoopmanMonitor(window=6)
+    restart = kk.callbacks.KoopmanRestart(monitor, check_epoch=3, verbose=1)
+    model.fit(x, y, epochs=4, batch_size=64, verbose=0, callbacks=[monitor, restart])
+    (line,) = [l for l in capsys.readouterr().out.splitlines() if "KoopmanRestart" in l]
+    assert line.startswith(f"Epoch {restart.restarts[0]['epoch'] + 1}: KoopmanRestart: ")

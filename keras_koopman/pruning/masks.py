@@ -1,0 +1,151 @@
+"""The pruning mask update as one ``tf.function``: scores, selection, new masks, masked weights.
+
+:class:`~keras_koopman.pruning.UpdateKoopmanPruning` calls :func:`mask_update_function` once per
+update. Everything runs where the weights live (the GPU when there is one): the DMD of each
+weight's window (over its unpruned entries), the Koopman score of each entry, the choice of the
+entries to prune (exactly ``floor(sparsity * size)`` of each pool, pruned ones first) and the
+assignment of masks and weights. The host gets back one small vector (the criterion used and
+the number of pruned entries per weight); the scores stay on the device unless they are logged.
+
+The Koopman score of an entry is ``|phi_j b_j lambda_j^newest|`` (see
+:func:`keras_koopman.pruning.koopman_scores`, the NumPy reference): only the mode nearest 1 is
+formed, as one product ``X^T c`` with ``c = K_j b_j lambda_j^newest``. Mode normalisation
+cancels in that product, so no ``[n, rank]`` modes are built.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from keras_koopman.buffers.ring import chronological_gram, order_slots
+from keras_koopman.dmd import floor_epsilon, gram_solve, guard_finite, snapshot_gram
+
+__all__ = ["mask_update_function", "select_smallest"]
+
+
+def koopman_graph_scores(state, keep, code, value, newest):
+    """Scores ``[n]`` float64 of one buffer's entries and whether the DMD succeeded.
+
+    ``state``: the buffer's ``state()`` (after a refresh); ``keep``: float ``[n]``, 1 where the
+    entry is unpruned. Pruned entries are zeroed in every snapshot, which is the DMD of the
+    unpruned entries alone (their columns add nothing to the Gram matrix) with zero modes there.
+    """
+    stored, reference, centred, cross, reference_sq, count = state
+    window = tf.shape(stored, tf.int64)[0]
+    order = order_slots(count, window)
+    all_kept = tf.reduce_all(keep > 0)
+
+    def masked_gram():
+        x = (tf.cast(tf.gather(stored, order), reference.dtype) + reference) * keep
+        return snapshot_gram(x)
+
+    gram = tf.cond(all_kept, lambda: chronological_gram(centred, cross, reference_sq, count),
+                   masked_gram)
+    finite, gram = guard_finite(gram)
+    floor = floor_epsilon(reference.dtype, "gram")
+    n_kept = tf.cast(tf.reduce_sum(keep), tf.int32)
+    eigenvalues, combination, _, amplitudes, singular, _ = gram_solve(
+        gram, n_kept, code, value, floor, "exact")
+    j = tf.argmin(tf.abs(eigenvalues - 1.0))
+    weight = amplitudes[j] * eigenvalues[j] ** tf.cast(newest, tf.complex128)
+    c = combination[:, j] * weight  # [m] over the chronological snapshots
+    slots = tf.scatter_nd(order[:, tf.newaxis], c, tf.reshape(window, [1]))
+    stacked = tf.stack([tf.math.real(slots), tf.math.imag(slots)], axis=1)  # [window, 2]
+    # X^T c with X = stored + 1 reference^T, read from the stored buffer in place.
+    product = tf.matmul(tf.cast(stored, reference.dtype), tf.cast(stacked, reference.dtype),
+                        transpose_a=True)
+    product += reference[:, tf.newaxis] * tf.cast(tf.reduce_sum(stacked, 0), reference.dtype)
+    product = tf.cast(product, tf.float64)
+    scores = tf.sqrt(tf.reduce_sum(product * product, axis=1)) * tf.cast(keep, tf.float64)
+    valid = finite & (singular[0] > 0) & tf.reduce_all(tf.math.is_finite(scores))
+    return scores, valid
+
+
+def on_weight_scale(scores, values, keep):
+    """``scores`` scaled to the root mean square of the kept ``values`` (float64 ``[n]``)."""
+    keep = tf.cast(keep, tf.float64)
+    kept = tf.maximum(tf.reduce_sum(keep), 1.0)
+    size = tf.sqrt(tf.reduce_sum(scores * scores * keep) / kept)
+    target = tf.sqrt(tf.reduce_sum(values * values * keep) / kept)
+    return tf.where(size > 0, scores * (target / tf.where(size > 0, size, 1.0)), scores)
+
+
+def select_smallest(scores, count):
+    """Bool ``[n]``: exactly ``count`` entries of the smallest ``scores`` (ties by position).
+
+    One sort of the values finds the ``count``-th smallest, ``t``; every score below ``t`` is
+    taken, and the first scores equal to ``t`` fill up to ``count``.
+    """
+    count = tf.cast(count, tf.int64)
+
+    def some():
+        threshold = tf.sort(scores)[count - 1]
+        below = scores < threshold
+        tied = scores == threshold
+        room = count - tf.reduce_sum(tf.cast(below, tf.int64))
+        rank = tf.cumsum(tf.cast(tied, tf.int64), exclusive=True)
+        return below | (tied & (rank < room))
+
+    return tf.cond(count > 0, some, lambda: tf.zeros(tf.shape(scores), tf.bool))
+
+
+def mask_update_function(groups, koopman, others, log_scores):
+    """A ``tf.function`` that updates the masks of ``groups`` in one call.
+
+    Args:
+      groups: list of pools, each a list of ``(buffer, weight, mask)``; a pool shares one
+        threshold.
+      koopman: per pool, per group: whether the wrapper's criterion is Koopman (fixed when
+        traced; whether its window is ready is an input).
+      others: the masks of the weights in no pool (their pruned entries are counted).
+      log_scores: also return the kept scores of all pools (for a histogram).
+
+    The function takes ``(counts [pools] int64, ready [groups] bool, newest [groups] int64,
+    code, value)`` (``counts``: entries to prune per pool; ``ready``: Koopman scores may be
+    tried) and returns ``(report [2 * groups + others] int64, scores)``: per group 1 where the
+    Koopman score was used, then per group and per other mask the number of pruned entries.
+    """
+
+    def run(counts, ready, newest, code, value):
+        used, zeros, logged = [], [], []
+        index = 0
+        for p, pool in enumerate(groups):
+            scores = []
+            for g, (buffer, weight, mask) in enumerate(pool):
+                values = tf.cast(tf.reshape(weight.value, [-1]), tf.float64)
+                keep = tf.cast(tf.reshape(mask.value, [-1]) != 0, buffer.dtype)
+                magnitude = tf.abs(values)
+                if koopman[p][g]:
+                    def tried(buffer=buffer, keep=keep, i=index):
+                        buffer.refresh()  # the Gram rows the monitor deferred
+                        return koopman_graph_scores(buffer.state(), keep, code, value,
+                                                    newest[i])
+
+                    raw, valid = tf.cond(ready[index], tried,
+                                         lambda: (magnitude, tf.constant(False)))
+                    score = tf.where(valid, on_weight_scale(raw, values, keep), magnitude)
+                else:
+                    score, valid = magnitude, tf.constant(False)
+                # Pruned weights stay pruned: they sort first.
+                scores.append(tf.where(keep > 0, score, -1.0))
+                used.append(tf.cast(valid, tf.int64))
+                index += 1
+            flat = tf.concat(scores, axis=0)
+            pruned = tf.reduce_sum(tf.cast(flat < 0, tf.int64))
+            prune = select_smallest(flat, tf.maximum(counts[p], pruned))
+            offset = 0
+            for (buffer, weight, mask), score in zip(pool, scores):
+                size = score.shape[0]
+                piece = tf.reshape(~prune[offset:offset + size], mask.shape)
+                offset += size
+                new_mask = tf.cast(piece, mask.dtype)
+                mask.assign(new_mask)
+                weight.assign(weight.value * tf.cast(new_mask, weight.dtype))
+                zeros.append(tf.reduce_sum(tf.cast(~piece, tf.int64)))
+            if log_scores:
+                logged.append(flat[flat >= 0])
+        zeros += [tf.reduce_sum(tf.cast(mask.value == 0, tf.int64)) for mask in others]
+        report = tf.stack(used + zeros)
+        return report, (tf.concat(logged, axis=0) if log_scores else tf.zeros([0], tf.float64))
+
+    return tf.function(run, autograph=False)

@@ -1,0 +1,106 @@
+"""The compiled mask update: its scores, its selection and its masks against NumPy references."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_koopman as kk
+from keras_koopman.pruning.masks import select_smallest
+
+
+def reference_scores(snapshots, mask, weight, newest):
+    """NumPy/eager reference of one tensor's scores: the DMD of its unpruned entries alone
+    (``kk.dmd`` of the kept columns), ``koopman_scores``, scaled to the root mean square of the
+    kept weights; pruned entries -1."""
+    kept = np.flatnonzero(mask)
+    raw = kk.pruning.koopman_scores(kk.dmd(snapshots[:, kept], rank=4), newest)
+    score = np.full(mask.size, -1.0)
+    values = weight[kept].astype(np.float64)
+    score[kept] = raw * np.sqrt(np.mean(values**2) / np.mean(raw**2))
+    return score
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_select_smallest_takes_exactly_count_entries_ties_by_position(ties):
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, 200).astype(np.float64) if ties else rng.random(200)
+    for count in (0, 1, 37, 120, 200):
+        chosen = select_smallest(tf.constant(scores), tf.constant(count, tf.int64)).numpy()
+        assert chosen.sum() == count
+        expected = np.zeros(200, bool)
+        expected[np.argsort(scores, kind="stable")[:count]] = True  # ties by position
+        np.testing.assert_array_equal(chosen, expected)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_koopman_update_matches_the_numpy_reference_and_keeps_pruned_entries(jit_compile):
+    """Two updates (30%, then 60%) of a 2-layer model trained by SGD: each time the masks equal
+    the ones the NumPy reference (scores over the window the update saw, global threshold,
+    pruned entries first) picks, up to entries whose scores tie within float32 rounding."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(256, 8)).astype("float32")
+    y = np.tanh(x[:, :2]).sum(1, keepdims=True).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(24, activation="tanh"),
+                              keras.layers.Dense(1)])
+    schedule = kk.pruning.PolynomialDecay(0.3, 0.6, begin_step=4, end_step=7, frequency=3,
+                                          unit="epoch")
+    pruned = kk.pruning.prune_koopman(model, 0.6, schedule=schedule)
+    pruned.compile(keras.optimizers.SGD(0.05), "mse", jit_compile=jit_compile)
+    update = kk.pruning.UpdateKoopmanPruning(window=4, rank=4)
+    seen = {}
+
+    decide = update.decide
+
+    def recording(epoch, logs):  # the window and masks the update sees, then the update
+        seen[epoch] = [(update.monitor.buffers[name].snapshots().numpy(), m.numpy().ravel(),
+                        w.numpy().ravel()) for name, (_, w, m) in update._groups.items()]
+        decide(epoch, logs)
+        seen[epoch, "masks"] = np.concatenate([m.numpy().ravel() for _, (_, _, m)
+                                               in update._groups.items()])
+
+    update.decide = recording
+    pruned.fit(x, y, epochs=8, batch_size=32, verbose=0, callbacks=[update])
+    assert [(u["step"], u["criterion"]) for u in update.updates] == [(4, "koopman"),
+                                                                      (7, "koopman")]
+    previous = None
+    for epoch in (4, 7):
+        scores = np.concatenate([reference_scores(s, m, w, s.shape[0] - 1)
+                                 for s, m, w in seen[epoch]])
+        masks = seen[epoch, "masks"]
+        count = int(np.floor(schedule(epoch)[1] * masks.size))
+        assert int((masks == 0).sum()) == count
+        if previous is not None:
+            assert np.all(masks[previous == 0] == 0)  # pruned entries stay pruned
+        order = np.argsort(scores, kind="stable")
+        expected = np.ones(masks.size)
+        expected[order[:count]] = 0
+        differ = np.flatnonzero(expected != masks)
+        # Any disagreement sits at the threshold, where the two computations round apart.
+        cut = np.sort(scores)[count - 1]
+        assert np.all(np.abs(scores[differ] - cut) <= 1e-4 * abs(cut) + 1e-7), differ
+        assert differ.size <= 2
+        previous = masks
+    for weight, mask in [(w.numpy(), m.numpy()) for _, (_, w, m) in update._groups.items()]:
+        assert np.all(weight[mask == 0] == 0.0)
+    layers = update.updates[-1]["layers"]
+    for wrapper in kk.pruning.pruning_wrappers(pruned):
+        assert layers[wrapper.name] == pytest.approx(wrapper.sparsity())
+
+
+def test_one_trace_serves_every_update_of_a_fit():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(128, 8)).astype("float32")
+    y = x[:, :1]
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(1)])
+    schedule = kk.pruning.PolynomialDecay(0.2, 0.8, begin_step=3, end_step=9, frequency=1,
+                                          unit="epoch")
+    pruned = kk.pruning.prune_koopman(model, 0.8, schedule=schedule)
+    pruned.compile(keras.optimizers.SGD(0.05), "mse")
+    update = kk.pruning.UpdateKoopmanPruning(window=3)
+    pruned.fit(x, y, epochs=10, batch_size=32, verbose=0, callbacks=[update])
+    assert len(update.updates) == 7
+    functions = list(update._functions.values())
+    assert len(functions) == 1 and functions[0].experimental_get_tracing_count() == 1
