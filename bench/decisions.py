@@ -97,8 +97,9 @@ def time_pruning(width, repeats, rng):
         times.append(time.perf_counter() - start)
     update.on_train_end()
     criteria = {u["criterion"] for u in update.updates}
+    weights = sum(int(np.prod(v.shape)) for v in model.trainable_weights)  # masks excluded
     return (statistics.median(times[1:]), len(update.updates), layer.sparsity(),
-            "/".join(sorted(criteria)), model.count_params())
+            "/".join(sorted(criteria)), weights)
 
 
 def main():

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import keras_koopman as kk
-from keras_koopman.pruning.masks import select_smallest
+from keras_koopman.pruning.masks import kth_smallest, select_smallest
 
 
 def reference_scores(snapshots, mask, weight, newest):
@@ -21,10 +21,24 @@ def reference_scores(snapshots, mask, weight, newest):
     return score
 
 
+def test_kth_smallest_finds_numpy_sorts_value():
+    rng = np.random.default_rng(3)
+    values = np.concatenate([np.abs(rng.standard_normal(3000)) * 10.0 ** rng.integers(
+        -300, 300, 3000), [0.0, 5e-324, 1e308, 1.0, 1.0, 1.0]])
+    candidates = rng.random(values.size) > 0.2
+    kept = np.sort(values[candidates])
+    for k in (1, 2, 17, kept.size // 2, kept.size - 1, kept.size):
+        got = kth_smallest(tf.constant(values), tf.constant(candidates),
+                           tf.constant(k, tf.int64)).numpy()
+        assert got == kept[k - 1]
+
+
 @pytest.mark.parametrize("ties", [False, True])
-def test_select_smallest_takes_exactly_count_entries_ties_by_position(ties):
+@pytest.mark.parametrize("pruned", [0, 50])
+def test_select_smallest_takes_exactly_count_entries_ties_by_position(ties, pruned):
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 5, 200).astype(np.float64) if ties else rng.random(200)
+    scores[rng.choice(200, pruned, replace=False)] = -1.0  # pruned entries sort first
     for count in (0, 1, 37, 120, 200):
         chosen = select_smallest(tf.constant(scores), tf.constant(count, tf.int64)).numpy()
         assert chosen.sum() == count
