@@ -29,8 +29,12 @@ DEFAULTS = dict(criterion="either", loss_window=20, horizon=30, min_gain=0.01, p
 
 
 def replay(run, watched_key, criterion, loss_window, horizon, min_gain, patience, min_epochs,
-           mass, max_velocity, loss_rank, cache):
-    """The epoch index where KoopmanEarlyStopping with these settings stops on ``run``."""
+           mass, max_velocity, loss_rank, cache, gain="relative"):
+    """The epoch index where KoopmanEarlyStopping with these settings stops on ``run``.
+
+    ``gain="progress"`` measures the forecast improvement against the improvement made since
+    the first epoch instead of against the best value (a candidate for the training loss,
+    which creeps towards 0 and keeps a sizeable relative gain)."""
     watched, training = run[watched_key], run["loss"]
     wait = {"weights": 0, "loss": 0}
     rules = ("weights", "loss") if criterion == "either" else (criterion,)
@@ -45,10 +49,15 @@ def replay(run, watched_key, criterion, loss_window, horizon, min_gain, patience
             if np.all(np.isfinite(window)):
                 key = (window, horizon, loss_rank)
                 if key not in cache:
-                    cache[key] = forecast_gain(np.asarray(window), horizon, loss_rank)[0]
+                    cache[key] = forecast_gain(np.asarray(window), horizon, loss_rank)
+                value, forecast = cache[key]
+                if gain == "progress":
+                    best = min(watched[:epoch + 1])
+                    made = watched[0] - best
+                    value = (best - forecast.min()) / made if made > 0 else np.inf
                 recent = training[epoch + 1 - loss_window:epoch + 1]
                 diverging = recent[-1] > _DIVERGENCE_FACTOR * min(recent)
-                holds = cache[key] < min_gain and not diverging
+                holds = value < min_gain and not diverging
         wait["loss"] = wait["loss"] + 1 if holds else 0
         fired = next((r for r in rules if wait[r] >= patience), None)
         if fired is not None and epoch + 1 >= min_epochs:
@@ -56,7 +65,7 @@ def replay(run, watched_key, criterion, loss_window, horizon, min_gain, patience
     return len(watched) - 1
 
 
-def score(runs, settings, cache):
+def score(runs, settings, cache, noval=None):
     """Per (task, optimizer): paired medians of Koopman / p10 (epochs, val) and the no-val
     test gain over p10; and the number of tasks meeting each goal."""
     per = {}
@@ -64,7 +73,8 @@ def score(runs, settings, cache):
         task, optimizer, _ = key.split("|")
         k = outcome(with_val, replay(with_val, "val_loss", cache=cache, **settings), "val_loss")
         p10 = outcome(with_val, keras_stop(with_val["val_loss"], 10)[0], "val_loss")
-        n = outcome(without, replay(without, "loss", cache=cache, **settings), "loss")
+        n = outcome(without, replay(without, "loss", cache=cache, **(noval or settings)),
+                    "loss")
         sign = 1 if task in CLASSIFIERS else -1
         per.setdefault((task, optimizer), []).append(
             (k["epochs"] / p10["epochs"], k["val"] / p10["val"],
@@ -114,6 +124,22 @@ def main():
     for key, m in sorted(default[2].items()):
         print(f"  {key[0]:<13} {key[1]:<5} {m[0]:.2f} {m[1]:.3f} {m[2]:+.4f} {m[3]:.2f}")
     print(f"patiences compared: {PATIENCES}")
+    print("\nwithout validation (training loss): rule variants")
+    variants = []
+    for gain, min_gain, horizon, window in itertools.product(
+            ["relative", "progress"], [0.001, 0.002, 0.005, 0.01, 0.02, 0.05], [10, 30, 50],
+            [10, 20]):
+        noval = dict(DEFAULTS, gain=gain, min_gain=min_gain, horizon=horizon,
+                     loss_window=window)
+        met, met_noval, medians = score(runs, best[3], cache, noval)
+        variants.append((met_noval, statistics.median(m[2] for m in medians.values()),
+                         {k: noval[k] for k in ("gain", "min_gain", "horizon", "loss_window")},
+                         medians))
+    variants.sort(key=lambda v: v[:2], reverse=True)
+    for met_noval, gain, settings, medians in variants[:8]:
+        print(f"  goal 2 on {met_noval} tasks, median test gain {gain:+.4f}: {settings}")
+    for key, m in sorted(variants[0][3].items()):
+        print(f"    {key[0]:<13} {key[1]:<5} test gain {m[2]:+.4f}, epochs K/p10 {m[3]:.2f}")
 
 
 if __name__ == "__main__":

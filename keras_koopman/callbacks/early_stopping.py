@@ -78,7 +78,8 @@ def forecast_gain(values, horizon=30, rank=3):
     best = float(series.min())
     lowest = float(forecast.min())
     if positive:
-        return 1.0 - float(np.exp(lowest - best)), np.exp(forecast)
+        with np.errstate(over="ignore"):  # a forecast that blows up: gain -inf, no warning
+            return 1.0 - float(np.exp(lowest - best)), np.exp(forecast)
     return (best - lowest) / max(abs(best), np.finfo(np.float64).tiny), forecast
 
 
