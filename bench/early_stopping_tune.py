@@ -101,8 +101,8 @@ def main():
                   != (len(v["loss"]) - 1 if v["koopman"] is None else v["koopman"])]
     print(f"replay of the defaults vs the live callback: {len(runs) - len(mismatched)} of "
           f"{len(runs)} runs agree" + (f"; differ: {mismatched}" if mismatched else ""))
-    grid = dict(criterion=["either", "loss"], loss_window=[10, 15, 20, 30],
-                horizon=[10, 20, 30, 50], min_gain=[0.002, 0.005, 0.01, 0.02],
+    grid = dict(gain=["relative", "progress"], loss_window=[10, 15, 20, 30],
+                horizon=[10, 20, 30, 50], min_gain=[0.002, 0.005, 0.01, 0.02, 0.05],
                 patience=[1, 2, 3])
     results = []
     for values in itertools.product(*grid.values()):
@@ -112,7 +112,7 @@ def main():
         results.append((met, met_noval, -epochs, settings, medians))
     results.sort(key=lambda r: r[:3], reverse=True)
     for met, met_noval, epochs, settings, medians in results[:10]:
-        changed = {k: v for k, v in settings.items() if DEFAULTS[k] != v}
+        changed = {k: v for k, v in settings.items() if DEFAULTS.get(k, "relative") != v}
         print(f"goal 1 on {met} tasks, goal 2 on {met_noval}; median K/p10 epochs "
               f"{-epochs:.2f}; {changed or 'defaults'}")
     best = results[0]

@@ -14,6 +14,7 @@ TensorFlow: another Keras backend would replace this layer and the engine, not t
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -44,9 +45,22 @@ def cached_function(key, build):
     return function
 
 
-# Host-side layouts of packed outputs, one per trace of a function that packs: (nesting with
-# None leaves, (dtype, rank) per leaf). A packed vector starts with its layout's index.
+# Host-side layouts of packed outputs: (nesting with None leaves, (dtype, rank) per leaf), each
+# registered once; a packed vector starts with its layout's index.
 _LAYOUTS = []
+_LAYOUT_INDEX = {}
+_LAYOUT_LOCK = threading.Lock()
+
+
+def _layout_index(structure, leaves):
+    nesting = tf.nest.map_structure(lambda _: None, structure)
+    layout = (nesting, tuple((leaf.dtype, leaf.shape.rank) for leaf in leaves))
+    key = (repr(nesting), layout[1])
+    with _LAYOUT_LOCK:
+        if key not in _LAYOUT_INDEX:
+            _LAYOUT_INDEX[key] = len(_LAYOUTS)
+            _LAYOUTS.append(layout)
+        return _LAYOUT_INDEX[key]
 
 
 def pack_outputs(structure):
@@ -55,12 +69,10 @@ def pack_outputs(structure):
 
     Layout: the index of the structure's host layout (registered at trace time), the shape of
     every leaf, then every leaf's values (complex ones as their real parts, then imaginary
-    parts). Integers and booleans travel exactly (below 2**53).
+    parts). Integers and booleans travel exactly below 2**53 (counts, ranks and flags here).
     """
     leaves = tf.nest.flatten(structure)
-    _LAYOUTS.append((tf.nest.map_structure(lambda _: None, structure),
-                     tuple((leaf.dtype, leaf.shape.rank) for leaf in leaves)))
-    parts = [tf.constant([len(_LAYOUTS) - 1], tf.float64)]
+    parts = [tf.constant([_layout_index(structure, leaves)], tf.float64)]
     parts += [tf.cast(tf.shape(leaf), tf.float64) for leaf in leaves]
     for leaf in leaves:
         flat = tf.reshape(leaf, [-1])

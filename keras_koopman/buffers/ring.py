@@ -31,7 +31,7 @@ _BLOCK = 1 << 18
 _DENSITY = 64
 
 
-def _products(a, b):
+def float64_products(a, b):
     """``a b^T`` in float64 (``a [r, n]``, ``b [w, n]``; ``n`` static or not). Stored float32
     or bfloat16 snapshots are widened to float64 block by block before the product, never the
     whole buffer at once: the products of two float32 numbers are exact in float64, and a
@@ -73,11 +73,11 @@ def refresh_gram(stored, gram, stale):
 
     def some_rows():
         index = tf.where(stale)  # [s, 1] int64
-        return _replace_rows(gram, index, _products(tf.gather_nd(stored, index), stored))
+        return _replace_rows(gram, index, float64_products(tf.gather_nd(stored, index), stored))
 
     def every_row():
         # One product of the buffer with itself: cheaper than gathering many rows.
-        return _products(stored, stored)
+        return float64_products(stored, stored)
 
     count = tf.reduce_sum(tf.cast(stale, tf.int32))
     many = 4 * count >= tf.shape(stale)[0]
@@ -503,7 +503,7 @@ def _write(variables, parts, update_gram):
     if update_gram:
         # tf.gather, not snapshots[head]: XLA would make a strided slice's start a
         # compile-time constant and compile anew for every value of the count.
-        row = _products(tf.gather(snapshots, head[tf.newaxis]), snapshots)[0]
+        row = float64_products(tf.gather(snapshots, head[tf.newaxis]), snapshots)[0]
         gram_var.assign(_replace_rows(gram_var.read_value(), index, row[None]))
     stale_var.assign(tf.tensor_scatter_nd_update(
         stale_var.read_value(), index, tf.constant([not update_gram])

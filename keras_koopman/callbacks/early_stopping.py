@@ -124,11 +124,15 @@ class KoopmanEarlyStopping(KoopmanCallback):
       the weights drifting long after the loss has stopped improving, so there the second rule
       decides.
     * **loss**, checked every epoch once ``loss_window`` epochs have run: the loss is an
-      observable of the weights too, and :func:`forecast_gain` runs its Koopman modes (DMD of
-      a delay embedding of its last ``loss_window`` values) ``horizon`` epochs ahead. The rule
-      holds when the predicted improvement on the best value so far is below ``min_gain``
-      (relative): the modes at 1 carry the loss and the rest have decayed, or the loss is
-      turning up (overfitting). It never holds while the training loss stands above 1.1 times
+      observable of the weights too (a function on weight space), so its values along
+      training are a trajectory of the same Koopman operator. :func:`forecast_gain` fits that
+      operator on a delay embedding of the last ``loss_window`` values, with the constant
+      function kept as an observable (affine DMD): the constant is an eigenfunction at exactly
+      1, which carries the plateau the loss is heading to, and the other eigenvalues carry
+      what is still decaying (or growing). Running the fitted modes ``horizon`` epochs ahead,
+      the rule holds when the predicted improvement on the best value so far is below
+      ``min_gain`` (relative): the mode at 1 carries the loss and the rest have decayed, or
+      the loss is turning up (overfitting). It never holds while the training loss stands above 1.1 times
       its smallest value over the window (divergence is not convergence) or when the window
       holds a non-finite loss. The loss watched is ``val_loss`` when there is validation,
       else ``loss``.
@@ -244,7 +248,13 @@ class KoopmanEarlyStopping(KoopmanCallback):
         self._reset()
 
     def _track(self, epoch, logs):
-        self._has_validation = "val_loss" in logs
+        if "val_loss" in logs and not self._has_validation:
+            # Validation from here on (e.g. validation_freq > 1 starts it late): the loss rule
+            # watches val_loss only, from its first value.
+            self._has_validation = True
+            self._watched, self._training = [], []
+        if self._has_validation and "val_loss" not in logs:
+            return  # an epoch without validation: nothing new for the loss rule
         value = logs.get("val_loss", logs.get("loss"))
         self._watched.append(np.nan if value is None else float(value))
         self._training.append(float(logs.get("loss", np.nan)))
@@ -340,7 +350,8 @@ class KoopmanEarlyStopping(KoopmanCallback):
         else:
             weights_text = None
         weights_text = weights_text or "the weight spectra sat at 1 at the last analysis"
-        both = self.wait["weights"] >= self.patience and self.wait["loss"] >= self.patience
+        both = (self.criterion == "either" and self.wait["weights"] >= self.patience
+                and self.wait["loss"] >= self.patience)
         if both:
             return f"both rules hold for {self.patience} checks: {weights_text}; {loss_text}"
         if fired == "weights":

@@ -96,8 +96,8 @@ def diagnose(records, losses, growth=GROWTH, unstable_mass=UNSTABLE_MASS, stagna
 
 # Activations for which He initialization suits a kernel (Glorot for the others: tanh,
 # sigmoid, linear, softmax, ...).
-_RELU_LIKE = {"relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "mish",
-              "celu", "glu", "softplus"}
+_RELU_LIKE = {"relu", "relu6", "leaky_relu", "leakyrelu", "elu", "gelu", "silu", "swish",
+              "mish", "celu", "glu", "softplus", "prelu"}
 # Defaults by variable name, for a variable whose own initializer is deterministic or failed.
 _DEFAULTS = {"recurrent_kernel": "orthogonal", "embeddings": "uniform", "bias": "zeros",
              "beta": "zeros", "gamma": "ones", "moving_mean": "zeros",
@@ -109,12 +109,24 @@ def default_initializer(layer, name):
     """The initializer a restart falls back on for ``layer``'s variable ``name``: for kernels
     He normal when the layer's activation is ReLU-like, else Glorot uniform; orthogonal for
     recurrent kernels, Keras's defaults for embeddings, biases and normalisation; ``None`` for
-    other variables."""
+    other variables. The activation is the layer's own (``activation=``): an activation in a
+    separate layer after it is not seen (Glorot then), and SELU gets LeCun normal."""
     if name in _KERNELS:
         activation = getattr(layer, "activation", None)
-        activation = getattr(activation, "__name__", str(activation)).lower()
+        activation = getattr(activation, "__name__", type(activation).__name__).lower()
+        if activation == "selu":
+            return "lecun_normal"  # what self-normalisation needs
         return "he_normal" if activation in _RELU_LIKE else "glorot_uniform"
     return _DEFAULTS.get(name)
+
+
+# Initializers that give the same weights at every draw.
+_DETERMINISTIC = (keras.initializers.Zeros, keras.initializers.Ones,
+                  keras.initializers.Constant, keras.initializers.Identity)
+# Variables whose deterministic initializer a restart replaces: kernels and biases (a constant
+# bias is how ReLU units start dead). Normalisation parameters (a zero gamma that starts a
+# residual branch switched off) keep theirs.
+_REPLACED = _KERNELS + ("recurrent_kernel", "embeddings", "bias")
 
 
 def _describe(initializer):
@@ -126,8 +138,9 @@ def _reinitialize(model, seed, initializers=None, use_defaults=False):
 
     A variable named ``w`` is drawn from ``initializers[w]`` if given; else from the layer's
     ``w_initializer`` attribute (``kernel``, ``bias``, ``embeddings``, ``gamma``, ...) unless
-    that initializer is deterministic (zeros, a constant: drawing it again gives the same
-    weights) or ``use_defaults`` is set, in which case :func:`default_initializer` is used.
+    that is a kernel, embedding or bias with a deterministic initializer (zeros, ones, a
+    constant, the identity: drawing it again gives the same weights) or ``use_defaults`` is
+    set, in which case :func:`default_initializer` is used.
     ``missed``: the variables no initializer was found for (left as they are); ``changed``:
     ``"layer/variable: Old -> New"`` for every variable drawn from another initializer than
     its layer's.
@@ -141,8 +154,8 @@ def _reinitialize(model, seed, initializers=None, use_defaults=False):
             own = getattr(layer, f"{name}_initializer", None)
             initializer = initializers.get(name, own)
             if name not in initializers and (use_defaults or (
-                    own is not None
-                    and "seed" not in keras.initializers.get(own).get_config())):
+                    own is not None and name in _REPLACED
+                    and isinstance(keras.initializers.get(own), _DETERMINISTIC))):
                 fallback = default_initializer(layer, name)
                 if fallback is not None:
                     initializer = fallback

@@ -118,3 +118,29 @@ def test_one_trace_serves_every_update_of_a_fit():
     assert len(update.updates) == 7
     functions = list(update._functions.values())
     assert len(functions) == 1 and functions[0].experimental_get_tracing_count() == 1
+
+
+def test_a_tensor_pruned_to_nothing_does_not_stop_the_update():
+    """A weight whose mask is all zeros has no DMD (no kept entry): it scores -1 everywhere
+    and the others are scored as usual; the fit goes on."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(128, 8)).astype("float32")
+    y = x[:, :1]
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(1)])
+    schedule = kk.pruning.PolynomialDecay(0.2, 0.5, begin_step=3, end_step=5, frequency=1,
+                                          unit="epoch")
+    pruned = kk.pruning.prune_koopman(model, 0.5, schedule=schedule)
+    second = kk.pruning.pruning_wrappers(pruned)[1]
+    (weight, mask), = second.masked
+    mask.assign(np.zeros(mask.shape, "float32"))
+    weight.assign(np.zeros(weight.shape, "float32"))
+    pruned.compile(keras.optimizers.SGD(0.05), "mse")
+    update = kk.pruning.UpdateKoopmanPruning(window=3)
+    pruned.fit(x, y, epochs=6, batch_size=32, verbose=0, callbacks=[update])
+    assert [u["step"] for u in update.updates] == [3, 4, 5]
+    assert update.updates[-1]["layers"][second.name] == 1.0
+    assert np.all(mask.numpy() == 0)
+    total = 8 * 16 + 16
+    assert sum(int((m.numpy() == 0).sum()) for w in kk.pruning.pruning_wrappers(pruned)
+               for _, m in w.masked) == int(np.floor(0.5 * total))
