@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from early_stopping import CLASSIFIERS, PATIENCES, keras_stop, outcome  # noqa: E402
 
-from keras_koopman.callbacks import forecast_gain  # noqa: E402
+from keras_koopman.callbacks import forecast_gain, progress_gain  # noqa: E402
 from keras_koopman.callbacks.early_stopping import _DIVERGENCE_FACTOR  # noqa: E402
 
 DEFAULTS = dict(criterion="either", loss_window=20, horizon=30, min_gain=0.01, patience=2,
@@ -52,9 +52,7 @@ def replay(run, watched_key, criterion, loss_window, horizon, min_gain, patience
                     cache[key] = forecast_gain(np.asarray(window), horizon, loss_rank)
                 value, forecast = cache[key]
                 if gain == "progress":
-                    best = min(watched[:epoch + 1])
-                    made = watched[0] - best
-                    value = (best - forecast.min()) / made if made > 0 else np.inf
+                    value = progress_gain(watched[:epoch + 1], forecast)
                 recent = training[epoch + 1 - loss_window:epoch + 1]
                 diverging = recent[-1] > _DIVERGENCE_FACTOR * min(recent)
                 holds = value < min_gain and not diverging
@@ -86,14 +84,18 @@ def score(runs, settings, cache, noval=None):
                   if k[0] == t) for t in tasks)
     met_noval = sum(all(medians[k][2] >= 0 and medians[k][3] <= 1 for k in medians
                         if k[0] == t) for t in tasks)
-    return met, met_noval, medians
+    combos = sum(m[0] <= 0.75 and m[1] <= 1.02 for m in medians.values())
+    return (met, combos), met_noval, medians
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("runs")
+    parser.add_argument("runs", nargs="+", help="JSON files; later ones replace earlier runs of "
+                        "the same task, optimizer and seed")
     args = parser.parse_args()
-    runs = json.load(open(args.runs))
+    runs = {}
+    for path in args.runs:
+        runs.update(json.load(open(path)))
     assert all(int(k.split("|")[2]) < 100 for k in runs), "tune on seeds 0-4 only"
     cache = {}
     mismatched = [k for k, (v, _) in runs.items()
@@ -101,9 +103,9 @@ def main():
                   != (len(v["loss"]) - 1 if v["koopman"] is None else v["koopman"])]
     print(f"replay of the defaults vs the live callback: {len(runs) - len(mismatched)} of "
           f"{len(runs)} runs agree" + (f"; differ: {mismatched}" if mismatched else ""))
-    grid = dict(gain=["relative", "progress"], loss_window=[10, 15, 20, 30],
-                horizon=[10, 20, 30, 50], min_gain=[0.002, 0.005, 0.01, 0.02, 0.05],
-                patience=[1, 2, 3])
+    grid = dict(gain=["relative", "progress"], loss_window=[8, 10, 15, 20],
+                horizon=[10, 20, 30, 50, 100], min_gain=[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02],
+                patience=[1, 2, 3], min_epochs=[5, 10])
     results = []
     for values in itertools.product(*grid.values()):
         settings = dict(DEFAULTS, **dict(zip(grid, values)))
@@ -113,14 +115,16 @@ def main():
     results.sort(key=lambda r: r[:3], reverse=True)
     for met, met_noval, epochs, settings, medians in results[:10]:
         changed = {k: v for k, v in settings.items() if DEFAULTS.get(k, "relative") != v}
-        print(f"goal 1 on {met} tasks, goal 2 on {met_noval}; median K/p10 epochs "
+        print(f"goal 1 on {met[0]} tasks ({met[1]} task/optimizer pairs), goal 2 on "
+              f"{met_noval}; median K/p10 epochs "
               f"{-epochs:.2f}; {changed or 'defaults'}")
     best = results[0]
     print("\nper task (K/p10 epochs, K/p10 val, no-val test gain, no-val K/p10 epochs), best:")
     for key, m in sorted(best[4].items()):
         print(f"  {key[0]:<13} {key[1]:<5} {m[0]:.2f} {m[1]:.3f} {m[2]:+.4f} {m[3]:.2f}")
     default = score(runs, DEFAULTS, cache)
-    print(f"\ndefaults: goal 1 on {default[0]} tasks, goal 2 on {default[1]}")
+    print(f"\ndefaults: goal 1 on {default[0][0]} tasks ({default[0][1]} pairs), goal 2 on "
+          f"{default[1]}")
     for key, m in sorted(default[2].items()):
         print(f"  {key[0]:<13} {key[1]:<5} {m[0]:.2f} {m[1]:.3f} {m[2]:+.4f} {m[3]:.2f}")
     print(f"patiences compared: {PATIENCES}")

@@ -13,6 +13,7 @@ from keras_koopman.callbacks.early_stopping import (
     KoopmanEarlyStopping,
     convergence,
     forecast_gain,
+    progress_gain,
 )
 from keras_koopman.callbacks.restart import KoopmanRestart, diagnose
 
@@ -28,4 +29,5 @@ __all__ = [
     "diagnose",
     "forecast_gain",
     "layer_activity",
+    "progress_gain",
 ]
