@@ -159,6 +159,18 @@ class KoopmanEarlyStopping(KoopmanCallback):
     noise keeps creeping down, so this stops later than a validation loss would; the weights
     rule reads only the weights and is the same with or without validation.
 
+    **What the benchmark supports** (``bench/early_stopping.py``, six tasks, Adam and SGD with
+    momentum, seeds 100-109 that nothing was tuned on; ``bench/RESULTS.md``): against
+    ``EarlyStopping(patience=10, restore_best_weights=True)`` the defaults stop after 0.42-0.87x
+    the epochs. The best validation loss stays within 2% on the digits MLP and CNN (Adam), the
+    diabetes MLP and the breast-cancer MLP. It is 3.7% worse on the digits CNN with SGD, and
+    25-120% worse on the Friedman regression, whose noisy validation loss looks like a plateau
+    to an 8-epoch forecast. The saving is below 25% on the digits GRU and on the cancer MLP
+    with Adam. It is never worse than patience 3, 5, 10 or 20 on both epochs and validation
+    loss. Without validation it matches or beats patience 10 (with a 20% validation split) on
+    test accuracy for the digits MLP and the cancer MLP, in fewer epochs, but not on
+    regressors whose test error turns up while the training loss falls.
+
     When a rule chosen by ``criterion`` has held for ``patience`` checks in a row, and at least
     ``min_epochs`` epochs have run, training stops (``model.stop_training = True``) and
     ``stopped_epoch`` is set, as with ``keras.callbacks.EarlyStopping``. With
