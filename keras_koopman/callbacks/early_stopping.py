@@ -161,9 +161,9 @@ class KoopmanEarlyStopping(KoopmanCallback):
 
     **What the benchmark supports** (``bench/early_stopping.py``, six tasks, Adam and SGD with
     momentum, seeds 100-109 that nothing was tuned on; ``bench/RESULTS.md``): against
-    ``EarlyStopping(patience=10, restore_best_weights=True)`` the defaults stop after 0.42-0.87x
-    the epochs. The best validation loss stays within 2% on the digits MLP and CNN (Adam), the
-    diabetes MLP and the breast-cancer MLP. It is 3.7% worse on the digits CNN with SGD, and
+    ``EarlyStopping(patience=10, restore_best_weights=True)`` the defaults stop after 0.28-0.87x
+    the epochs. The best validation loss stays within 2% on the digits MLP and GRU, the digits
+    CNN with Adam, the diabetes MLP and the breast-cancer MLP. It is 3.7% worse on the digits CNN with SGD, and
     25-120% worse on the Friedman regression, whose noisy validation loss looks like a plateau
     to an 8-epoch forecast. The saving is below 25% on the digits GRU and on the cancer MLP
     with Adam. It is never worse than patience 3, 5, 10 or 20 on both epochs and validation
