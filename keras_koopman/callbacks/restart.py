@@ -197,6 +197,13 @@ class KoopmanRestart(KoopmanCallback):
     ``koopman/restarts`` and the reason with the action as text). After ``max_restarts`` it
     warns and lets training go on.
 
+    Measured (``bench/bad_init.py``, digits MLPs with SGD, seeds nothing was tuned on): it
+    flags 7 of 8 kinds of bad start with no false alarm on 4 good ones, and 91% of the
+    restarted runs end within 2 points of a good start's accuracy. The kind it misses is a
+    mildly saturated tanh net (N(0, 1) kernels), which still learns, to 0.95 against 0.99.
+    A rule on the training loss alone, tuned to the same seeds, flags a slow-starting deep net
+    as bad.
+
     Epochs are numbered as Keras numbers them: ``epoch`` in ``restarts`` and ``verdicts`` is
     the 0-based index Keras passes to ``on_epoch_end``; messages say ``Epoch N`` with
     ``N = epoch + 1``, as the progress bar shows it.
