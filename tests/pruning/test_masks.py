@@ -103,15 +103,20 @@ def test_koopman_update_matches_the_numpy_reference_and_keeps_pruned_entries(jit
         assert layers[wrapper.name] == pytest.approx(wrapper.sparsity())
 
 
-def test_one_trace_serves_every_update_of_a_fit():
-    rng = np.random.default_rng(2)
+def small_pruned(data_seed, final, end_step):
+    """Data and a 8-16-1 model pruned towards ``final`` every epoch from epoch 3 to
+    ``end_step`` (not compiled yet)."""
+    rng = np.random.default_rng(data_seed)
     x = rng.normal(size=(128, 8)).astype("float32")
-    y = x[:, :1]
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(1)])
-    schedule = kk.pruning.PolynomialDecay(0.2, 0.8, begin_step=3, end_step=9, frequency=1,
-                                          unit="epoch")
-    pruned = kk.pruning.prune_koopman(model, 0.8, schedule=schedule)
+    schedule = kk.pruning.PolynomialDecay(0.2, final, begin_step=3, end_step=end_step,
+                                          frequency=1, unit="epoch")
+    return x, x[:, :1], kk.pruning.prune_koopman(model, final, schedule=schedule)
+
+
+def test_one_trace_serves_every_update_of_a_fit():
+    x, y, pruned = small_pruned(2, 0.8, 9)
     pruned.compile(keras.optimizers.SGD(0.05), "mse")
     update = kk.pruning.UpdateKoopmanPruning(window=3)
     pruned.fit(x, y, epochs=10, batch_size=32, verbose=0, callbacks=[update])
@@ -123,14 +128,7 @@ def test_one_trace_serves_every_update_of_a_fit():
 def test_a_tensor_pruned_to_nothing_does_not_stop_the_update():
     """A weight whose mask is all zeros has no DMD (no kept entry): it scores -1 everywhere
     and the others are scored as usual; the fit goes on."""
-    rng = np.random.default_rng(4)
-    x = rng.normal(size=(128, 8)).astype("float32")
-    y = x[:, :1]
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(1)])
-    schedule = kk.pruning.PolynomialDecay(0.2, 0.5, begin_step=3, end_step=5, frequency=1,
-                                          unit="epoch")
-    pruned = kk.pruning.prune_koopman(model, 0.5, schedule=schedule)
+    x, y, pruned = small_pruned(4, 0.5, 5)
     second = kk.pruning.pruning_wrappers(pruned)[1]
     (weight, mask), = second.masked
     mask.assign(np.zeros(mask.shape, "float32"))
