@@ -73,12 +73,13 @@ class KoopmanCallback(keras.callbacks.Callback):
         """Called after every epoch, once the monitor has gathered (and analysed) it."""
 
     def log_scalar(self, tag, value):
-        """Writes a scalar to the monitor's TensorBoard log at its current step."""
-        self.monitor.logger.scalar(tag, value, max(self.monitor.step, 0))
+        """Writes a scalar to the monitor's TensorBoard log at the current epoch (Keras's
+        TensorBoard step for epoch summaries)."""
+        self.monitor.logger.scalar(tag, value, self.monitor.epoch)
 
     def log_text(self, tag, text):
-        """Writes text to the monitor's TensorBoard log at its current step."""
-        self.monitor.logger.text(tag, text, max(self.monitor.step, 0))
+        """Writes text to the monitor's TensorBoard log at the current epoch."""
+        self.monitor.logger.text(tag, text, self.monitor.epoch)
         self.monitor.logger.flush()
 
     # ----------------------------------------------------------------------------------------

@@ -212,9 +212,10 @@ class KoopmanEarlyStopping(KoopmanCallback):
     Epochs are numbered as Keras numbers them: ``stopped_epoch``, ``best_epoch`` and the
     ``epoch`` of a decision are the 0-based index Keras passes to ``on_epoch_end`` (as
     ``keras.callbacks.EarlyStopping.stopped_epoch``); messages say ``Epoch N`` with
-    ``N = epoch + 1``, as the progress bar does. ``step`` counts the monitor's snapshots after
-    the first: with one snapshot per epoch it equals ``N``, and it is the step of the
-    TensorBoard events.
+    ``N = epoch + 1``, as the progress bar does; the TensorBoard events are written at step
+    ``epoch``, where Keras's ``TensorBoard`` callback writes that epoch's ``epoch_loss``.
+    ``step`` counts the monitor's snapshots after the first (with one snapshot per epoch it
+    equals ``N``).
 
     Example:
 

@@ -75,7 +75,8 @@ class SummaryLogger:
 
     def spectrum(self, record):
         """A :class:`~keras_koopman.callbacks.SpectrumRecord` as the ``koopman/<group>``
-        spectrum summary and the ``koopman/<group>/<metric>`` scalars, at its step."""
+        spectrum summary and the ``koopman/<group>/<metric>`` scalars, at its ``epoch`` (the
+        step of Keras's own ``epoch_loss``: see the README's "Epoch numbering")."""
 
         def write():
             tb_summary.spectrum(f"koopman/{record.group}", record.eigenvalues,
@@ -83,7 +84,7 @@ class SummaryLogger:
             for key in LOGGED_SCALARS:
                 tf.summary.scalar(f"koopman/{record.group}/{key}", float(record.metrics[key]))
 
-        self._write("TensorBoard logging", record.group, write, record.step)
+        self._write("TensorBoard logging", record.group, write, record.epoch)
 
     def scalar(self, tag, value, step):
         self._write("TensorBoard logging", None,

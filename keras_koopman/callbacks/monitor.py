@@ -32,7 +32,9 @@ class KoopmanMonitor(keras.callbacks.Callback):
     result is appended to :attr:`history` as a :class:`SpectrumRecord` and, with ``log_dir``,
     written to TensorBoard: a ``koopman/<group>`` spectrum (the "Koopman" dashboard) and the
     scalars ``koopman/<group>/spectral_radius``, ``near_one_fraction``, ``unstable_count``,
-    ``max_residual``.
+    ``max_residual``, at the record's ``epoch`` (the step at which Keras's ``TensorBoard``
+    callback writes ``epoch_loss``: the spectrum after epoch ``e`` sits beside that epoch's
+    loss).
 
     The work is done by a :class:`~keras_koopman.callbacks.KoopmanTracker` (:attr:`tracker`),
     written through :attr:`logger`; decision callbacks (:class:`~keras_koopman.callbacks.
@@ -133,8 +135,8 @@ class KoopmanMonitor(keras.callbacks.Callback):
     def restart(self):
         """Forgets the trajectory (after the weights were re-initialised) and snapshots anew.
 
-        History and step numbers carry on, so TensorBoard steps stay monotonic. Before any fit
-        it only resets the schedule.
+        History and step numbers carry on (TensorBoard steps are epochs, which Keras carries
+        on). Before any fit it only resets the schedule.
         """
         self._since_analysis = 0
         self.tracker.restart()
@@ -172,7 +174,7 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self._in_graph = (self._step_gather is not None and not tracker.disabled
                           and supported(self.model) and self._step_gather.install(self.model))
         self._calls_seen = 0 if self._step_gather is None else self._step_gather.calls
-        self.logger.open(self.model, None if self._resume_pending else max(tracker.step, 0))
+        self.logger.open(self.model, None if self._resume_pending else tracker.epoch)
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._once("epoch_begin", epoch):
@@ -266,11 +268,9 @@ class KoopmanMonitor(keras.callbacks.Callback):
                 self.tracker.report("resuming from backup_dir", DataError(
                     f"no saved state matches epoch {epoch}; the trajectory starts anew"))
             self.tracker.restart()  # clean buffers (a failed read may have filled some)
-            self.logger.session_start(max(self.tracker.step, 0))
-            return
-        # TensorBoard drops what this run's files hold from this step on: steps logged after
-        # the restored state (before the crash) are logged again, once.
-        self.logger.session_start(self.tracker.step + 1)
+        # TensorBoard drops what this run's files hold from this epoch on: epochs logged after
+        # the saved state (before the crash) are logged again, once.
+        self.logger.session_start(epoch)
 
     def _restore(self, epoch):
         saved = self.backup.read_state(epoch)

@@ -121,7 +121,7 @@ class KoopmanTracker:
         """Resolves and plans the groups of ``model`` and builds their buffers and the gather.
 
         A new model (rebuilt between fits) starts a new trajectory in new buffers; history and
-        step numbers carry on, so TensorBoard steps never repeat. Returns ``False`` (with a
+        step numbers carry on. Returns ``False`` (with a
         warning; the tracker stays disabled) when no group has trainable weights.
 
         Raises:

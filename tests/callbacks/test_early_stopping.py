@@ -237,6 +237,7 @@ def test_the_stop_says_which_rule_fired_with_its_numbers(tmp_path, capsys):
     accumulator = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
     accumulator.Reload()
     (event,) = accumulator.Tensors("koopman/stop_reason")
+    assert event.step == stop.stopped_epoch  # Keras's TensorBoard step of that epoch's loss
     assert event.tensor_proto.string_val[0].decode() == (
         f"Epoch {stop.stopped_epoch + 1}: {reason}; restored the weights of epoch "
         f"{stop.best_epoch + 1}")

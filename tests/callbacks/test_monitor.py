@@ -84,18 +84,25 @@ def test_summaries_for_each_group_are_written_and_readable(tmp_path):
     x, y = make_data()
     model = make_model()
     monitor = kk.callbacks.KoopmanMonitor(window=5, log_dir=tmp_path / "run")
-    model.fit(x, y, epochs=5, verbose=0, callbacks=[monitor])
+    keras_board = keras.callbacks.TensorBoard(tmp_path / "keras")
+    model.fit(x, y, epochs=5, verbose=0, callbacks=[monitor, keras_board])
 
     accumulator = event_accumulator.EventAccumulator(
         str(tmp_path / "run"), size_guidance={"tensors": 0}
     )
     accumulator.Reload()
+    keras_events = event_accumulator.EventAccumulator(
+        str(tmp_path / "keras" / "train"), size_guidance={"tensors": 0})
+    keras_events.Reload()
+    keras_steps = [e.step for e in keras_events.Tensors("epoch_loss")]
+    assert keras_steps == [0, 1, 2, 3, 4]
     tags = set(accumulator.Tags()["tensors"])
     for group in ("hidden", "out"):
         assert f"koopman/{group}" in tags
         events = accumulator.Tensors(f"koopman/{group}")
         records = monitor.records(group)
-        assert [e.step for e in events] == [r.step for r in records]
+        # Each spectrum sits at the step of the same epoch's loss in Keras's TensorBoard.
+        assert [e.step for e in events] == [r.epoch for r in records] == keras_steps[1:]
         spectrum = tf.make_ndarray(events[-1].tensor_proto)
         np.testing.assert_allclose(spectrum[:, 0], records[-1].eigenvalues.real, rtol=1e-5,
                                    atol=1e-6)

@@ -152,7 +152,10 @@ def test_nan_weights_mid_fit_with_every_callback_never_raise(tmp_path):
     accumulator = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
     accumulator.Reload()
     assert "koopman/restarts" in accumulator.Tags()["tensors"]
-    assert "koopman/restart_reason" in accumulator.Tags()["tensors"]
+    (event,) = accumulator.Tensors("koopman/restart_reason")
+    assert event.step == restart.restarts[0]["epoch"]  # the epoch, as Keras's TensorBoard
+    assert event.tensor_proto.string_val[0].decode().startswith(
+        f"Epoch {restart.restarts[0]['epoch'] + 1}: non-finite")
 
 
 def test_default_initializers_suit_the_layer_and_its_activation():
