@@ -18,6 +18,17 @@ from keras_koopman.dmd import dmd_batch, parse_rank
 __all__ = ["KoopmanAccelerator"]
 
 _OPTIMIZER_STATES = ("keep", "reset")
+_GUARDS = ("auto", "next_epoch", "loss", None)
+
+
+def _finite_loss(logs):
+    """``logs["loss"]`` as a float, or ``None`` when it is missing or not finite."""
+    value = (logs or {}).get("loss")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) else None
 _OBSERVABLES = ("layers", "nodes")
 
 
@@ -65,15 +76,27 @@ class KoopmanAccelerator(KoopmanCallback):
     the units), all units of a layer in one batched call (:func:`keras_koopman.dmd_batch`).
     Groups whose variables do not share their last axis fall back to one DMD per group.
 
-    The guard (``guard="loss"``): the training loss on the ``probe`` data ``(x, y)`` (the
-    model's compiled loss plus its regularization losses, inference mode, one compiled call) is
-    evaluated before and after the jump; the jump is kept only if the loss did not get worse,
-    and then the horizon doubles (up to ``max_horizon``); otherwise every weight is put back
-    exactly as it was and the horizon halves (down to ``min_horizon``). A jump to weights that
-    are not finite in the variables' dtype is never made. With ``guard=None`` every finite jump
-    is kept. After a kept jump the monitor forgets its trajectory
-    (:meth:`KoopmanMonitor.restart`): the jump is not a step of the dynamics. Keep the probe
-    small (a few thousand samples): it is evaluated in one batch.
+    Guards. A kept jump doubles the horizon (up to ``max_horizon``); an undone one puts every
+    weight back exactly as it was and halves it (down to ``min_horizon``). A jump to weights
+    that are not finite in the variables' dtype is never made. ``guard="auto"`` (the default)
+    is ``"loss"`` when a ``probe`` is given and ``"next_epoch"`` otherwise, so
+    ``KoopmanAccelerator(monitor)`` runs with nothing else:
+
+    * ``"next_epoch"``: the jump is made and training goes on from it for one epoch; the jump
+      stands when that epoch's training loss (``logs["loss"]``, Keras's mean over the epoch's
+      batches) is not above the loss of the epoch before the jump. Otherwise the weights and
+      the optimizer state are put back exactly as they were before the jump, and the epoch
+      trained from it is lost. It costs one copy of the weights and of the optimizer state on
+      their device while a jump is on trial, nothing per batch, and one epoch per undone jump;
+      no jump is tried at the last epoch (nothing would judge it).
+    * ``"loss"``: the loss on the ``probe`` data ``(x, y)`` (the model's compiled loss plus its
+      regularization losses, inference mode, one compiled call) is evaluated before and after
+      the jump, which is kept only if it did not get worse. Use it with held-out data; keep the
+      probe small (a few thousand samples): it is evaluated in one batch.
+    * ``None``: every finite jump is kept.
+
+    After a jump the monitor forgets its trajectory (:meth:`KoopmanMonitor.restart`): the jump
+    is not a step of the dynamics.
 
     Optimizer state: ``"reset"`` (default) sets the per-weight optimizer state (momentum, Adam
     moments) to zero after a kept jump, since it describes the trajectory before the jump;
@@ -83,8 +106,8 @@ class KoopmanAccelerator(KoopmanCallback):
     did about as well (2.7x vs 3.0x fewer epochs, same wall time). Plain SGD has no state.
 
     Fixed cost: the first jump of a new model traces the DMD functions (a few tenths of a
-    second here); each jump after that costs a DMD per group and two probe evaluations
-    (~15 ms for a 5k-weight MLP on 2 CPU cores).
+    second here); each jump after that costs a DMD per group (plus two probe evaluations with
+    ``guard="loss"``; ~15 ms for a 5k-weight MLP on 2 CPU cores).
 
     Args:
       monitor: the :class:`KoopmanMonitor` that gathers the snapshots. Groups it sketches
@@ -93,8 +116,8 @@ class KoopmanAccelerator(KoopmanCallback):
       every: epochs between jump attempts.
       horizon: initial number of snapshot steps to jump ahead.
       observables: ``"layers"`` or ``"nodes"`` (see above).
-      guard: ``"loss"`` or ``None``.
-      probe: ``(x, y)`` evaluated by the guard (required with ``guard="loss"``).
+      guard: ``"auto"``, ``"next_epoch"``, ``"loss"`` or ``None`` (see above).
+      probe: ``(x, y)`` evaluated by ``guard="loss"`` (required there).
       optimizer_state: ``"reset"`` or ``"keep"``.
       rank: DMD rank rule of the jumps: ``"monitor"`` (the monitor's ``rank``), ``None``
         (Gavish-Donoho, per group or per unit), an int or an energy fraction.
@@ -102,8 +125,10 @@ class KoopmanAccelerator(KoopmanCallback):
       verbose: 1 prints a line per attempt.
 
     Attributes:
-      jumps: one dict per attempt: ``epoch``, ``horizon``, ``loss_before``, ``loss_after``,
-        ``accepted`` and ``reason``.
+      jumps: one dict per attempt: ``epoch`` (of the jump), ``horizon``, ``guard``,
+        ``loss_before``, ``loss_after`` (probe losses, or with ``"next_epoch"`` the training
+        losses of the epochs before and after the jump), ``accepted`` and ``reason``; an
+        attempt on trial under ``"next_epoch"`` is listed once it is judged.
       horizon: the current horizon.
 
     Example:
@@ -114,13 +139,13 @@ class KoopmanAccelerator(KoopmanCallback):
     >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     >>> model.compile(keras.optimizers.SGD(0.02), "mse")
     >>> monitor = kk.callbacks.KoopmanMonitor(window=8, rank=4)
-    >>> jump = kk.callbacks.KoopmanAccelerator(monitor, every=8, horizon=50, probe=(x, y))
-    >>> _ = model.fit(x, y, epochs=16, batch_size=64, verbose=0, callbacks=[monitor, jump])
-    >>> [j["accepted"] for j in jump.jumps]
-    [True, True]
+    >>> jump = kk.callbacks.KoopmanAccelerator(monitor, every=8, horizon=50)
+    >>> _ = model.fit(x, y, epochs=17, batch_size=64, verbose=0, callbacks=[monitor, jump])
+    >>> [(j["epoch"], j["guard"], j["accepted"]) for j in jump.jumps]
+    [(7, 'next_epoch', True), (15, 'next_epoch', True)]
     """
 
-    def __init__(self, monitor, every=5, horizon=10, observables="layers", guard="loss",
+    def __init__(self, monitor, every=5, horizon=10, observables="layers", guard="auto",
                  probe=None, optimizer_state="reset", rank="monitor", min_horizon=1,
                  max_horizon=10_000, verbose=0):
         super().__init__(monitor)
@@ -138,9 +163,14 @@ class KoopmanAccelerator(KoopmanCallback):
             )
         self.horizon = min(max(check_int(horizon, "horizon", 1), self.min_horizon),
                            self.max_horizon)
-        check_choice(guard, "guard", ("loss", None))
-        if guard == "loss" and (not isinstance(probe, (tuple, list)) or len(probe) != 2):
-            raise ValueError("guard='loss' needs probe=(x, y): the data the loss is checked on")
+        check_choice(guard, "guard", _GUARDS)
+        if probe is not None and (not isinstance(probe, (tuple, list)) or len(probe) != 2):
+            raise TypeError(f"probe must be a pair (x, y), got {type(probe).__name__}")
+        if guard == "auto":
+            guard = "next_epoch" if probe is None else "loss"
+        if guard == "loss" and probe is None:
+            raise ValueError("guard='loss' needs probe=(x, y): the data the loss is checked "
+                             "on (guard='next_epoch' needs none)")
         check_choice(optimizer_state, "optimizer_state", _OPTIMIZER_STATES)
         self.guard = guard
         self.probe = probe
@@ -148,6 +178,8 @@ class KoopmanAccelerator(KoopmanCallback):
         self.verbose = verbose
         self.jumps = []
         self._probe_function = None
+        self._trial = None  # a jump on trial under guard="next_epoch"
+        self._warned_no_loss = False
 
     @property
     def rank(self):
@@ -157,6 +189,12 @@ class KoopmanAccelerator(KoopmanCallback):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self._probe_function = None  # traced anew each fit: the model may have been recompiled
+        self._trial = None
+
+    def on_train_end(self, logs=None):
+        if self._trial is not None:  # fit ended before the epoch that judges the jump
+            self._judge(None, {})
+        super().on_train_end(logs)
 
     def _probe_loss(self):
         if self._probe_function is None:
@@ -223,10 +261,25 @@ class KoopmanAccelerator(KoopmanCallback):
         return dataclasses.replace(result, eigenvalues=snapped).predict([steps])
 
     def decide(self, epoch, logs):
+        if self._trial is not None:
+            self._judge(epoch, logs or {})
+            return
         if (epoch + 1) % self.every or self.monitor.disabled:
             return
-        attempt = {"epoch": epoch, "horizon": self.horizon, "loss_before": None,
-                   "loss_after": None, "accepted": False, "reason": ""}
+        attempt = {"epoch": epoch, "horizon": self.horizon, "guard": self.guard,
+                   "loss_before": None, "loss_after": None, "accepted": False, "reason": ""}
+        if self.guard == "next_epoch":
+            if epoch + 1 >= (self.params or {}).get("epochs", np.inf):
+                return  # no epoch left to judge a jump
+            attempt["loss_before"] = _finite_loss(logs)
+            if attempt["loss_before"] is None:
+                if not self._warned_no_loss:
+                    self._warned_no_loss = True
+                    warnings.warn("KoopmanAccelerator: guard='next_epoch' needs a finite "
+                                  "training loss in the epoch logs; no jump is made without "
+                                  "it (give probe=(x, y) for guard='loss')", RuntimeWarning,
+                                  stacklevel=2)
+                return
         saved = None
         try:
             targets = self._targets()
@@ -237,16 +290,23 @@ class KoopmanAccelerator(KoopmanCallback):
             if not bool(ops.all(finite)):  # one host read for every group
                 attempt["reason"] = "the prediction is not finite"
                 self._adapt(False)
-                self.jumps.append(attempt)
+                self._record(attempt, epoch)
                 return
             if self.guard == "loss":
                 attempt["loss_before"] = self._probe_loss()
             # The undo copy stays on the device (an assignment never writes into a value
             # that is still referenced).
             saved = [(v, ops.copy(v.value)) for variables, _ in targets for v in variables]
+            if self.guard == "next_epoch":  # the optimizer state too: the next epoch moves it
+                saved += [(v, ops.copy(v.value)) for v in self._optimizer_slots()]
             for variables, values in targets:
                 for variable, value in zip(variables, values):
                     variable.assign(value)
+            if self.guard == "next_epoch":
+                self._reset_optimizer()
+                self.monitor.restart()
+                self._trial = (attempt, saved)  # judged by the next epoch's training loss
+                return
             accepted = True
             if self.guard == "loss":
                 attempt["loss_after"] = self._probe_loss()
@@ -255,15 +315,14 @@ class KoopmanAccelerator(KoopmanCallback):
                 attempt["reason"] = "loss did not get worse" if accepted else "loss got worse"
             if accepted:
                 saved = None
-                if self.optimizer_state == "reset" and self.model.optimizer is not None:
-                    for variable in optimizer_slots(self.model.optimizer):
-                        variable.assign(ops.zeros_like(variable))
+                self._reset_optimizer()
                 self.monitor.restart()
             else:
                 self._restore(saved)
             attempt["accepted"] = accepted
             self._adapt(accepted)
         except BaseException as error:  # never lose the weights, whatever failed
+            self._trial = None
             if saved is not None:
                 self._restore(saved)
             if not isinstance(error, DATA_FAILURES):
@@ -271,10 +330,43 @@ class KoopmanAccelerator(KoopmanCallback):
             attempt["reason"] = f"failed: {error}"
             warnings.warn(f"KoopmanAccelerator: jump failed and was undone: {error}",
                           RuntimeWarning, stacklevel=2)
+        self._record(attempt, epoch)
+
+    def _judge(self, epoch, logs):
+        """Keeps or undoes the jump on trial by the training loss of the epoch after it
+        (``epoch=None``: fit ended first, and an unjudged jump is undone)."""
+        attempt, saved = self._trial
+        self._trial = None
+        after = None if epoch is None else _finite_loss(logs)
+        attempt["loss_after"] = after
+        accepted = after is not None and after <= attempt["loss_before"]
+        if accepted:
+            attempt["reason"] = "the next epoch's training loss did not get worse"
+        else:
+            self._restore(saved)
+            self.monitor.restart()  # the snapshots since the jump are of undone weights
+            attempt["reason"] = ("fit ended before an epoch judged it" if epoch is None else
+                                 "the next epoch's training loss got worse" if after is not None
+                                 else "the next epoch's training loss is not finite")
+        attempt["accepted"] = accepted
+        self._adapt(accepted)
+        self._record(attempt, attempt["epoch"] + 1 if epoch is None else epoch)
+
+    def _record(self, attempt, epoch):
         self.jumps.append(attempt)
         if self.verbose:
-            print(f"Epoch {epoch + 1}: KoopmanAccelerator: horizon {attempt['horizon']}: "
+            print(f"Epoch {epoch + 1}: KoopmanAccelerator: jump of epoch {attempt['epoch'] + 1}"
+                  f", horizon {attempt['horizon']}: "
                   f"{'kept' if attempt['accepted'] else 'undone'} ({attempt['reason']})")
+
+    def _optimizer_slots(self):
+        optimizer = getattr(self.model, "optimizer", None)
+        return [] if optimizer is None else optimizer_slots(optimizer)
+
+    def _reset_optimizer(self):
+        if self.optimizer_state == "reset":
+            for variable in self._optimizer_slots():
+                variable.assign(ops.zeros_like(variable))
 
     @staticmethod
     def _restore(saved):

@@ -92,7 +92,7 @@ def test_horizon_doubles_after_kept_jumps_within_its_bounds():
     ({"every": 0}, "every"),
     ({"horizon": 0}, "horizon"),
     ({"guard": "accuracy"}, "guard must be"),
-    ({"probe": None}, "needs probe"),
+    ({"guard": "loss", "probe": None}, "needs probe"),
     ({"optimizer_state": "clear"}, "optimizer_state"),
     ({"min_horizon": 10, "max_horizon": 5}, "must not exceed"),
 ])
@@ -101,6 +101,121 @@ def test_bad_arguments(kwargs, words):
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=words):
         kk.callbacks.KoopmanAccelerator(kk.callbacks.KoopmanMonitor(), **arguments)
+
+
+def test_a_probe_that_is_not_a_pair_is_a_type_error():
+    with pytest.raises(TypeError, match="probe must be a pair"):
+        kk.callbacks.KoopmanAccelerator(kk.callbacks.KoopmanMonitor(), probe=np.zeros((2, 3)))
+
+
+def test_with_no_argument_but_the_monitor_the_next_epoch_guards_the_jump():
+    # What a Keras user writes first: no probe. The jump of epoch 7 is judged by the training
+    # loss of epoch 8, which must not be above epoch 7's (Keras's own logs, recorded apart).
+    x, y = least_squares()
+    solution = np.linalg.lstsq(np.hstack([x, np.ones((len(x), 1))]), y, rcond=None)[0]
+    model = linear_model(0.3)
+    monitor = kk.callbacks.KoopmanMonitor(window=8, rank=3, observables="model")
+    jump = kk.callbacks.KoopmanAccelerator(monitor, every=7, horizon=100_000,
+                                           max_horizon=100_000)
+    assert jump.guard == "next_epoch"
+    history = model.fit(x, y, epochs=8, batch_size=len(x), shuffle=False, verbose=0,
+                        callbacks=[monitor, jump])
+    (attempt,) = jump.jumps
+    losses = history.history["loss"]
+    assert attempt["guard"] == "next_epoch" and attempt["epoch"] == 6 and attempt["accepted"]
+    assert attempt["loss_before"] == pytest.approx(losses[6])
+    assert attempt["loss_after"] == pytest.approx(losses[7]) and losses[7] < losses[6]
+    # The jump landed on the least-squares solution, and one epoch of GD there stays on it.
+    kernel, bias = model.get_layer("dense").get_weights()
+    np.testing.assert_allclose(np.vstack([kernel, bias]), solution, atol=1e-4)
+    assert jump.horizon == 100_000
+
+
+def snapshot_state(model):
+    return ([w.copy() for w in model.get_weights()],
+            [v.numpy().copy() for v in model.optimizer.variables])
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_a_jump_the_next_epoch_finds_worse_is_undone_exactly(jit_compile, monkeypatch):
+    # A jump far off the trajectory (every weight times 30): the next epoch's training loss is
+    # worse, so the weights and the Adam moments go back bit for bit to the end of the jump's
+    # epoch (recorded by an independent callback that runs before the accelerator), and the
+    # epoch trained from the jump is dropped.
+    x, y = least_squares()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(3, name="dense")])
+    model.compile(keras.optimizers.Adam(0.01), "mse", jit_compile=jit_compile)
+    monitor = kk.callbacks.KoopmanMonitor(window=6, rank=3)
+    jump = kk.callbacks.KoopmanAccelerator(monitor, every=5, horizon=4)
+
+    def far_away(self):
+        return [(variables, [30.0 * v.value for v in variables])
+                for variables in self.monitor.groups.values()]
+
+    monkeypatch.setattr(kk.callbacks.KoopmanAccelerator, "_targets", far_away)
+    states = {}
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            states[epoch] = snapshot_state(self.model)
+
+    after = {}
+
+    class After(keras.callbacks.Callback):  # after the accelerator: what training goes on from
+        def on_epoch_end(self, epoch, logs=None):
+            after[epoch] = snapshot_state(self.model)
+
+    model.fit(x, y, epochs=6, batch_size=16, shuffle=False, verbose=0,
+              callbacks=[Record(), monitor, jump, After()])
+    (attempt,) = jump.jumps
+    assert attempt["epoch"] == 4 and not attempt["accepted"]
+    assert attempt["loss_after"] > attempt["loss_before"]
+    assert "got worse" in attempt["reason"] and jump.horizon == 2
+    jumped = after[4][0]
+    assert not np.allclose(jumped[0], states[4][0][0])  # the jump was made ...
+    weights, optimizer = after[5]  # ... and undone at the end of epoch 5:
+    for restored, expected in zip(weights, states[4][0]):
+        np.testing.assert_array_equal(restored, expected)
+    moments = kk.callbacks.accelerator.optimizer_slots(model.optimizer)
+    slot_ids = {id(v) for v in moments}
+    for variable, value, expected in zip(model.optimizer.variables, optimizer, states[4][1]):
+        if id(variable) in slot_ids:
+            np.testing.assert_array_equal(value, expected)
+    assert monitor.buffers["dense"].count == 1  # a new trajectory from the restored weights
+
+
+def test_an_unjudged_jump_is_undone_when_fit_ends_first():
+    # Another callback stops training at the jump's epoch: no epoch judges the jump, so the
+    # weights the user gets back are those before it.
+    x, y = least_squares()
+    model = linear_model(0.05)
+    monitor = kk.callbacks.KoopmanMonitor(window=6, rank=3, observables="model")
+    jump = kk.callbacks.KoopmanAccelerator(monitor, every=5, horizon=10)
+    before = {}
+
+    class StopAtFive(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            before[epoch] = [w.copy() for w in self.model.get_weights()]
+            if epoch == 4:
+                self.model.stop_training = True
+
+    model.fit(x, y, epochs=20, batch_size=len(x), shuffle=False, verbose=0,
+              callbacks=[StopAtFive(), monitor, jump])
+    (attempt,) = jump.jumps
+    assert not attempt["accepted"] and attempt["reason"] == "fit ended before an epoch judged it"
+    for restored, expected in zip(model.get_weights(), before[4]):
+        np.testing.assert_array_equal(restored, expected)
+
+
+def test_no_jump_is_tried_at_the_last_epoch():
+    x, y = least_squares()
+    model = linear_model(0.05)
+    monitor = kk.callbacks.KoopmanMonitor(window=6, rank=3, observables="model")
+    jump = kk.callbacks.KoopmanAccelerator(monitor, every=5, horizon=10)
+    model.fit(x, y, epochs=10, batch_size=len(x), shuffle=False, verbose=0,
+              callbacks=[monitor, jump])
+    assert [j["epoch"] for j in jump.jumps] == [4]  # epoch 9 is the last: nothing judges it
 
 
 def test_node_wise_jump_equals_per_node_kk_dmd():
