@@ -14,16 +14,20 @@ Example:
 0.9
 """
 
-from keras_koopman._backend import check_backend as _check_backend
+import importlib
 
-_check_backend()
+from keras_koopman._backend import check_environment as _check_environment
 
-from keras_koopman import (  # noqa: E402
-    buffers, callbacks, depth, losses, pruning, spectrum, tensorboard)
-from keras_koopman.dmd import DMDResult, dmd, dmd_batch  # noqa: E402
-from keras_koopman.buffers import SnapshotBuffer  # noqa: E402
+_check_environment()  # KERAS_BACKEND set to another backend: ImportError now, TensorFlow unread
 
 __version__ = "0.1.0"
+
+# Loaded on first use (PEP 562), so that `import keras_koopman` and the command line
+# (`keras-koopman --help`) do not wait for TensorFlow; the first use checks that Keras runs
+# on TensorFlow.
+_SUBMODULES = ("buffers", "callbacks", "depth", "losses", "pruning", "spectrum", "tensorboard")
+_NAMES = {"DMDResult": "keras_koopman.dmd", "dmd": "keras_koopman.dmd",
+          "dmd_batch": "keras_koopman.dmd", "SnapshotBuffer": "keras_koopman.buffers"}
 
 __all__ = [
     "DMDResult",
@@ -39,3 +43,18 @@ __all__ = [
     "tensorboard",
     "__version__",
 ]
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        value = importlib.import_module(f"keras_koopman.{name}")
+    elif name in _NAMES:
+        value = getattr(importlib.import_module(_NAMES[name]), name)
+    else:
+        raise AttributeError(f"module 'keras_koopman' has no attribute {name!r}")
+    globals()[name] = value  # once: later reads do not come here
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -10,11 +10,18 @@ _HOW_TO = (
 )
 
 
-def check_backend():
-    """Raises ImportError with instructions if Keras is not on the TensorFlow backend."""
+def check_environment():
+    """Raises ImportError with instructions if ``KERAS_BACKEND`` asks for another backend
+    (without importing Keras: this runs when the package is imported)."""
     requested = os.environ.get("KERAS_BACKEND")
     if requested and requested.strip().lower() != "tensorflow":
         raise ImportError(f"KERAS_BACKEND is {requested!r}. {_HOW_TO}")
+
+
+def check_backend():
+    """Raises ImportError with instructions if Keras is not on the TensorFlow backend (it
+    imports Keras: run by every module of the package that uses TensorFlow, before it)."""
+    check_environment()
     import keras
 
     backend = keras.backend.backend()

@@ -13,6 +13,8 @@ TensorFlow: another Keras backend would replace this layer and the engine, not t
 
 from __future__ import annotations
 
+import keras_koopman._requires_tensorflow  # noqa: F401  (Keras on TensorFlow, checked first)
+
 import math
 import threading
 

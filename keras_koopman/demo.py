@@ -9,11 +9,53 @@ TensorBoard logs under ``--logdir`` and, with matplotlib installed, ``<logdir>/s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
 import sys
+import threading
 import time
 
 VERDICTS = {True: "converged", False: "moving"}
+
+
+# TensorFlow's native (absl) log lines: written to the process's stderr by C++ while it loads
+# and when it first compiles (CUDA probing, oneDNN, XLA service), whatever TF_CPP_MIN_LOG_LEVEL
+# says, so they can only be filtered at the file descriptor.
+_NATIVE_LOG = re.compile(rb"^(?:[IWEF]\d{4} [\d:.]+\s+\d+ [\w.-]+:\d+\] |"
+                         rb"WARNING: All log messages before absl::InitializeLog\(\) is called)")
+
+
+@contextlib.contextmanager
+def without_native_logs():
+    """Within the block, TensorFlow's native log lines are dropped from stderr (file
+    descriptor 2); every other line (Python warnings, tracebacks) passes on as it comes."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # stderr is not a file (captured): leave it
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, fd)
+    os.close(write_end)
+
+    def forward():
+        with os.fdopen(read_end, "rb") as source:
+            for line in source:
+                if not _NATIVE_LOG.match(line):
+                    os.write(saved, line)
+
+    thread = threading.Thread(target=forward, name="keras-koopman stderr filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, fd)  # the pipe's last writer closes: the filter reads to its end
+        thread.join(timeout=10)
+        os.close(saved)
 
 
 def _load_digits(seed):
@@ -42,17 +84,40 @@ def _verdict(record, stop):
     return VERDICTS[mass >= stop.mass and velocity <= stop.max_velocity]
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="keras-koopman demo", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--logdir", default="logs", help="TensorBoard log directory")
+def _add_arguments(parser):
+    parser.add_argument("--logdir", default="logs",
+                        help="TensorBoard log directory (the run goes to LOGDIR/digits)")
     parser.add_argument("--epochs", type=int, default=150, help="epoch budget")
-    parser.add_argument("--window", type=int, default=12, help="snapshots per analysis")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    parser.add_argument("--window", type=int, default=12,
+                        help="snapshots per Koopman analysis")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the weights, the data order and the validation split")
 
+
+def _parser(prog):
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_arguments(parser)
+    return parser
+
+
+def main(argv=None):
+    """``python -m keras_koopman.demo [options]``: parses the options (TensorFlow is imported
+    only after that, so ``--help`` answers at once) and runs :func:`run`."""
+    return run(_parser("python -m keras_koopman.demo").parse_args(argv))
+
+
+def run(args):
+    """Trains the demo model with the options ``args`` (``logdir``, ``epochs``, ``window``,
+    ``seed``), keeping TensorFlow's native log lines out of the output; returns the monitor,
+    the two decision callbacks and Keras's history."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with without_native_logs():
+        return _train(args)
+
+
+def _train(args):
     import keras
     import numpy as np
 
@@ -134,16 +199,29 @@ def main(argv=None):
 
 
 def cli(argv=None):
-    """The ``keras-koopman`` console script: ``keras-koopman demo [options]``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: keras-koopman demo [--logdir DIR] [--epochs N] [--window W] [--seed S]")
+    """The ``keras-koopman`` console script: ``keras-koopman demo [options]``,
+    ``keras-koopman --help``, ``keras-koopman --version``. Returns the exit status."""
+    from keras_koopman import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="keras-koopman",
+        description="Koopman mode analysis of Keras training: watch and steer model.fit.",
+        epilog="'keras-koopman COMMAND --help' shows the options of a command.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo", help="train a digits MLP with the Koopman callbacks and write TensorBoard logs",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_arguments(demo)
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as done:  # --help, --version, or a usage error (status 2)
+        return done.code or 0
+    if args.command is None:
+        parser.print_help()
         return 0
-    if argv[0] != "demo":
-        print(f"keras-koopman: unknown command {argv[0]!r}; try 'keras-koopman demo'",
-              file=sys.stderr)
-        return 2
-    main(argv[1:])
+    run(args)
     return 0
 
 

@@ -12,6 +12,8 @@ weights sit entirely in Koopman modes at 1 (or do not move) is doing no work.
 
 from __future__ import annotations
 
+import keras_koopman._requires_tensorflow  # noqa: F401  (Keras on TensorFlow, checked first)
+
 import dataclasses
 import math
 

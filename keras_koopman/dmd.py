@@ -32,6 +32,8 @@ all computed from ``R``, so the two solvers share that code.
 
 from __future__ import annotations
 
+import keras_koopman._requires_tensorflow  # noqa: F401  (Keras on TensorFlow, checked first)
+
 import dataclasses
 import math
 import numbers

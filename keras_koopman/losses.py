@@ -8,6 +8,8 @@ network fits the signal's scales and stops short of fitting the noise, without e
 
 from __future__ import annotations
 
+import keras_koopman._requires_tensorflow  # noqa: F401  (Keras on TensorFlow, checked first)
+
 import keras
 import numpy as np
 import tensorflow as tf

@@ -30,6 +30,24 @@ def test_import_adds_no_matplotlib_and_runs_no_tensorflow_work():
     assert done.stdout.split() == ["False", "True"]
 
 
+def test_import_loads_tensorflow_only_when_a_part_is_first_used():
+    done = run_python(
+        "import sys\n"
+        "import keras_koopman as kk\n"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+        "print(kk.dmd([[1.0], [0.5], [0.25]]).rank, 'tensorflow' in sys.modules)\n"
+        "print(sorted(set(kk.__all__) - set(dir(kk))), kk.callbacks.KoopmanMonitor.__name__)\n"
+        "try:\n"
+        "    kk.no_such_thing\n"
+        "except AttributeError as error:\n"
+        "    print(error)\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "False False", "1 True", "[] KoopmanMonitor",
+        "module 'keras_koopman' has no attribute 'no_such_thing'"]
+
+
 def test_import_works_without_matplotlib():
     blocker = (
         "import sys\n"

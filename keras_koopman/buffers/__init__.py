@@ -38,6 +38,8 @@ Example:
 (5, 4, True)
 """
 
+import keras_koopman._requires_tensorflow  # noqa: F401  (Keras on TensorFlow, checked first)
+
 from keras_koopman.buffers.packed import PackedBuffers, PackedView
 from keras_koopman.buffers.ring import GramReader, SnapshotBuffer
 

@@ -4,6 +4,8 @@
 decision callbacks are built on :class:`KoopmanCallback` and read the monitor's records.
 """
 
+import keras_koopman._requires_tensorflow  # noqa: F401  (Keras on TensorFlow, checked first)
+
 from keras_koopman.callbacks.tracker import KoopmanTracker
 from keras_koopman.callbacks.monitor import KoopmanMonitor, SpectrumRecord
 from keras_koopman.callbacks.base import KoopmanCallback

@@ -22,6 +22,8 @@ Example:
 True
 """
 
+import keras_koopman._requires_tensorflow  # noqa: F401  (Keras on TensorFlow, checked first)
+
 from keras_koopman.pruning.callback import UpdateKoopmanPruning, koopman_scores
 from keras_koopman.pruning.schedule import ConstantSparsity, PolynomialDecay, PruningSchedule
 from keras_koopman.pruning.wrapper import (

@@ -6,6 +6,8 @@ summaries (``plugin.py`` and ``static/index.js``) is registered with TensorBoard
 TensorBoard's server code.
 """
 
+import keras_koopman._requires_tensorflow  # noqa: F401  (Keras on TensorFlow, checked first)
+
 from keras_koopman.tensorboard.metadata import PLUGIN_NAME
 from keras_koopman.tensorboard.summary import spectrum
 
