@@ -78,7 +78,15 @@ def compile_(model):
                   metrics=["accuracy"])
 
 
-def run(model_name, seed, sparsity=None, timing=None, criterion=None, size=False):
+def variant(name):
+    """``(criterion, horizon)`` of a variant: ``magnitude``, ``koopman`` (the default scores)
+    or ``koopman@H`` (``UpdateKoopmanPruning(horizon=H)``: forecast scores)."""
+    criterion, _, horizon = name.partition("@")
+    return criterion, (int(horizon) if horizon else None)
+
+
+def run(model_name, seed, sparsity=None, timing=None, name=None, size=False):
+    criterion, horizon = variant(name) if name else (None, None)
     x, y, xv, yv = split(seed, model_name)
     epochs = EPOCHS[model_name]
     model = build(model_name, seed)
@@ -89,7 +97,7 @@ def run(model_name, seed, sparsity=None, timing=None, criterion=None, size=False
                                               frequency=1, unit="epoch")
         model = kk.pruning.prune_koopman(model, sparsity, schedule=schedule,
                                          criterion=criterion)
-        callbacks = [kk.pruning.UpdateKoopmanPruning(window=5)]
+        callbacks = [kk.pruning.UpdateKoopmanPruning(window=5, horizon=horizon)]
     compile_(model)
     keras.utils.set_random_seed(seed + 1000)
     model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, callbacks=callbacks)
@@ -113,7 +121,7 @@ def run(model_name, seed, sparsity=None, timing=None, criterion=None, size=False
     return out
 
 
-def plot(results, path):
+def plot(results, path, koopman="koopman"):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,7 +131,7 @@ def plot(results, path):
     for ax, (model_name, timing) in zip(axes, [(m, t) for m in EPOCHS for t in TIMINGS]):
         dense = results[(model_name, None, None, None)]
         ax.axhline(np.mean(dense), color="grey", ls=":", label="dense")
-        for criterion, colour in (("koopman", "tab:blue"), ("magnitude", "tab:orange")):
+        for criterion, colour in ((koopman, "tab:blue"), ("magnitude", "tab:orange")):
             values = [results[(model_name, s, timing, criterion)] for s in SPARSITIES]
             means = [np.mean(v) for v in values]
             low = [np.min(v) for v in values]
@@ -145,6 +153,8 @@ def plot(results, path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", choices=sorted(SEEDS), default="report")
+    parser.add_argument("--variants", nargs="*", default=["koopman"],
+                        help="Koopman variants against magnitude: koopman, koopman@H")
     parser.add_argument("--output", default=RESULTS)
     args = parser.parse_args()
     started = time.time()
@@ -159,10 +169,11 @@ def main():
               flush=True)
         for timing in TIMINGS:
             for sparsity in SPARSITIES:
-                for criterion in ("koopman", "magnitude"):
+                for criterion in (*args.variants, "magnitude"):
                     key = (model_name, sparsity, timing, criterion)
                     runs = [run(model_name, s, sparsity, timing, criterion,
-                                size=(s == seeds[0] and criterion == "koopman" and timing == "early"))
+                                size=(s == seeds[0] and criterion == args.variants[0]
+                                      and timing == "early"))
                             for s in seeds]
                     results[key] = [r["accuracy"] for r in runs]
                     criteria[key] = set().union(*(r["criteria"] for r in runs))
@@ -173,32 +184,39 @@ def main():
                           f"{np.median(results[key]):.4f}", sorted(criteria[key]),
                           f"[{time.time() - started:.0f} s]", flush=True)
     # Next to the results file: a run written elsewhere (a tuning run) leaves bench/ alone.
-    png = plot(results, os.path.join(os.path.dirname(os.path.abspath(args.output)), "pruning.png"))
-    lines = ["| model | begun | sparsity | dense | Koopman | magnitude | Koopman - magnitude "
-             "(SE) | verdict | stripped size |", "|---|---|---:|---:|---:|---:|---:|---|---:|"]
-    tally = {"win": 0, "tie": 0, "loss": 0}
+    png = plot(results, os.path.join(os.path.dirname(os.path.abspath(args.output)), "pruning.png"),
+               args.variants[0])
+    lines = ["| model | begun | sparsity | dense | variant | Koopman | magnitude | Koopman - "
+             "magnitude (SE) | verdict | stripped size |",
+             "|---|---|---:|---:|---|---:|---:|---:|---|---:|"]
+    tally = {name: {"win": 0, "tie": 0, "loss": 0} for name in args.variants}
     for model_name in EPOCHS:
         dense = np.mean(results[(model_name, None, None, None)])
         for timing in TIMINGS:
             for sparsity in SPARSITIES:
-                k = np.array(results[(model_name, sparsity, timing, "koopman")])
                 m = np.array(results[(model_name, sparsity, timing, "magnitude")])
-                diff = k - m  # paired: same seed, same split, same initial weights
-                se = float(np.std(diff, ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else np.nan
-                mean = float(np.mean(diff))
-                verdict = ("tie" if not abs(mean) >= 2 * se else "win" if mean > 0 else "loss")
-                tally[verdict] += 1
-                size = sizes.get((model_name, sparsity))
-                size_text = "" if size is None else f"{size / sizes[model_name]:.2f}x"
-                lines.append(f"| {model_name} | {timing} | {100 * sparsity:.0f}% "
-                             f"(reached {100 * reached[(model_name, sparsity, timing, 'koopman')]:.1f}%)"
-                             f" | {dense:.4f} | {k.mean():.4f} | {m.mean():.4f} | {mean:+.4f} "
-                             f"({se:.4f}) | {verdict} | {size_text} |")
-    goals = [f"- over {sum(tally.values())} cells: {tally['win']} won, {tally['tie']} tied, "
-             f"{tally['loss']} lost (a win or loss needs |difference| >= 2 standard errors; "
-             f"goal: no cell lost, at least 3 won): "
-             f"{'met' if tally['loss'] == 0 and tally['win'] >= 3 else 'NOT met'}"]
-    used = sorted(set().union(*(c for key, c in criteria.items() if key[3] == "koopman")))
+                for name in args.variants:
+                    k = np.array(results[(model_name, sparsity, timing, name)])
+                    diff = k - m  # paired: same seed, same split, same initial weights
+                    se = (float(np.std(diff, ddof=1) / np.sqrt(len(diff))) if len(diff) > 1
+                          else np.nan)
+                    mean = float(np.mean(diff))
+                    verdict = "tie" if not abs(mean) >= 2 * se else "win" if mean > 0 else "loss"
+                    tally[name][verdict] += 1
+                    size = sizes.get((model_name, sparsity))
+                    size_text = ("" if size is None or name != args.variants[0]
+                                 else f"{size / sizes[model_name]:.2f}x")
+                    lines.append(
+                        f"| {model_name} | {timing} | {100 * sparsity:.0f}% (reached "
+                        f"{100 * reached[(model_name, sparsity, timing, name)]:.1f}%) | "
+                        f"{dense:.4f} | {name} | {k.mean():.4f} | {m.mean():.4f} | "
+                        f"{mean:+.4f} ({se:.4f}) | {verdict} | {size_text} |")
+    goals = [f"- `{name}` over {sum(t.values())} cells: {t['win']} won, {t['tie']} tied, "
+             f"{t['loss']} lost (a win or loss needs |difference| >= 2 standard errors; goal: "
+             f"no cell lost, at least 3 won): "
+             f"{'met' if t['loss'] == 0 and t['win'] >= 3 else 'NOT met'}"
+             for name, t in tally.items()]
+    used = sorted(set().union(*(c for key, c in criteria.items() if key[3] != "magnitude")))
     command = "python bench/pruning.py " + " ".join(
         a for a in sys.argv[1:] if not a.startswith("--output") and a != args.output)
     body = "\n".join([
