@@ -86,6 +86,7 @@ def test_public_api_names():
     [
         "keras_koopman",
         "keras_koopman.dmd",
+        "keras_koopman.host_dmd",
         "keras_koopman.buffers",
         "keras_koopman.buffers.ring",
         "keras_koopman.spectrum",
