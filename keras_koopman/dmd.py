@@ -42,6 +42,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_koopman._tf import cached_function
+from keras_koopman.host_dmd import (RANK_ENERGY, RANK_FIXED,  # noqa: F401  (re-exported)
+                                    RANK_OPTIMAL, gavish_donoho_omega)
 from keras_koopman._validation import DataError, check_choice, check_int, check_number
 
 __all__ = ["DMDResult", "dmd", "dmd_batch"]
@@ -52,7 +54,6 @@ _AUTO_GRAM_ELEMENTS = 2**20
 
 # How a rank request travels into the graph: (code, value) so that changing the rank never
 # retraces.
-RANK_OPTIMAL, RANK_FIXED, RANK_ENERGY = 0, 1, 2
 
 
 def parse_rank(rank):
@@ -99,15 +100,6 @@ def check_dt(dt):
     if not math.isfinite(dt):
         raise ValueError(f"dt must be a positive finite number; got {dt!r}")
     return dt
-
-
-def gavish_donoho_omega(beta):
-    """Gavish-Donoho coefficient omega(beta) for the optimal hard threshold with unknown noise.
-
-    The threshold is ``omega(beta) * median(singular values)`` for a matrix of aspect ratio
-    ``beta = min(shape) / max(shape)`` (Gavish and Donoho 2014, eq. (5) approximation).
-    """
-    return 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
 
 
 def floor_epsilon(data_dtype, solver):

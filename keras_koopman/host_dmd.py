@@ -30,14 +30,19 @@ import numpy as np
 __all__ = ["batch_gram_solve", "gram_solve", "select_rank_batch", "summary", "summary_batch",
            "window_motion"]
 
-# The rank encoding of keras_koopman.dmd.parse_rank (kept here so that this module needs no
-# TensorFlow).
+# The rank encoding of keras_koopman.dmd.parse_rank, defined here (this module needs no
+# TensorFlow) and imported by dmd.py.
 RANK_OPTIMAL, RANK_FIXED, RANK_ENERGY = 0, 1, 2
-_UNSTABLE = 1e-3  # as keras_koopman.spectrum: |lambda| above 1 + this counts as unstable
+UNSTABLE_MARGIN = 1e-3  # |lambda| above 1 + this counts as unstable (also keras_koopman.spectrum)
 
 
-def _omega(beta):
-    """Gavish-Donoho coefficient (as :func:`keras_koopman.dmd.gavish_donoho_omega`)."""
+def gavish_donoho_omega(beta):
+    """Gavish-Donoho coefficient omega(beta) for the optimal hard threshold with unknown noise.
+
+    The threshold is ``omega(beta) * median(singular values)`` for a matrix of aspect ratio
+    ``beta = min(shape) / max(shape)`` (Gavish and Donoho 2014, eq. (5) approximation); plain
+    arithmetic, so it takes NumPy arrays and tensors alike.
+    """
     return 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
 
 
@@ -56,7 +61,7 @@ def select_rank_batch(singular, n_cols, code, value, floor):
         cols = np.asarray(n_cols, np.float64)
         beta = np.minimum(float(p), cols) / np.maximum(float(p), cols)
         median = 0.5 * (singular[:, (p - 1) // 2] + singular[:, p // 2])
-        chosen = np.sum(singular > (_omega(beta) * median)[..., np.newaxis], axis=1)
+        chosen = np.sum(singular > (gavish_donoho_omega(beta) * median)[..., np.newaxis], axis=1)
     return np.clip(chosen, 1, supported).astype(np.int32)
 
 
@@ -219,7 +224,7 @@ def summary(eigenvalues, amplitudes, residuals, tolerance):
     return {
         "spectral_radius": float(np.max(np.abs(eigenvalues), initial=0.0)),
         "near_one_fraction": float(np.sum(weights * near) / total) if total > 0 else 0.0,
-        "unstable_count": int(np.sum(np.abs(eigenvalues) > 1.0 + _UNSTABLE)),
+        "unstable_count": int(np.sum(np.abs(eigenvalues) > 1.0 + UNSTABLE_MARGIN)),
         "max_residual": float(finite.max()) if finite.size else float("nan"),
     }
 
@@ -240,6 +245,6 @@ def summary_batch(eigenvalues, amplitudes, residuals, rank, tolerance):
         "spectral_radius": moduli.max(axis=1, initial=0.0),
         "near_one_fraction": np.divide(np.sum(near * weights, axis=1), total,
                                        out=np.zeros_like(total), where=total > 0),
-        "unstable_count": np.sum(moduli > 1.0 + _UNSTABLE, axis=1).astype(np.int32),
+        "unstable_count": np.sum(moduli > 1.0 + UNSTABLE_MARGIN, axis=1).astype(np.int32),
         "max_residual": np.where(finite.any(axis=1), largest, np.nan),
     }

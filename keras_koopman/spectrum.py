@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_koopman._validation import check_number
+from keras_koopman.host_dmd import UNSTABLE_MARGIN as _UNSTABLE
 
 __all__ = [
     "spectral_radius",
@@ -78,7 +79,6 @@ def near_one_fraction(result_or_eigenvalues, tolerance=0.01, amplitudes=None):
     return tf.math.divide_no_nan(tf.reduce_sum(near * weights), total)
 
 
-_UNSTABLE = 1e-3  # |lambda| above 1 + this counts as unstable
 
 
 def unstable_count(result_or_eigenvalues, tolerance=_UNSTABLE):

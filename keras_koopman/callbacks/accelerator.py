@@ -19,6 +19,7 @@ __all__ = ["KoopmanAccelerator"]
 
 _OPTIMIZER_STATES = ("keep", "reset")
 _GUARDS = ("auto", "next_epoch", "loss", None)
+_OBSERVABLES = ("layers", "nodes")
 
 
 def _finite_loss(logs):
@@ -29,7 +30,6 @@ def _finite_loss(logs):
     except (TypeError, ValueError):
         return None
     return value if np.isfinite(value) else None
-_OBSERVABLES = ("layers", "nodes")
 
 
 def node_index(variables):
