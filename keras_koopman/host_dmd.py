@@ -1,0 +1,245 @@
+"""The small ``[m, m]`` eigenproblems of the Gram path, on the host in NumPy float64.
+
+A monitor's analysis needs, per observable group, only the float64 Gram matrix of its window
+(``m x m``, ``m`` = snapshots): the device keeps the buffers and their streaming Gram matrices
+and hands over these small matrices in one transfer; everything after that is a few LAPACK
+calls on ``m <= window`` sized matrices. In NumPy they cost microseconds, need no tracing and no
+graph instantiation (a TensorFlow graph of the same algebra costs ~0.3 s to instantiate for
+every new model here, and ~2 ms a call), and they are the same on every Keras backend.
+
+Each function mirrors its TensorFlow counterpart in :mod:`keras_koopman.dmd` (same algorithm,
+same outputs): :func:`select_rank_batch`, :func:`gram_solve` (with :func:`small_space` and
+:func:`unit_modes`, exact and refined Rayleigh-Ritz), :func:`batch_gram_solve` (many small
+exact DMDs), and the metrics :func:`summary` / :func:`summary_batch` and
+:func:`window_motion` of :mod:`keras_koopman.spectrum`.
+
+Example:
+
+>>> import numpy as np
+>>> from keras_koopman import host_dmd
+>>> x = np.outer(0.9 ** np.arange(6), [1.0, 2.0, 3.0])  # x_k = 0.9**k * [1, 2, 3]
+>>> eigenvalues, *_ = host_dmd.gram_solve(x @ x.T, 3, 1, 1.0, 1e-7, "exact")
+>>> np.round(eigenvalues, 12)
+array([0.9+0.j])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["batch_gram_solve", "gram_solve", "select_rank_batch", "summary", "summary_batch",
+           "window_motion"]
+
+# The rank encoding of keras_koopman.dmd.parse_rank (kept here so that this module needs no
+# TensorFlow).
+RANK_OPTIMAL, RANK_FIXED, RANK_ENERGY = 0, 1, 2
+_UNSTABLE = 1e-3  # as keras_koopman.spectrum: |lambda| above 1 + this counts as unstable
+
+
+def _omega(beta):
+    """Gavish-Donoho coefficient (as :func:`keras_koopman.dmd.gavish_donoho_omega`)."""
+    return 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
+
+
+def select_rank_batch(singular, n_cols, code, value, floor):
+    """The rank rule of :func:`keras_koopman.dmd.select_rank_batch`: int32 ``[batch]``."""
+    singular = np.asarray(singular, np.float64)
+    batch, p = singular.shape
+    supported = np.maximum(np.sum(singular > floor * singular[:, :1], axis=1), 1)
+    if code == RANK_FIXED:
+        chosen = np.full(batch, int(np.clip(value, 0.0, p)))
+    elif code == RANK_ENERGY:
+        squared = singular**2
+        total = np.maximum(squared.sum(axis=1, keepdims=True), 1e-300)
+        chosen = np.sum(np.cumsum(squared, axis=1) / total < value, axis=1) + 1
+    else:
+        cols = np.asarray(n_cols, np.float64)
+        beta = np.minimum(float(p), cols) / np.maximum(float(p), cols)
+        median = 0.5 * (singular[:, (p - 1) // 2] + singular[:, p // 2])
+        chosen = np.sum(singular > (_omega(beta) * median)[..., np.newaxis], axis=1)
+    return np.clip(chosen, 1, supported).astype(np.int32)
+
+
+def _norms(a, axis):
+    return np.sqrt(np.sum((a * np.conj(a)).real, axis=axis))
+
+
+def _eig(matrix):
+    """Eigenpairs as complex128, whatever NumPy returns for a real matrix."""
+    values, vectors = np.linalg.eig(matrix)
+    return values.astype(np.complex128), vectors.astype(np.complex128)
+
+
+def _least_squares(matrix, rhs):
+    """Minimum-norm least squares through the SVD (as :func:`keras_koopman.dmd.least_squares`)."""
+    u, s, vh = np.linalg.svd(matrix, full_matrices=False)
+    cutoff = (s.max() if s.size else 0.0) * 1e-12 * max(matrix.shape)
+    inverse = np.where(s > cutoff, 1.0 / np.where(s > 0, s, 1.0), 0.0)
+    return np.conj(vh).T @ ((np.conj(u).T @ rhs) * inverse)
+
+
+def small_space(reduced, factor, method):
+    """Eigenpairs, residuals, mode coefficients and amplitudes from the ``[2k+1]`` basis (as
+    :func:`keras_koopman.dmd.small_space`)."""
+    k = reduced.shape[0]
+    eigenvalues, vectors = _eig(reduced)
+    vectors = vectors / np.where((n := _norms(vectors, 0)) > 0, n, 1.0)[np.newaxis, :]
+    order = np.argsort(-np.abs(eigenvalues), kind="stable")
+    eigenvalues, vectors = eigenvalues[order], vectors[:, order]
+    r = factor.astype(np.complex128)
+    r_u, r_b, r_x = r[:, :k], r[:, k:2 * k], r[:, 2 * k]
+    shifted = r_b[np.newaxis] - eigenvalues[:, np.newaxis, np.newaxis] * r_u[np.newaxis]
+    ritz = vectors.T  # [k pairs, k]
+    zeros = np.zeros_like(ritz)
+    zero_col = np.zeros((k, 1), np.complex128)
+    if method == "exact":
+        residuals = _norms(np.einsum("jqk,jk->jq", shifted, ritz), 1)
+        image_norms = _norms(ritz @ r_b.T, 1)
+        has_image = image_norms > 1e-12 * np.max(np.abs(r))
+        coefficients = np.where(has_image[:, np.newaxis],
+                                np.concatenate([zeros, ritz, zero_col], axis=1),
+                                np.concatenate([ritz, zeros, zero_col], axis=1))
+    else:
+        _, singular, vh = np.linalg.svd(shifted, full_matrices=False)
+        residuals = singular[:, -1]
+        refined = np.conj(vh[:, -1, :])  # the right singular vector of the smallest value
+        coefficients = np.concatenate([refined, zeros, zero_col], axis=1)
+    coefficients = coefficients.T  # [2k+1, k]
+    mode_norms = _norms(r @ coefficients, 0)
+    coefficients = coefficients / np.where(mode_norms > 0, mode_norms, 1.0)[np.newaxis, :]
+    amplitudes = _least_squares(r @ coefficients, r_x)
+    return eigenvalues, coefficients, residuals, amplitudes
+
+
+def _square_root_factor(gram):
+    values, vectors = np.linalg.eigh(gram)
+    return np.sqrt(np.maximum(values, 0.0))[:, np.newaxis] * vectors.T
+
+
+def _basis_coefficients(right_vectors, inverse_s, m):
+    k = right_vectors.shape[1]
+    scaled = right_vectors * inverse_s[np.newaxis, :]
+    zeros_row = np.zeros((1, k))
+    e0 = np.zeros((m, 1))
+    e0[0, 0] = 1.0
+    return np.concatenate([np.concatenate([scaled, zeros_row]),
+                           np.concatenate([zeros_row, scaled]), e0], axis=1)
+
+
+def gram_solve(gram, n_cols, code, value, floor, method):
+    """DMD from the float64 Gram matrix ``[m, m]`` of time-major snapshots (as
+    :func:`keras_koopman.dmd.gram_solve`): eigenvalues, ``K [m, k]`` with modes ``X^T K``,
+    residuals, amplitudes, the singular values of ``X0`` and the rank."""
+    gram = np.asarray(gram, np.float64)
+    m = gram.shape[0]
+    p = min(m - 1, int(n_cols))
+    values, vectors = np.linalg.eigh(gram[:-1, :-1])
+    values, vectors = values[::-1][:p], vectors[:, ::-1][:, :p]
+    singular = np.sqrt(np.maximum(values, 0.0))
+    k = int(select_rank_batch(singular[np.newaxis], n_cols, code, value, floor)[0])
+    s_k = singular[:k]
+    basis = _basis_coefficients(vectors[:, :k], 1.0 / np.where(s_k > 0, s_k, 1.0), m)
+    basis_gram = basis.T @ gram @ basis
+    eigenvalues, coefficients, residuals, amplitudes = small_space(
+        basis_gram[:k, k:2 * k], _square_root_factor(basis_gram), method)
+    return eigenvalues, basis @ coefficients, residuals, amplitudes, singular, k
+
+
+def unit_modes(combination, amplitudes, gram):
+    """``K`` scaled so that the modes ``X^T K`` have unit norm, amplitudes rescaled so that
+    ``modes @ amplitudes`` is unchanged (as :func:`keras_koopman.dmd.unit_modes`)."""
+    squared = np.sum(np.conj(combination) * (gram @ combination), axis=0).real
+    norms = np.sqrt(np.maximum(squared, 0.0))
+    norms = np.where(norms > 0, norms, 1.0)
+    return combination / norms[np.newaxis, :], amplitudes * norms
+
+
+def _quadratic(vectors, matrix):
+    """``diag(V^H M V)`` for a batch."""
+    return np.sum(np.conj(vectors) * (matrix @ vectors), axis=1)
+
+
+def batch_gram_solve(gram, n_cols, code, value, floor):
+    """Exact DMD spectra of a batch from its Gram matrices ``[batch, m, m]`` (as
+    :func:`keras_koopman.dmd.batch_gram_solve`); slots past each element's rank hold
+    eigenvalue 0 with zero mode and amplitude."""
+    gram = np.asarray(gram, np.float64)
+    n_cols = np.asarray(n_cols)
+    p = min(gram.shape[1] - 1, int(np.min(n_cols)))
+    g00, g01, g11 = gram[:, :-1, :-1], gram[:, :-1, 1:], gram[:, 1:, 1:]
+    values, vectors = np.linalg.eigh(g00)
+    values, vectors = values[:, ::-1][:, :p], vectors[:, :, ::-1][:, :, :p]
+    singular = np.sqrt(np.maximum(values, 0.0))
+    k = select_rank_batch(singular, n_cols, code, value, floor)
+    keep = np.arange(p)[np.newaxis, :] < k[:, np.newaxis]
+    inverse_s = np.where(keep, 1.0 / np.where(singular > 0, singular, 1.0), 0.0)
+    scaled = vectors * inverse_s[:, np.newaxis, :]
+    eigenvalues, ritz = _eig(np.swapaxes(scaled, 1, 2) @ g01 @ scaled)
+    order = np.argsort(-np.abs(eigenvalues), axis=1, kind="stable")
+    eigenvalues = np.take_along_axis(eigenvalues, order, axis=1)
+    ritz = np.take_along_axis(ritz, order[:, np.newaxis, :], axis=2)
+    ritz = ritz / np.maximum(_norms(ritz, 1), 1e-300)[:, np.newaxis, :]
+    combination = scaled @ ritz
+    cross = _quadratic(combination, g01)
+    x1 = _quadratic(combination, g11).real
+    squared = (x1 + np.abs(eigenvalues) ** 2 * _quadratic(combination, g00).real
+               - 2.0 * np.real(eigenvalues * np.conj(cross)))
+    residuals = np.sqrt(np.maximum(squared, 0.0))
+    norms = np.sqrt(np.maximum(x1, 0.0))
+    combination = combination / np.where(norms > 1e-300, norms, 1.0)[:, np.newaxis, :]
+    normal = np.swapaxes(np.conj(combination), 1, 2) @ g11 @ combination
+    rhs = np.einsum("bmp,bm->bp", np.conj(combination), gram[:, 1:, 0])
+    weights, basis = np.linalg.eigh(normal)
+    cutoff = 1e-12 * weights.max(axis=1, keepdims=True)
+    inverse = np.where(weights > cutoff, 1.0 / np.where(weights > 0, weights, 1.0), 0.0)
+    amplitudes = np.einsum("bpq,bq->bp", basis,
+                           inverse * np.einsum("bqp,bq->bp", np.conj(basis), rhs))
+    return eigenvalues, combination, amplitudes, residuals, singular, k
+
+
+def window_motion(gram):
+    """``|x_newest - x_oldest| / |x_newest|`` from the window's Gram matrix (as
+    :func:`keras_koopman.spectrum.window_motion`)."""
+    gram = np.asarray(gram, np.float64)
+    last, first = gram[..., -1, -1], gram[..., 0, 0]
+    distance = np.maximum(last + first - 2.0 * gram[..., 0, -1], 0.0)
+    ratio = np.sqrt(distance / np.where(last > 0, last, 1.0))
+    return np.where(last > 0, ratio, np.where(distance > 0, np.inf, 0.0))
+
+
+def summary(eigenvalues, amplitudes, residuals, tolerance):
+    """The four logged scalars of one spectrum (amplitude-weighted ``near_one_fraction``), as
+    :func:`keras_koopman.spectrum.summary` gives them."""
+    eigenvalues = np.asarray(eigenvalues, np.complex128)
+    weights = np.abs(np.asarray(amplitudes))
+    total = weights.sum()
+    near = np.abs(eigenvalues - 1.0) <= tolerance
+    residuals = np.asarray(residuals, np.float64)
+    finite = residuals[np.isfinite(residuals)]
+    return {
+        "spectral_radius": float(np.max(np.abs(eigenvalues), initial=0.0)),
+        "near_one_fraction": float(np.sum(weights * near) / total) if total > 0 else 0.0,
+        "unstable_count": int(np.sum(np.abs(eigenvalues) > 1.0 + _UNSTABLE)),
+        "max_residual": float(finite.max()) if finite.size else float("nan"),
+    }
+
+
+def summary_batch(eigenvalues, amplitudes, residuals, rank, tolerance):
+    """:func:`summary` of a batch of padded spectra ``[batch, p]`` (element ``b``'s spectrum in
+    its first ``rank[b]`` slots), as ``[batch]`` arrays."""
+    eigenvalues = np.asarray(eigenvalues, np.complex128)
+    kept = np.arange(eigenvalues.shape[1])[np.newaxis, :] < np.asarray(rank)[:, np.newaxis]
+    moduli = np.where(kept, np.abs(eigenvalues), 0.0)
+    weights = np.where(kept, np.abs(np.asarray(amplitudes)), 0.0)
+    near = np.abs(eigenvalues - 1.0) <= tolerance
+    residuals = np.asarray(residuals, np.float64)
+    finite = kept & np.isfinite(residuals)
+    total = weights.sum(axis=1)
+    largest = np.max(np.where(finite, residuals, -1.0), axis=1, initial=-1.0)
+    return {
+        "spectral_radius": moduli.max(axis=1, initial=0.0),
+        "near_one_fraction": np.divide(np.sum(near * weights, axis=1), total,
+                                       out=np.zeros_like(total), where=total > 0),
+        "unstable_count": np.sum(moduli > 1.0 + _UNSTABLE, axis=1).astype(np.int32),
+        "max_residual": np.where(finite.any(axis=1), largest, np.nan),
+    }
