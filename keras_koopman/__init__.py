@@ -15,6 +15,8 @@ Example:
 """
 
 import importlib
+import sys
+import types
 
 from keras_koopman._backend import check_environment as _check_environment
 
@@ -26,8 +28,8 @@ __version__ = "0.1.0"
 # (`keras-koopman --help`) do not wait for TensorFlow; the first use checks that Keras runs
 # on TensorFlow.
 _SUBMODULES = ("buffers", "callbacks", "depth", "losses", "pruning", "spectrum", "tensorboard")
-_NAMES = {"DMDResult": "keras_koopman.dmd", "dmd": "keras_koopman.dmd",
-          "dmd_batch": "keras_koopman.dmd", "SnapshotBuffer": "keras_koopman.buffers"}
+_NAMES = {"DMDResult": "keras_koopman.dmd", "dmd_batch": "keras_koopman.dmd",
+          "SnapshotBuffer": "keras_koopman.buffers"}
 
 __all__ = [
     "DMDResult",
@@ -43,6 +45,24 @@ __all__ = [
     "tensorboard",
     "__version__",
 ]
+
+
+class _Package(types.ModuleType):
+    """The package's module type: ``keras_koopman.dmd`` is the function :func:`dmd`, while
+    ``keras_koopman/dmd.py`` is also a submodule, which the import system records on the
+    package (``setattr(package, "dmd", module)``) whenever it is imported; this property keeps
+    the function there."""
+
+    @property
+    def dmd(self):
+        return importlib.import_module("keras_koopman.dmd").dmd
+
+    @dmd.setter
+    def dmd(self, module):
+        pass  # the submodule stays in sys.modules["keras_koopman.dmd"]
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name):

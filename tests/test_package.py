@@ -37,6 +37,8 @@ def test_import_loads_tensorflow_only_when_a_part_is_first_used():
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
         "print(kk.dmd([[1.0], [0.5], [0.25]]).rank, 'tensorflow' in sys.modules)\n"
         "print(sorted(set(kk.__all__) - set(dir(kk))), kk.callbacks.KoopmanMonitor.__name__)\n"
+        "import keras_koopman.pruning  # imports the submodule keras_koopman/dmd.py\n"
+        "print(callable(kk.dmd), kk.dmd.__name__)\n"
         "try:\n"
         "    kk.no_such_thing\n"
         "except AttributeError as error:\n"
@@ -44,7 +46,7 @@ def test_import_loads_tensorflow_only_when_a_part_is_first_used():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
-        "False False", "1 True", "[] KoopmanMonitor",
+        "False False", "1 True", "[] KoopmanMonitor", "True dmd",
         "module 'keras_koopman' has no attribute 'no_such_thing'"]
 
 

@@ -100,10 +100,17 @@ class KoopmanAccelerator(KoopmanCallback):
 
     Optimizer state: ``"reset"`` (default) sets the per-weight optimizer state (momentum, Adam
     moments) to zero after a kept jump, since it describes the trajectory before the jump;
-    ``"keep"`` leaves it as it is. Measured on the digits MLP (``bench/acceleration.py --part
-    state``, 5 seeds): with Adam, reset reached the plain run's final loss in 2.7x fewer epochs
-    against 1.9x with keep, and ended at 0.07x its loss against 0.44x; with SGD + momentum both
-    did about as well (2.7x vs 3.0x fewer epochs, same wall time). Plain SGD has no state.
+    ``"keep"`` leaves it as it is. On the tuning seeds of ``bench/acceleration.py`` reset was
+    ahead with Adam on all five tasks (wall time 1.26-2.24x less than plain against 0.99-1.38x
+    with keep) and mixed with SGD + momentum; plain SGD has no state.
+
+    Measured with the defaults (``bench/acceleration.py --seeds report``, seeds nothing was
+    tuned on; ``bench/RESULTS.md``): with Adam 1.35-1.90x less wall time to the plain run's
+    best training loss on a digits MLP, a small CNN, a breast-cancer MLP and a GRU (1.28x on a
+    diabetes regression); with SGD 1.74-3.00x fewer epochs but 1.26-1.95x less time (1.5x or
+    more on the digits MLP and CNN only); with SGD + momentum 1.20-1.66x, and 0.85x on the
+    diabetes regression. The final loss was below plain's in every row. ``observables="nodes"``
+    won 4 of 15 rows on the tuning seeds (none with Adam): layer-wise is the default.
 
     Fixed cost: the first jump of a new model traces the DMD functions (a few tenths of a
     second here); each jump after that costs a DMD per group (plus two probe evaluations with

@@ -17,22 +17,32 @@ from keras_koopman.pruning.wrapper import attach_callback, detach_callback, prun
 __all__ = ["UpdateKoopmanPruning", "koopman_scores"]
 
 
-def koopman_scores(result, newest):
-    """Score of each weight: ``|b_j lambda_j^newest phi_j|`` for the eigenvalue ``lambda_j``
-    nearest 1, i.e. the size of each weight's share of the mode that carries where training is
-    heading, as it stands in the newest snapshot (``newest`` = its index in the window).
+def koopman_scores(result, newest, horizon=None):
+    """Score of each weight from a DMD of its window (the NumPy reference of the mask update).
+
+    ``horizon=None``: ``|b_j lambda_j^newest phi_j|`` for the eigenvalue ``lambda_j`` nearest
+    1, i.e. the size of each weight's share of the mode that carries where training is heading,
+    as it stands in the newest snapshot (``newest`` = its index in the window). An int ``h``:
+    ``|sum_j b_j mu_j^(newest + h) phi_j|`` with ``mu_j = lambda_j / max(|lambda_j|, 1)``, the
+    size of each weight in the DMD's forecast ``h`` snapshots ahead (decaying modes fade,
+    growing ones are held at unit modulus): magnitude pruning of where the weights are heading.
 
     Args:
       result: a :class:`keras_koopman.DMDResult` with modes.
       newest: index of the newest snapshot (window length - 1).
+      horizon: ``None`` or the forecast horizon in snapshots.
 
     Returns:
       float64 array ``[n]``.
     """
     eigenvalues = np.asarray(result.eigenvalues)
-    j = int(np.argmin(np.abs(eigenvalues - 1.0)))
-    weight = np.asarray(result.amplitudes)[j] * eigenvalues[j] ** newest
-    return np.abs(np.asarray(result.modes)[:, j] * weight)
+    amplitudes = np.asarray(result.amplitudes)
+    modes = np.asarray(result.modes)
+    if horizon is None:
+        j = int(np.argmin(np.abs(eigenvalues - 1.0)))
+        return np.abs(modes[:, j] * (amplitudes[j] * eigenvalues[j] ** newest))
+    held = eigenvalues / np.maximum(np.abs(eigenvalues), 1.0)
+    return np.abs(modes @ (amplitudes * held ** (newest + horizon)))
 
 
 class UpdateKoopmanPruning(KoopmanCallback):
@@ -60,6 +70,10 @@ class UpdateKoopmanPruning(KoopmanCallback):
       rank: DMD rank rule (``None``: Gavish-Donoho; int; energy fraction).
       log_dir: TensorBoard directory or ``None``.
       verbose: 1 prints a line per update.
+      horizon: ``None`` (default): Koopman scores from the mode nearest 1, put on each
+        tensor's weight scale; an int ``h``: scores are the size of each weight in the DMD's
+        forecast ``h`` snapshots ahead (see :func:`koopman_scores`), already in weight units
+        (experimental: being measured in ``bench/pruning.py``).
 
     Attributes:
       updates: one dict per mask update: ``step`` (epoch or optimizer step, per the
@@ -83,8 +97,9 @@ class UpdateKoopmanPruning(KoopmanCallback):
     32
     """
 
-    def __init__(self, window=10, rank=None, log_dir=None, verbose=0):
+    def __init__(self, window=10, rank=None, log_dir=None, verbose=0, horizon=None):
         window = check_int(window, "window", 3)
+        self.horizon = None if horizon is None else check_int(horizon, "horizon", 0)
         parse_rank(rank)
         log_dir = check_log_dir(log_dir)
         # A gathering-only monitor of its own, one group per wrapped weight; the base forwards
@@ -231,7 +246,8 @@ class UpdateKoopmanPruning(KoopmanCallback):
         if function is None:
             function = self._functions[key] = mask_update_function(
                 [[(buffers[n], *self._groups[n][1:]) for n in pool] for _, pool in pools],
-                koopman, [self._groups[n][2] for n in others], self.log_dir is not None)
+                koopman, [self._groups[n][2] for n in others], self.log_dir is not None,
+                self.horizon)
         stored = {n: self._stored(n) for n in names}
         ready = [self._groups[n][0].criterion == "koopman" and stored[n] >= self.window
                  and n not in self.monitor.nonfinite_groups for n in names]

@@ -23,12 +23,15 @@ from keras_koopman.dmd import assemble_gram, floor_epsilon, gram_solve, guard_fi
 __all__ = ["kth_smallest", "mask_update_function", "select_smallest"]
 
 
-def koopman_graph_scores(state, keep, code, value, newest):
+def koopman_graph_scores(state, keep, code, value, newest, horizon=None):
     """Scores ``[n]`` float64 of one buffer's entries and whether the DMD succeeded.
 
     ``state``: the buffer's ``state()`` (after a refresh); ``keep``: float ``[n]``, 1 where the
     entry is unpruned. Pruned entries are zeroed in every snapshot, which is the DMD of the
     unpruned entries alone (their columns add nothing to the Gram matrix) with zero modes there.
+    ``horizon=None``: the entry's share of the mode nearest 1 in the newest snapshot; an int
+    ``h``: the size of the entry in the DMD's forecast ``h`` snapshots past the newest, every
+    mode included (growing ones held at unit modulus), in the weights' own units.
     """
     stored, reference, centred, cross, reference_sq, count = state
     window = tf.shape(stored, tf.int64)[0]
@@ -54,9 +57,15 @@ def koopman_graph_scores(state, keep, code, value, newest):
     n_kept = tf.cast(tf.reduce_sum(keep), tf.int32)
     eigenvalues, combination, _, amplitudes, singular, _ = gram_solve(
         gram, n_kept, code, value, floor, "exact")
-    j = tf.argmin(tf.abs(eigenvalues - 1.0))
-    weight = amplitudes[j] * eigenvalues[j] ** tf.cast(newest, tf.complex128)
-    c = combination[:, j] * weight  # [m] over the chronological snapshots
+    if horizon is None:
+        j = tf.argmin(tf.abs(eigenvalues - 1.0))
+        weight = amplitudes[j] * eigenvalues[j] ** tf.cast(newest, tf.complex128)
+        c = combination[:, j] * weight  # [m] over the chronological snapshots
+    else:
+        moduli = tf.abs(eigenvalues)
+        held = eigenvalues / tf.cast(tf.maximum(moduli, 1.0), tf.complex128)
+        steps = tf.cast(newest + horizon, tf.complex128)
+        c = tf.linalg.matvec(combination, amplitudes * held ** steps)
     slots = tf.scatter_nd(order[:, tf.newaxis], c, tf.reshape(window, [1]))
     stacked = tf.stack([tf.math.real(slots), tf.math.imag(slots)], axis=1)  # [window, 2]
     # X^T c with X = stored + 1 reference^T, read from the stored buffer in place.
@@ -131,7 +140,7 @@ def select_smallest(scores, count):
     return tf.cond(rest > 0, some, first_negatives)
 
 
-def mask_update_function(groups, koopman, others, log_scores):
+def mask_update_function(groups, koopman, others, log_scores, horizon=None):
     """A ``tf.function`` that updates the masks of ``groups`` in one call.
 
     Args:
@@ -141,6 +150,9 @@ def mask_update_function(groups, koopman, others, log_scores):
         traced; whether its window is ready is an input).
       others: the masks of the weights in no pool (their pruned entries are counted).
       log_scores: also return the kept scores of all pools (for a histogram).
+      horizon: ``None`` (scores from the mode nearest 1, scaled to each tensor's weights) or
+        the forecast horizon of the scores (see :func:`koopman_graph_scores`; in the weights'
+        units already, so not rescaled).
 
     The function takes ``(counts [pools] int64, ready [groups] bool, newest [groups] int64,
     code, value)`` (``counts``: entries to prune per pool; ``ready``: Koopman scores may be
@@ -161,12 +173,13 @@ def mask_update_function(groups, koopman, others, log_scores):
                     def tried(buffer=buffer, keep=keep, i=index):
                         buffer.refresh()  # the Gram rows the monitor deferred
                         return koopman_graph_scores(buffer.state(), keep, code, value,
-                                                    newest[i])
+                                                    newest[i], horizon)
 
                     # A tensor pruned to nothing has no DMD: magnitude (all -1 below anyway).
                     raw, valid = tf.cond(ready[index] & tf.reduce_any(keep > 0), tried,
                                          lambda: (magnitude, tf.constant(False)))
-                    score = tf.where(valid, on_weight_scale(raw, values, keep), magnitude)
+                    scaled = raw if horizon is not None else on_weight_scale(raw, values, keep)
+                    score = tf.where(valid, scaled, magnitude)
                 else:
                     score, valid = magnitude, tf.constant(False)
                 # Pruned weights stay pruned: they sort first; a NaN score (NaN weights) sorts

@@ -9,16 +9,31 @@ import keras_koopman as kk
 from keras_koopman.pruning.masks import kth_smallest, select_smallest
 
 
-def reference_scores(snapshots, mask, weight, newest):
+def reference_scores(snapshots, mask, weight, newest, horizon=None):
     """NumPy/eager reference of one tensor's scores: the DMD of its unpruned entries alone
     (``kk.dmd`` of the kept columns), ``koopman_scores``, scaled to the root mean square of the
-    kept weights; pruned entries -1."""
+    kept weights (forecast scores, ``horizon`` given, are not rescaled); pruned entries -1."""
     kept = np.flatnonzero(mask)
-    raw = kk.pruning.koopman_scores(kk.dmd(snapshots[:, kept], rank=4), newest)
+    raw = kk.pruning.koopman_scores(kk.dmd(snapshots[:, kept], rank=4), newest, horizon)
     score = np.full(mask.size, -1.0)
     values = weight[kept].astype(np.float64)
-    score[kept] = raw * np.sqrt(np.mean(values**2) / np.mean(raw**2))
+    scale = 1.0 if horizon is not None else np.sqrt(np.mean(values**2) / np.mean(raw**2))
+    score[kept] = raw * scale
     return score
+
+
+def test_forecast_scores_of_a_decaying_weight_fall_to_its_limit():
+    # x_k = w_inf + 0.5**k d: the forecast h steps past the newest is w_inf + 0.5**(k+h) d, so
+    # an entry that is large now but heading to 0 scores low, unlike its magnitude.
+    limit = np.array([1.0, 0.5, 0.0, 0.2])
+    drift = np.array([0.0, 0.0, 30.0, 0.0])
+    x = np.stack([limit + 0.5**k * drift for k in range(6)])
+    result = kk.dmd(x, rank=2)
+    for horizon, expected in ((0, limit + 0.5**5 * drift), (20, limit + 0.5**25 * drift)):
+        np.testing.assert_allclose(kk.pruning.koopman_scores(result, 5, horizon),
+                                   np.abs(expected), atol=1e-8)
+    assert np.argmin(kk.pruning.koopman_scores(result, 5, 20)) == 2  # the big one, fading
+    assert np.argmin(np.abs(x[-1])) != 2
 
 
 def test_kth_smallest_finds_numpy_sorts_value():
@@ -47,8 +62,10 @@ def test_select_smallest_takes_exactly_count_entries_ties_by_position(ties, prun
         np.testing.assert_array_equal(chosen, expected)
 
 
+@pytest.mark.parametrize("horizon", [None, 10])
 @pytest.mark.parametrize("jit_compile", [False, True])
-def test_koopman_update_matches_the_numpy_reference_and_keeps_pruned_entries(jit_compile):
+def test_koopman_update_matches_the_numpy_reference_and_keeps_pruned_entries(jit_compile,
+                                                                              horizon):
     """Two updates (30%, then 60%) of a 2-layer model trained by SGD: each time the masks equal
     the ones the NumPy reference (scores over the window the update saw, global threshold,
     pruned entries first) picks, up to entries whose scores tie within float32 rounding."""
@@ -62,7 +79,7 @@ def test_koopman_update_matches_the_numpy_reference_and_keeps_pruned_entries(jit
                                           unit="epoch")
     pruned = kk.pruning.prune_koopman(model, 0.6, schedule=schedule)
     pruned.compile(keras.optimizers.SGD(0.05), "mse", jit_compile=jit_compile)
-    update = kk.pruning.UpdateKoopmanPruning(window=4, rank=4)
+    update = kk.pruning.UpdateKoopmanPruning(window=4, rank=4, horizon=horizon)
     seen = {}
 
     decide = update.decide
@@ -80,7 +97,7 @@ def test_koopman_update_matches_the_numpy_reference_and_keeps_pruned_entries(jit
                                                                       (7, "koopman")]
     previous = None
     for epoch in (4, 7):
-        scores = np.concatenate([reference_scores(s, m, w, s.shape[0] - 1)
+        scores = np.concatenate([reference_scores(s, m, w, s.shape[0] - 1, horizon)
                                  for s, m, w in seen[epoch]])
         masks = seen[epoch, "masks"]
         count = int(np.floor(schedule(epoch)[1] * masks.size))
