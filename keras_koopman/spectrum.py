@@ -116,40 +116,6 @@ def summary(result, tolerance=0.01, weighted=True):
     }
 
 
-def summary_batch(eigenvalues, amplitudes, residuals, rank, tolerance=0.01):
-    """:func:`summary` (amplitude-weighted) of a batch of spectra at once: ``eigenvalues``,
-    ``amplitudes``, ``residuals`` ``[batch, p]`` whose first ``rank[b]`` slots are element
-    ``b``'s spectrum (the rest is padding, as :func:`keras_koopman.dmd_batch` leaves it).
-    Returns a dict of ``[batch]`` tensors."""
-    tolerance = check_number(tolerance, "tolerance")
-    eigenvalues = tf.cast(eigenvalues, tf.complex128)
-    kept = tf.range(tf.shape(eigenvalues)[1])[tf.newaxis, :] < tf.cast(rank, tf.int32)[:, None]
-    moduli = tf.where(kept, tf.abs(eigenvalues), 0.0)
-    weights = tf.where(kept, tf.abs(tf.cast(amplitudes, tf.complex128)), 0.0)
-    near = tf.cast(tf.abs(eigenvalues - 1.0) <= tolerance, tf.float64)
-    residuals = tf.cast(residuals, tf.float64)
-    finite = kept & tf.math.is_finite(residuals)
-    largest = tf.reduce_max(tf.where(finite, residuals, -1.0), axis=1)
-    return {
-        "spectral_radius": tf.reduce_max(moduli, axis=1),
-        "near_one_fraction": tf.math.divide_no_nan(tf.reduce_sum(near * weights, axis=1),
-                                                   tf.reduce_sum(weights, axis=1)),
-        "unstable_count": tf.reduce_sum(tf.cast(moduli > 1.0 + _UNSTABLE, tf.int32), axis=1),
-        "max_residual": tf.where(tf.reduce_any(finite, axis=1), largest,
-                                 tf.constant(float("nan"), tf.float64)),
-    }
-
-
-def window_motion(gram):
-    """``|x_newest - x_oldest| / |x_newest|`` from the window's Gram matrix (0 if all zero);
-    ``gram`` may have leading batch axes."""
-    last, first = gram[..., -1, -1], gram[..., 0, 0]
-    distance = tf.maximum(last + first - 2.0 * gram[..., 0, -1], 0.0)
-    ratio = tf.sqrt(distance / tf.where(last > 0, last, 1.0))
-    inf = tf.constant(float("inf"), tf.float64)
-    return tf.where(last > 0, ratio, tf.where(distance > 0, inf, tf.zeros_like(distance)))
-
-
 def mode_share(record, condition, empty=0.0):
     """The weighted share of a record's modes that meet ``condition``.
 

@@ -7,7 +7,7 @@ groups (about 30 s of XLA compilation and 70 s of tracing for 200 groups here). 
 :class:`PackedBuffers` keeps every small group's centred snapshots side by side in one
 ``[window, total]`` variable; a snapshot of all of them is one scatter, and their Gram matrices
 (``[groups, window, window]``, float64) and spectra come from segment sums and one batched
-Gram-space DMD (:func:`keras_koopman.dmd.batch_gram_solve`).
+Gram-space DMD (:func:`keras_koopman.host_dmd.batch_gram_solve`, on the host).
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from keras_koopman import spectrum as spectrum_metrics
 from keras_koopman.buffers.ring import GramReader
-from keras_koopman.dmd import assemble_gram, batch_gram_solve, floor_epsilon
+from keras_koopman.dmd import assemble_gram
 
 __all__ = ["PackedBuffers", "PackedView"]
 
@@ -31,7 +30,7 @@ class PackedBuffers:
       name: name scope of the variables.
 
     A group whose snapshot holds NaN or Inf is not written (its count stops; the others go on).
-    :meth:`analysis_op` analyses the groups whose count is the highest (all of them unless one
+    :meth:`grams_op` hands over the Gram matrices of the groups whose count is the highest (all of them unless one
     was skipped): every analysed group then has the same window, oldest first.
     """
 
@@ -77,7 +76,7 @@ class PackedBuffers:
 
     def reset_group(self, index):
         """Forgets group ``index``'s snapshots only. Its count then lags the others', so the
-        batched :meth:`analysis_op` skips it until the whole pack is reset; its
+        batched analysis skips it until the whole pack is reset; its
         :class:`PackedView` still reads and analyses it on its own."""
         start, end = int(self.offsets[index]), int(self.offsets[index] + self.sizes[index])
         self.buffer[:, start:end].assign(tf.zeros([self.window, end - start], tf.float32))
@@ -155,10 +154,11 @@ class PackedBuffers:
         self.centred_gram.assign(gram)
         self.stale.assign(tf.zeros_like(stale))
 
-    def analysis_op(self, code, value, tolerance):
-        """Spectra, amplitudes, residuals, ranks, metrics and motion of every group whose count
-        is the highest (``analysed`` marks them), as ``[groups, ...]`` tensors; run
-        :meth:`refresh_op` first."""
+    def grams_op(self):
+        """``counts [groups]`` and the chronological Gram matrices ``[groups, s, s]`` (float64)
+        of the ``s`` newest snapshots, where ``s`` is what the fullest group holds (graph mode;
+        run :meth:`refresh_op` first). The spectra come from these on the host
+        (:func:`keras_koopman.host_dmd.batch_gram_solve`)."""
         counts = self.counts.read_value()
         count = tf.reduce_max(counts)
         stored = tf.minimum(count, self.window)
@@ -167,18 +167,8 @@ class PackedBuffers:
                             axis=2)
         gram = assemble_gram(centred, tf.gather(self.cross.read_value(), order, axis=1),
                              self.reference_sq.read_value())
-        finite = tf.reduce_all(tf.math.is_finite(gram), axis=[1, 2])
-        gram = tf.where(finite[:, tf.newaxis, tf.newaxis], gram, tf.zeros_like(gram))
-        floor = floor_epsilon(tf.float32, "gram")
-        eigenvalues, _, amplitudes, residuals, singular, rank = batch_gram_solve(
-            gram, tf.constant(self.sizes), code, value, floor)
-        outputs = dict(analysed=tf.equal(counts, count), finite=finite, eigenvalues=eigenvalues,
-                       amplitudes=amplitudes, residuals=residuals, rank=rank,
-                       top_singular=singular[:, 0],
-                       motion=spectrum_metrics.window_motion(gram))
-        outputs.update(spectrum_metrics.summary_batch(eigenvalues, amplitudes, residuals, rank,
-                                                      tolerance))
-        return outputs
+        return {"counts": counts, "gram": gram}
+
 
 class PackedView(GramReader):
     """One group of a :class:`PackedBuffers`, with the whole buffer protocol of a

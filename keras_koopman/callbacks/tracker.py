@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import types
 import warnings
 
 import numpy as np
 import tensorflow as tf
 
-from keras_koopman import spectrum as spectrum_metrics
+from keras_koopman import host_dmd
 from keras_koopman._tf import cached_function, pack_outputs, unpack_outputs, value_of
 from keras_koopman._validation import (DataError, check_choice, check_int, check_int_or,
                                        check_names, check_number)
 from keras_koopman.buffers import PackedBuffers, SnapshotBuffer
-from keras_koopman.buffers.ring import (buffer_dmd, chronological_gram, refresh_function,
-                                       ring_append, state_signature)
+from keras_koopman.buffers.ring import chronological_gram, refresh_function, ring_append
 from keras_koopman.callbacks.plan import plan_storage
-from keras_koopman.dmd import check_method, parse_rank
+from keras_koopman.dmd import check_method, floor_epsilon, parse_rank
 from keras_koopman.records import History, SpectrumRecord
 
 __all__ = ["KoopmanTracker", "DATA_FAILURES"]
@@ -109,7 +107,7 @@ class KoopmanTracker:
         self._synced_bad = None
         self._warned = set()
         self._last_analysed = None
-        self._pack_analysis = None
+        self._pack_grams = None
 
     # ----------------------------------------------------------------------------------------
     # set-up
@@ -130,7 +128,7 @@ class KoopmanTracker:
         self.groups = self._resolve(model)  # raises before anything changes
         self._model = model
         self.disabled = not self.groups
-        self.buffers, self._pack, self._gather, self._pack_analysis = {}, None, None, None
+        self.buffers, self._pack, self._gather, self._pack_grams = {}, None, None, None
         self._stored, self.nonfinite_groups, self._counters = {}, set(), None
         if self.disabled:
             self.report("set-up", ValueError("no observable group has trainable weights to "
@@ -303,27 +301,30 @@ class KoopmanTracker:
                          if self._stored[name] >= 3 and name not in self.nonfinite_groups)
         if not eligible:
             return []
-        code, value = parse_rank(self.rank)  # Python numbers: the batched rank rule branches
+        code, value = parse_rank(self.rank)
         in_pack = set() if self._pack is None else set(self._pack.names)
         packed = any(name in in_pack for name in eligible)
-        if packed and self._pack_analysis is None:
+        if packed and self._pack_grams is None:
             # Traced here, outside the try below: a tracing error is a bug and propagates.
-            self._pack_analysis = self._compile_pack_analysis(code, value)
-            self._pack_analysis.get_concrete_function()
+            self._pack_grams = self._compile_pack_grams()
+            self._pack_grams.get_concrete_function()
         try:
+            # The device hands over the small Gram matrices, in one transfer per kind; the
+            # [window, window] eigenproblems run on the host (keras_koopman.host_dmd).
             outputs = {}
             if packed:
-                outputs[_PACKED] = unpack_outputs(self._pack_analysis())
-            single = [name for name in eligible
-                      if name not in in_pack]
+                outputs[_PACKED] = _host_pack(unpack_outputs(self._pack_grams()), self._pack,
+                                              code, value, self.tolerance)
+            single = [name for name in eligible if name not in in_pack]
             if single:
-                # One call for every group: their Gram rows, then their spectra and metrics,
-                # by a function shared by every tracker whose buffers have these shapes.
-                function = _rings_analysis_function(self.method, self.tolerance)
                 rings = tuple(tuple(self.buffers[name].variables) for name in single)
-                results = function(rings, tf.constant(code, tf.int32),
-                                   tf.constant(value, tf.float64))
-                outputs.update(zip(single, unpack_outputs(results)))
+                grams = unpack_outputs(_rings_grams_function()(rings))
+                for name, gram in zip(single, grams):
+                    buffer = self.buffers[name]
+                    outputs[name] = _host_ring(
+                        gram, int(buffer.variables[0].shape[1]), code, value,
+                        floor_epsilon(tf.as_dtype(buffer.dtype), "gram"), self.method,
+                        self.tolerance)
         except DATA_FAILURES as error:
             self.report("analysis", error)
             return []
@@ -336,7 +337,7 @@ class KoopmanTracker:
             if not values["finite"]:
                 self.report("analysis", DataError("the Gram matrix holds NaN or Inf"), name)
                 continue
-            metrics = {key: values[key].item() for key in _METRICS}
+            metrics = {key: np.asarray(values[key]).item() for key in _METRICS}
             still = values["top_singular"] == 0  # weights exactly zero: no spectrum, no motion
             if still:
                 metrics.update(spectral_radius=0.0, near_one_fraction=0.0, unstable_count=0,
@@ -352,15 +353,16 @@ class KoopmanTracker:
         self.history.extend(records)
         return records
 
-    def _compile_pack_analysis(self, code, value):
-        """The pack's Gram rows and batched analysis, in one function (traced once per pack)."""
-        pack, tolerance = self._pack, self.tolerance
+    def _compile_pack_grams(self):
+        """The pack's Gram rows and chronological Gram matrices, in one function (traced once
+        per pack)."""
+        pack = self._pack
 
-        def analyse():
+        def grams():
             pack.refresh_op()
-            return pack_outputs(pack.analysis_op(code, value, tolerance))
+            return pack_outputs(pack.grams_op())
 
-        return tf.function(analyse, autograph=False)
+        return tf.function(grams, autograph=False)
 
     # ----------------------------------------------------------------------------------------
     # restart, failures, state
@@ -525,49 +527,53 @@ def _unpack(outputs, pack):
     return unpacked
 
 
-def _rings_analysis_function(method, tolerance):
-    """For a tuple of ring buffers' variables: each one's deferred Gram rows, then its spectrum,
-    metrics and motion (the per-buffer parts are functions traced once per process; this outer
-    one once per set of buffer shapes, relaxed to any shapes after a few)."""
+def _rings_grams_function():
+    """For a tuple of ring buffers' variables: each one's deferred Gram rows, then its
+    chronological Gram matrix, packed for one transfer (traced once per set of buffer shapes,
+    relaxed to any shapes after a few)."""
 
     def build():
-        def analyse(rings, code, value):
+        def grams(rings):
             results = []
             for ring in rings:
-                stored, reference, gram, cross, reference_sq, count, stale = ring
+                stored, _, gram, cross, reference_sq, count, stale = ring
                 refresh = refresh_function(stored.dtype)
                 gram.assign(refresh(stored.read_value(), gram.read_value(), stale.read_value()))
                 stale.assign(tf.zeros_like(stale))
-                function = _analysis_function(method, stored.dtype, reference.dtype, tolerance)
-                results.append(function(stored.read_value(), reference.read_value(),
-                                        gram.read_value(), cross.read_value(),
-                                        reference_sq.read_value(), count.read_value(), code,
-                                        value))
+                results.append(chronological_gram(gram.read_value(), cross.read_value(),
+                                                  reference_sq.read_value(), count.read_value()))
             return pack_outputs(results)  # one transfer to the host
 
-        return tf.function(analyse, autograph=False)
+        return tf.function(grams, autograph=False)
 
-    return cached_function(("analyse_rings", method, tolerance), build)
+    return cached_function(("ring_grams",), build)
 
 
-def _analysis_function(method, storage_dtype, dtype, tolerance):
-    """The spectrum, metrics and motion of one buffer's state, traced once per process for each
-    (method, dtypes, tolerance)."""
+def _host_ring(gram, n_cols, code, value, floor, method, tolerance):
+    """One buffer's spectrum, metrics and motion from its Gram matrix, on the host."""
+    finite = bool(np.all(np.isfinite(gram)))
+    if not finite:
+        return {"finite": False}
+    eigenvalues, combination, residuals, amplitudes, singular, rank = host_dmd.gram_solve(
+        gram, n_cols, code, value, floor, method)
+    _, amplitudes = host_dmd.unit_modes(combination, amplitudes, gram)
+    values = dict(finite=True, eigenvalues=eigenvalues, amplitudes=amplitudes,
+                  residuals=residuals, rank=rank, top_singular=singular[0],
+                  motion=host_dmd.window_motion(gram))
+    values.update(host_dmd.summary(eigenvalues, amplitudes, residuals, tolerance))
+    return values
 
-    def build():
-        def analyse(snapshots, reference, centred, cross, reference_sq, count, code, value):
-            finite, eigenvalues, _, amplitudes, residuals, singular, rank = buffer_dmd(
-                snapshots, reference, centred, cross, reference_sq, count, code, value, method,
-                with_modes=False)
-            result = types.SimpleNamespace(
-                eigenvalues=eigenvalues, amplitudes=amplitudes, residuals=residuals)
-            gram = chronological_gram(centred, cross, reference_sq, count)
-            return dict(finite=finite, eigenvalues=eigenvalues, amplitudes=amplitudes,
-                        residuals=residuals, rank=rank, top_singular=singular[0],
-                        motion=spectrum_metrics.window_motion(gram),
-                        **spectrum_metrics.summary(result, tolerance))
 
-        return tf.function(analyse, input_signature=state_signature(storage_dtype, dtype),
-                           autograph=False, experimental_attributes={"_noinline": True})
-
-    return cached_function(("analysis", method, storage_dtype, dtype, tolerance), build)
+def _host_pack(outputs, pack, code, value, tolerance):
+    """Every packed group's spectrum, metrics and motion (``[groups, ...]`` arrays, as
+    :func:`_unpack` reads them) from the pack's Gram matrices, on the host."""
+    counts, gram = outputs["counts"], outputs["gram"]
+    finite = np.all(np.isfinite(gram), axis=(1, 2))
+    gram = np.where(finite[:, np.newaxis, np.newaxis], gram, 0.0)
+    eigenvalues, _, amplitudes, residuals, singular, rank = host_dmd.batch_gram_solve(
+        gram, pack.sizes, code, value, floor_epsilon(tf.float32, "gram"))
+    values = dict(analysed=counts == counts.max(), finite=finite, eigenvalues=eigenvalues,
+                  amplitudes=amplitudes, residuals=residuals, rank=rank,
+                  top_singular=singular[:, 0], motion=host_dmd.window_motion(gram))
+    values.update(host_dmd.summary_batch(eigenvalues, amplitudes, residuals, rank, tolerance))
+    return values
