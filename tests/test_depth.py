@@ -50,6 +50,48 @@ def test_non_uniform_unsorted_column_inputs(rng):
     assert result.scales[1].frequency == pytest.approx(20.0, rel=0.05)
 
 
+def test_the_spectra_are_the_periodogram_and_a_least_squares_sinusoid_fit(rng):
+    # Uniform: the linearly detrended periodogram under a (periodic) Hann window, by hand.
+    x = np.arange(512) / 512
+    y = tones(x, [(1.0, 7.0, 0.3)]) + 0.4 * x + rng.normal(0, 0.2, x.shape)
+    result = suggest_depth(x, y)
+    t = np.arange(len(x))
+    hann = 0.5 - 0.5 * np.cos(2 * np.pi * t / len(x))
+    by_hand = np.abs(np.fft.rfft((y - np.polyval(np.polyfit(t, y, 1), t)) * hann))
+    np.testing.assert_allclose(result.frequencies, np.fft.rfftfreq(len(x), 1 / 512)[1:])
+    ratio = result.power / by_hand[1:] ** 2
+    # The same up to SciPy's scaling; the Nyquist bin has no negative twin to fold in.
+    np.testing.assert_allclose(ratio[:-1], ratio[0], rtol=1e-9)
+    assert ratio[-1] == pytest.approx(ratio[0] / 2)
+    # Non-uniform: at each frequency, the least-squares fit of a cos and a sin to the
+    # detrended, Hann-tapered samples; Lomb-Scargle's power is proportional to the fit's
+    # explained sum of squares.
+    x = np.sort(rng.uniform(0, 1, 400))
+    y = tones(x, [(1.0, 9.0, 0.3)]) + rng.normal(0, 0.3, x.shape)
+    result = suggest_depth(x, y)
+    s = x - x[0]
+    tapered = (y - np.polyval(np.polyfit(s, y, 1), s)) * (0.5 - 0.5 * np.cos(2 * np.pi * s / s[-1]))
+    explained = []
+    for f in result.frequencies[:40]:
+        basis = np.stack([np.cos(2 * np.pi * f * s), np.sin(2 * np.pi * f * s)], axis=1)
+        fit = basis @ np.linalg.lstsq(basis, tapered, rcond=None)[0]
+        explained.append(fit @ fit)
+    np.testing.assert_allclose(result.power[:40] / np.array(explained),
+                               result.power[0] / explained[0], rtol=1e-6)
+    assert result.frequencies[np.argmax(result.power)] == pytest.approx(9.0, rel=0.1)
+
+
+def test_non_uniform_samples_resolve_a_scale_near_the_mean_spacings_nyquist(rng):
+    # Random positions leave gaps wider than half the fine tone's period: interpolating onto a
+    # grid (the old method) smears the tone (it found it in 0 of 10 draws like this one), a
+    # least-squares fit per frequency does not (10 of 10).
+    x = np.sort(rng.uniform(0, 1, 2048))
+    y = tones(x, [(1.0, 4.0, 0.0), (0.3, 950.0, 1.0)]) + rng.normal(0, 0.3, x.shape)
+    result = suggest_depth(x, y)
+    assert result.n_layers == 2
+    assert result.scales[1].frequency == pytest.approx(950.0, rel=0.01)
+
+
 def test_dmd_spectrum_finds_the_tone_frequencies():
     x = np.arange(2048) / 2048
     y = tones(x, [(1.0, 20.0, 0.0), (0.5, 70.0, 1.0)])
