@@ -24,6 +24,8 @@ seeds 100-109 (nothing is chosen on them).
 
 Run:  python bench/pruning.py --seeds report      (10 seeds; about 50 minutes here)
       python bench/pruning.py --seeds tune --output /tmp/r.md
+      python bench/pruning.py --seeds tune --models cnn --timings late --variants koopman@100 \
+          --output /tmp/r.md   (some cells only, for tuning)
 """
 
 import argparse
@@ -155,19 +157,23 @@ def main():
     parser.add_argument("--seeds", choices=sorted(SEEDS), default="report")
     parser.add_argument("--variants", nargs="*", default=["koopman"],
                         help="Koopman variants against magnitude: koopman, koopman@H")
+    parser.add_argument("--models", nargs="*", choices=sorted(EPOCHS), default=list(EPOCHS),
+                        help="only these models (tuning runs)")
+    parser.add_argument("--timings", nargs="*", choices=sorted(TIMINGS), default=list(TIMINGS),
+                        help="only these schedules (tuning runs)")
     parser.add_argument("--output", default=RESULTS)
     args = parser.parse_args()
     started = time.time()
     seeds = SEEDS[args.seeds]
     results, sizes, criteria, reached = {}, {}, {}, {}
-    for model_name in EPOCHS:
+    for model_name in args.models:
         key = (model_name, None, None, None)
         runs = [run(model_name, s, size=(s == seeds[0])) for s in seeds]
         results[key] = [r["accuracy"] for r in runs]
         sizes[model_name] = runs[0]["size"]
         print(model_name, "dense", np.median(results[key]), f"[{time.time() - started:.0f} s]",
               flush=True)
-        for timing in TIMINGS:
+        for timing in args.timings:
             for sparsity in SPARSITIES:
                 for criterion in (*args.variants, "magnitude"):
                     key = (model_name, sparsity, timing, criterion)
@@ -184,15 +190,17 @@ def main():
                           f"{np.median(results[key]):.4f}", sorted(criteria[key]),
                           f"[{time.time() - started:.0f} s]", flush=True)
     # Next to the results file: a run written elsewhere (a tuning run) leaves bench/ alone.
-    png = plot(results, os.path.join(os.path.dirname(os.path.abspath(args.output)), "pruning.png"),
-               args.variants[0])
+    png = None
+    if args.models == list(EPOCHS) and args.timings == list(TIMINGS):  # the plot needs all cells
+        png = plot(results, os.path.join(os.path.dirname(os.path.abspath(args.output)),
+                                         "pruning.png"), args.variants[0])
     lines = ["| model | begun | sparsity | dense | variant | Koopman | magnitude | Koopman - "
              "magnitude (SE) | verdict | stripped size |",
              "|---|---|---:|---:|---|---:|---:|---:|---|---:|"]
     tally = {name: {"win": 0, "tie": 0, "loss": 0} for name in args.variants}
-    for model_name in EPOCHS:
+    for model_name in args.models:
         dense = np.mean(results[(model_name, None, None, None)])
-        for timing in TIMINGS:
+        for timing in args.timings:
             for sparsity in SPARSITIES:
                 m = np.array(results[(model_name, sparsity, timing, "magnitude")])
                 for name in args.variants:
@@ -227,9 +235,9 @@ def main():
         f"- criteria the Koopman runs' updates used: {', '.join(used)}",
         "- stripped size: deflated `.keras` of `strip_pruning(model)` / the dense model's "
         "(first seed, Koopman, begun early)",
-        f"- plot: `bench/{os.path.basename(png)}`",
+        *([f"- plot: `bench/{os.path.basename(png)}`"] if png else []),
         "", "### Goal", "", *goals, "", *lines, "",
-        "![Koopman vs magnitude pruning](pruning.png)",
+        *(["![Koopman vs magnitude pruning](pruning.png)"] if png else []),
     ])
     report("Koopman pruning (`bench/pruning.py`)", body, args.output)
 
