@@ -16,8 +16,13 @@ Adam(1e-2); 3,000 full-batch steps (``batch_size=len(x)``, in order). Methods:
 Reported: relative L2 error to the clean signal, median over seeds; a plot of seed 0.
 Goal: H^-s at least 3x lower error than plain MSE at 3x noise, and below MSE + oracle.
 
+``--inputs raw`` feeds the grid coordinate itself (one input) to the same Dense(256, tanh)
+network: what a user tries first, and where H^-s does not help (a tanh network on one input is
+already smooth; the loss cannot add the fine scales it cannot draw). Its own section and plot.
+
 Run:  python bench/sobolev_denoise.py      (about 15 minutes here; writes bench/RESULTS.md and
       bench/sobolev_denoise.png)
+      python bench/sobolev_denoise.py --inputs raw --seeds 3
 """
 
 import argparse
@@ -95,12 +100,15 @@ def low_pass(noisy, clean):
     return best
 
 
-def run(level, seed):
+def run(level, seed, inputs="features"):
     clean = clean_signal().astype("float32")
     rms = float(np.sqrt(np.mean(clean ** 2)))
     noise = np.random.default_rng(seed).normal(0.0, level * rms, clean.shape).astype("float32")
     noisy = clean + noise
-    features = fourier_features(seed)
+    if inputs == "features":
+        features = fourier_features(seed)
+    else:
+        features = (np.arange(POINTS)[:, None] / POINTS).astype("float32")
     mse_prediction, oracle_error = train("mse", features, noisy, clean, seed, True)
     predictions = {"MSE": mse_prediction}
     errors = {"MSE": relative_error(mse_prediction, clean), "MSE + oracle": oracle_error}
@@ -140,17 +148,23 @@ def plot(examples, path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--inputs", choices=("features", "raw"), default="features",
+                        help="random Fourier features of the grid point, or the point itself")
     parser.add_argument("--output", default=None)
-    parser.add_argument("--plot", default=os.path.join(os.path.dirname(__file__),
-                                                       "sobolev_denoise.png"))
+    parser.add_argument("--plot", default=None, help="default: bench/sobolev_denoise.png "
+                        "(features) or bench/sobolev_denoise_raw.png (raw)")
     args = parser.parse_args()
+    raw = args.inputs == "raw"
+    if args.plot is None:
+        args.plot = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                 "sobolev_denoise_raw.png" if raw else "sobolev_denoise.png")
 
     medians, rows, examples = {}, [], {}
     for level in LEVELS:
         per_method = {m: [] for m in METHODS}
         for seed in range(args.seeds):
             start = time.perf_counter()
-            result = run(level, seed)
+            result = run(level, seed, args.inputs)
             errors, cutoff = result[0], result[4]
             if seed == 0:
                 examples[level] = result
@@ -170,12 +184,15 @@ def main():
         f"| {level}x | " + " | ".join(f"{medians[level][m]:.3f}" for m in METHODS) + " |"
         for level in LEVELS
     ]
+    inputs = ("the grid point itself (one input)" if raw
+              else "random Fourier features (256, scale 40)")
     body = "\n".join([
-        *header(f"python bench/sobolev_denoise.py --seeds {args.seeds}"),
+        *header(f"python bench/sobolev_denoise.py --seeds {args.seeds}"
+                + (" --inputs raw" if raw else "")),
         f"- set-up: {POINTS}-point grid, tones of 2, 9, 37 cycles (amplitudes 1, 0.5, 0.25); "
-        "random Fourier features (256, scale 40) + Dense(256, tanh) + Dense(1), Adam(1e-2), "
+        f"{inputs} + Dense(256, tanh) + Dense(1), Adam(1e-2), "
         f"{STEPS} full-batch steps; relative L2 error to the clean signal, median over "
-        f"{args.seeds} seeds; plot of seed 0: `bench/sobolev_denoise.png`",
+        f"{args.seeds} seeds; plot of seed 0: `bench/{os.path.basename(args.plot)}`",
         f"- goal: at 3x noise the better H^-s is {ratio:.1f}x below plain MSE (goal >= 3x) and "
         f"{'below' if below_oracle else 'NOT below'} MSE + oracle early stopping: "
         f"{'met' if met else 'NOT met'}",
@@ -188,7 +205,8 @@ def main():
         "| --- | ---: | " + " | ".join("---:" for _ in METHODS) + " | ---: | ---: |",
         *rows,
     ])
-    report("Sobolev denoising (`bench/sobolev_denoise.py`)", body, args.output)
+    title = "Sobolev denoising (`bench/sobolev_denoise.py`" + (" --inputs raw)" if raw else ")")
+    report(title, body, args.output)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import keras_koopman._requires_tensorflow  # noqa: F401  (Keras on TensorFlow, checked first)
 
+import warnings
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -19,6 +21,19 @@ from keras_koopman._validation import check_choice, check_int, check_number
 __all__ = ["NegativeSobolev", "negative_sobolev"]
 
 _WINDOWS = (None, "hann", "even")
+_KERAS_BATCH_SIZE = 32  # what Model.fit uses when batch_size is not given
+
+
+def _in_xla_context():
+    """Whether the graph being traced is compiled by XLA (``jit_compile=True``), which cannot
+    call back to Python. TensorFlow has no public test for it; if its internal one moves, the
+    answer is "yes" (the run-time check is skipped, never broken)."""
+    try:
+        from tensorflow.python.framework import ops
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover
+        return True
+    return bool(control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph()))
 
 
 def _check_s(s):
@@ -210,7 +225,16 @@ class NegativeSobolev(keras.losses.Loss):
     ``length`` and ``window``. With ``axis=-1`` each sample is a signal (sequence models,
     spectra); with ``axis=0`` the batch is the signal: fit a function sampled on an ordered grid
     with ``batch_size=len(x_grid), shuffle=False``, the set-up where H^-s training reconstructs
-    a multi-scale signal under heavy noise.
+    a multi-scale signal under heavy noise. With Keras's defaults (``batch_size=32``,
+    ``shuffle=True``) each batch is 32 shuffled points, not the grid, and the loss means nothing.
+
+    ``grid_size`` (with ``axis=0``): the number of points of the grid. With ``axis=0`` the loss
+    warns once (a ``UserWarning``) when it can tell that the batch is not the grid: a batch of
+    another size than ``grid_size``, or, without ``grid_size``, a batch of Keras's default 32
+    points. It sees the batch size when the step is traced if the size is static; ``fit`` on
+    arrays leaves it unknown there, and then a comparison in the graph finds it, except under
+    ``jit_compile=True`` (XLA cannot call back to Python): there only static sizes are
+    checked. Shuffling it cannot see: pass ``shuffle=False``.
 
     Example:
 
@@ -225,17 +249,66 @@ class NegativeSobolev(keras.losses.Loss):
     3
     """
 
-    def __init__(self, s=1.0, axis=-1, length=None, window=None, name="negative_sobolev",
-                 reduction="sum_over_batch_size", dtype=None):
+    def __init__(self, s=1.0, axis=-1, length=None, window=None, grid_size=None,
+                 name="negative_sobolev", reduction="sum_over_batch_size", dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.s = _check_s(s)
         self.axis = _check_axes(axis)
         self.length = None if length is None else _check_lengths(length, len(self.axis))
         self.window = _check_window(window)
+        if grid_size is not None:
+            grid_size = check_int(grid_size, "grid_size", 2)
+        self.grid_size = grid_size
+        self._warned = False
 
     def call(self, y_true, y_pred):
+        y_pred = tf.convert_to_tensor(y_pred)
+        rank = y_pred.shape.rank
+        if not self._warned and rank and 0 in [a % rank for a in self.axis if -rank <= a < rank]:
+            self._check_batch(y_pred)
         axis = self.axis[0] if len(self.axis) == 1 else self.axis
         return negative_sobolev(y_true, y_pred, self.s, axis, self.length, self.window)
+
+    def _wrong(self, size):
+        """Why a batch of ``size`` points is not the grid, or ``None``."""
+        if self.grid_size is not None:
+            return (None if size == self.grid_size
+                    else f"a batch of {size} points, not grid_size={self.grid_size}")
+        if size == _KERAS_BATCH_SIZE:
+            return (f"a batch of {size} points, Keras's default batch_size (pass "
+                    f"grid_size={size} if your grid really has {size} points)")
+        return None
+
+    def _warn(self, size):
+        reason = None if self._warned else self._wrong(int(size))
+        if reason is not None:
+            self._warned = True
+            warnings.warn(
+                f"NegativeSobolev(axis=0) transforms the batch axis as one signal, but it got "
+                f"{reason}. Fit the whole ordered grid in one batch: "
+                f"model.fit(x, y, batch_size=len(x), shuffle=False).", UserWarning, stacklevel=3)
+
+    def _check_batch(self, y_pred):
+        """Warns once when the batch axis, which ``axis=0`` transforms, is not the grid. A
+        static batch size (``evaluate``, ``predict``, datasets of fixed batches) is checked
+        when the step is traced, at no cost per step and under XLA too; Keras's ``fit`` on
+        arrays traces with an unknown batch size, checked in the graph (a comparison per step,
+        Python only when it is wrong), except under XLA, which cannot call back to Python."""
+        size = y_pred.shape[0]
+        if size is not None:
+            self._warn(size)
+            return
+        if tf.executing_eagerly() or _in_xla_context():
+            return
+        size = tf.shape(y_pred)[0]
+        wrong = (tf.not_equal(size, self.grid_size) if self.grid_size is not None
+                 else tf.equal(size, _KERAS_BATCH_SIZE))
+
+        def warn():
+            tf.py_function(lambda value: self._warn(value.numpy()) or 0, [size], tf.int32)
+            return tf.constant(0)
+
+        tf.cond(wrong, warn, lambda: tf.constant(0))
 
     def get_config(self):
         config = super().get_config()
@@ -244,5 +317,6 @@ class NegativeSobolev(keras.losses.Loss):
             "axis": self.axis[0] if len(self.axis) == 1 else list(self.axis),
             "length": None if self.length is None else list(self.length),
             "window": self.window,
+            "grid_size": self.grid_size,
         })
         return config

@@ -1,5 +1,7 @@
 """kk.losses: the negative-Sobolev loss against NumPy's full complex FFT and analytic tones."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -150,6 +152,70 @@ def test_axis_zero_full_batch_fit_matches_the_function_and_trains(jit_compile):
     assert history.history["loss"][-1] < 0.5 * history.history["loss"][0]
 
 
+def grid_warnings(record):
+    return [w for w in record if "transforms the batch axis" in str(w.message)]
+
+
+def test_keras_default_batches_warn_once_and_the_whole_grid_does_not():
+    x, y = grid_data(100)  # a short last batch: the size is unknown when traced, checked per step
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model = full_batch_model(NegativeSobolev(s=1.0, axis=0), jit_compile=False)
+        model.fit(x, y, epochs=3, verbose=0)  # Keras's defaults: batches of 32, shuffled
+    found = grid_warnings(record)
+    assert len(found) == 1  # once, over 12 steps
+    assert "Keras's default batch_size" in str(found[0].message)
+    assert "batch_size=len(x), shuffle=False" in str(found[0].message)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model = full_batch_model(NegativeSobolev(s=1.0, axis=0), jit_compile=False)
+        model.fit(x, y, batch_size=len(x), shuffle=False, epochs=3, verbose=0)
+        model.evaluate(x, y, batch_size=len(x), verbose=0)
+    assert grid_warnings(record) == []
+
+
+def test_grid_size_names_the_grid():
+    x, y = grid_data(128)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model = full_batch_model(NegativeSobolev(s=1.0, axis=0, grid_size=128), False)
+        model.fit(x, y, batch_size=64, shuffle=False, epochs=2, verbose=0)
+    found = grid_warnings(record)
+    assert len(found) == 1 and "a batch of 64 points, not grid_size=128" in str(found[0].message)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model = full_batch_model(NegativeSobolev(s=1.0, axis=0, grid_size=32), False)
+        model.fit(x[:32], y[:32], shuffle=False, epochs=2, verbose=0)  # a grid of 32 points
+    assert grid_warnings(record) == []
+    with pytest.raises(ValueError, match="grid_size must be an int >= 2"):
+        NegativeSobolev(axis=0, grid_size=1)
+    with pytest.raises(TypeError, match="grid_size must be an int"):
+        NegativeSobolev(axis=0, grid_size=12.5)
+    loss = NegativeSobolev.from_config(NegativeSobolev(axis=0, grid_size=64).get_config())
+    assert loss.grid_size == 64
+
+
+def test_under_xla_static_batches_are_checked_and_unknown_ones_train_quietly():
+    x, y = grid_data(256)
+    batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(32, drop_remainder=True)
+    for data, kwargs in ((batches, {}), (x, {"shuffle": True})):  # 256 = 8 x 32: static too
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            model = full_batch_model(NegativeSobolev(s=1.0, axis=0), jit_compile=True)
+            model.fit(data, y if data is x else None, epochs=2, verbose=0, **kwargs)
+        assert len(grid_warnings(record)) == 1
+    # 100 points: a short last batch, so Keras traces an unknown batch size, and XLA cannot
+    # call back to Python. The fit must still compile and train (no check rather than a
+    # broken step).
+    x, y = grid_data(100)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model = full_batch_model(NegativeSobolev(s=1.0, axis=0), jit_compile=True)
+        history = model.fit(x, y, epochs=2, verbose=0)
+    assert grid_warnings(record) == []
+    assert np.all(np.isfinite(history.history["loss"]))
+
+
 def test_mixed_precision_inputs_are_computed_in_float32(rng):
     y_true = rng.normal(size=(2, 64)).astype("float16")
     y_pred = rng.normal(size=(2, 64)).astype("float16")
@@ -178,14 +244,15 @@ def test_config_round_trip_and_model_save_load(tmp_path):
     assert (clone.s, clone.axis, clone.length, clone.window, clone.name) == (
         2.0, (1, 2), (2.0, 3.0), "hann", "hs")
     x, y = grid_data(32)
-    model = full_batch_model(NegativeSobolev(s=1.5, axis=0, length=2.0, window="even"), False)
+    model = full_batch_model(NegativeSobolev(s=1.5, axis=0, length=2.0, window="even",
+                                             grid_size=32), False)
     model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.models.load_model(path)
     assert isinstance(loaded.loss, NegativeSobolev)
-    assert (loaded.loss.s, loaded.loss.axis, loaded.loss.length, loaded.loss.window) == (
-        1.5, (0,), (2.0,), "even")
+    assert (loaded.loss.s, loaded.loss.axis, loaded.loss.length, loaded.loss.window,
+            loaded.loss.grid_size) == (1.5, (0,), (2.0,), "even", 32)
     assert float(loaded.evaluate(x, y, batch_size=len(x), verbose=0)) == pytest.approx(
         float(model.evaluate(x, y, batch_size=len(x), verbose=0)), rel=1e-6)
 
