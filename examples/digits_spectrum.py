@@ -148,7 +148,7 @@ def main(argv=None):
     )
     print(f"\nKoopman spectrum of each layer over the last {args.window} epochs:")
     print(
-        f"{'layer':<8} {'params':>7} {'rank':>4} {'radius':>8} {'near_1':>7} {'unstable':>8} "
+        f"{'layer':<8} {'params':>7} {'rank':>4} {'radius':>8} {'at_1':>7} {'outside':>8} "
         f"{'max_resid':>10}  leading eigenvalues"
     )
     results = {name: describe(name, buffer, None) for name, buffer in snapshots.buffers.items()}

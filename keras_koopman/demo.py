@@ -17,6 +17,16 @@ import threading
 import time
 
 VERDICTS = {True: "converged", False: "moving"}
+# What each verdict means, in the words of the callbacks' docstrings (printed under the table).
+LEGEND = (
+    "radius: largest |eigenvalue|; at 1: share of the modes' amplitude with |eigenvalue - 1| <= "
+    "{tolerance:g} (where training heads);\noutside: eigenvalues with |eigenvalue| > "
+    "{outside:g} (growing directions; the same tolerance, so none is both).\n"
+    "verdict: converged = KoopmanEarlyStopping's weights rule holds for the layer (at least "
+    "{mass:g} of it at 1, velocity <= {velocity:g});\nmoving = not yet; growing = at least "
+    "{share:.0%} of it in modes with |eigenvalue| > {growth:g} (KoopmanRestart's divergence "
+    "test; it restarts\nonly when the loss stalls too, and early growth with momentum is "
+    "normal); still = the weights did not move over the window.")
 
 
 # TensorFlow's native (absl) log lines: written to the process's stderr by C++ while it loads
@@ -74,14 +84,23 @@ def _load_digits(seed):
 
 def _verdict(record, stop):
     from keras_koopman.callbacks import convergence
+    from keras_koopman.callbacks.activity import IDLE_MOTION
     from keras_koopman.callbacks.restart import UNSTABLE_MASS, unstable_fraction
 
-    if record.rank == 0:
-        return "still"
+    if record.rank == 0 or record.metrics.get("motion", 0.0) < IDLE_MOTION:
+        return "still"  # layer_activity's idle motion: the weights did not move
     mass, velocity = convergence(record, stop.tolerance)
     if unstable_fraction(record) >= UNSTABLE_MASS:  # KoopmanRestart's divergence share
         return "growing"
     return VERDICTS[mass >= stop.mass and velocity <= stop.max_velocity]
+
+
+def _legend(monitor, stop):
+    from keras_koopman.callbacks.restart import GROWTH, UNSTABLE_MASS
+
+    return LEGEND.format(tolerance=monitor.tolerance, outside=1 + monitor.tolerance,
+                         mass=stop.mass, velocity=stop.max_velocity, share=UNSTABLE_MASS,
+                         growth=1 + GROWTH)
 
 
 def _add_arguments(parser):
@@ -119,7 +138,6 @@ def run(args):
 
 def _train(args):
     import keras
-    import numpy as np
 
     import keras_koopman as kk
 
@@ -141,14 +159,16 @@ def _train(args):
     class Progress(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             records = monitor.current()
-            if not records:
-                return
-            parts = [
-                f"{r.group} r={r.metrics['spectral_radius']:.3f} {_verdict(r, stop)}"
-                for r in records
-            ]
+            held = min(monitor.stored(group) for group in monitor.buffers)
+            if held < monitor.window or not records:
+                # Verdicts wait for a full window: a spectrum of 3-4 snapshots is a rough fit.
+                text = f"collecting snapshots ({held}/{monitor.window})"
+            else:
+                text = " | ".join(
+                    f"{r.group} r={r.metrics['spectral_radius']:.3f} {_verdict(r, stop)}"
+                    for r in records)
             print(f"epoch {epoch + 1:>3}  loss {logs['loss']:.4f}  "
-                  f"val_acc {logs.get('val_accuracy', float('nan')):.3f}  | " + " | ".join(parts))
+                  f"val_acc {logs.get('val_accuracy', float('nan')):.3f}  | {text}")
 
     print(f"training a digits MLP ({model.count_params():,} weights) for at most {args.epochs} "
           "epochs with KoopmanMonitor, KoopmanEarlyStopping and KoopmanRestart")
@@ -167,8 +187,8 @@ def _train(args):
     if stop.stopped_epoch:
         print(f"why it stopped: {stop.decisions[-1]['reason']}")
     print(f"final val_accuracy {history.history['val_accuracy'][-1]:.3f}\n")
-    print(f"{'layer':<10} {'weights':>8} {'rank':>5} {'radius':>8} {'near 1':>7} "
-          f"{'unstable':>9} {'max resid':>10}  verdict")
+    print(f"{'layer':<10} {'weights':>8} {'rank':>5} {'radius':>8} {'at 1':>7} "
+          f"{'outside':>9} {'max resid':>10}  verdict")
     latest = {}
     for group, buffer in monitor.buffers.items():
         record = monitor.latest(group)
@@ -179,16 +199,13 @@ def _train(args):
         print(f"{group:<10} {buffer.n_features:>8,} {record.rank:>5} "
               f"{m['spectral_radius']:>8.4f} {m['near_one_fraction']:>7.3f} "
               f"{m['unstable_count']:>9} {m['max_residual']:>10.2e}  {_verdict(record, stop)}")
-    print("\nradius: largest |eigenvalue| (above 1: a growing direction); near 1: share of the "
-          "amplitude at eigenvalue 1 (where training heads);\nverdict: the weights rule of "
-          "KoopmanEarlyStopping for that layer (converged: the modes away from 1 have "
-          "decayed);\nKoopmanEarlyStopping also stops on its loss rule (the Koopman forecast of "
-          "val_loss), with layers still moving.")
+    print("\n" + _legend(monitor, stop))
     try:
         from keras_koopman.plot import plot_spectra
 
         path = plot_spectra(latest, os.path.join(args.logdir, "spectra.png"),
-                            title="Koopman spectra of the digits MLP, last analysis")
+                            title="Koopman spectra of the digits MLP, last analysis",
+                            tolerance=monitor.tolerance)
         print(f"\nspectra drawn to {path}")
     except ImportError:
         print("\n(install matplotlib to also get spectra.png)")

@@ -33,7 +33,6 @@ __all__ = ["batch_gram_solve", "gram_solve", "select_rank_batch", "summary", "su
 # The rank encoding of keras_koopman.dmd.parse_rank, defined here (this module needs no
 # TensorFlow) and imported by dmd.py.
 RANK_OPTIMAL, RANK_FIXED, RANK_ENERGY = 0, 1, 2
-UNSTABLE_MARGIN = 1e-3  # |lambda| above 1 + this counts as unstable (also keras_koopman.spectrum)
 
 
 def gavish_donoho_omega(beta):
@@ -224,7 +223,7 @@ def summary(eigenvalues, amplitudes, residuals, tolerance):
     return {
         "spectral_radius": float(np.max(np.abs(eigenvalues), initial=0.0)),
         "near_one_fraction": float(np.sum(weights * near) / total) if total > 0 else 0.0,
-        "unstable_count": int(np.sum(np.abs(eigenvalues) > 1.0 + UNSTABLE_MARGIN)),
+        "unstable_count": int(np.sum(np.abs(eigenvalues) > 1.0 + tolerance)),
         "max_residual": float(finite.max()) if finite.size else float("nan"),
     }
 
@@ -245,6 +244,6 @@ def summary_batch(eigenvalues, amplitudes, residuals, rank, tolerance):
         "spectral_radius": moduli.max(axis=1, initial=0.0),
         "near_one_fraction": np.divide(np.sum(near * weights, axis=1), total,
                                        out=np.zeros_like(total), where=total > 0),
-        "unstable_count": np.sum(moduli > 1.0 + UNSTABLE_MARGIN, axis=1).astype(np.int32),
+        "unstable_count": np.sum(moduli > 1.0 + tolerance, axis=1).astype(np.int32),
         "max_residual": np.where(finite.any(axis=1), largest, np.nan),
     }

@@ -46,8 +46,8 @@ class SpectrumRecord:
         """One line for a log: group, step, rank and the metrics."""
         m = self.metrics
         return (f"koopman {self.group}: step {self.step} rank {self.rank} "
-                f"radius {m['spectral_radius']:.4f} near_1 {m['near_one_fraction']:.3f} "
-                f"unstable {m['unstable_count']} max_residual {m['max_residual']:.2e}")
+                f"radius {m['spectral_radius']:.4f} at_1 {m['near_one_fraction']:.3f} "
+                f"outside {m['unstable_count']} max_residual {m['max_residual']:.2e}")
 
     def current_weights(self):
         """``|amplitude| * |lambda|^(snapshots-1)``: each mode's weight in the newest snapshot."""

@@ -1,6 +1,15 @@
 """Metrics of a Koopman spectrum: the numbers the callbacks decide on and log.
 
-Every function takes a :class:`keras_koopman.DMDResult` or a plain array of eigenvalues and returns
+One tolerance (``tolerance``, 0.01 by default; the monitor's ``tolerance``) puts every
+eigenvalue in exactly one region, everywhere in keras-koopman (metrics, verdicts, demo, plots,
+the Koopman tab):
+
+* **at 1**: ``|lambda - 1| <= tolerance``, where training is heading (a fixed point);
+* **outside** the unit circle: ``|lambda| > 1 + tolerance`` (and not at 1), a growing direction;
+* **inside**: every other eigenvalue, a direction that dies out (or, on the circle away from 1,
+  one that turns without growing).
+
+Every metric takes a :class:`keras_koopman.DMDResult` or a plain array of eigenvalues and returns
 a scalar tensor (so it also runs inside a ``tf.function``); ``float(...)`` gives a Python number.
 
 Example:
@@ -13,6 +22,8 @@ Example:
 0.5
 >>> int(kk.spectrum.unstable_count(eigenvalues))
 1
+>>> kk.spectrum.regions(eigenvalues).tolist()
+['at 1', 'at 1', 'inside', 'outside']
 """
 
 from __future__ import annotations
@@ -23,9 +34,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_koopman._validation import check_number
-from keras_koopman.host_dmd import UNSTABLE_MARGIN as _UNSTABLE
-
 __all__ = [
+    "regions",
     "spectral_radius",
     "near_one_fraction",
     "unstable_count",
@@ -81,8 +91,19 @@ def near_one_fraction(result_or_eigenvalues, tolerance=0.01, amplitudes=None):
 
 
 
-def unstable_count(result_or_eigenvalues, tolerance=_UNSTABLE):
-    """Number of eigenvalues outside the unit circle: ``|lambda| > 1 + tolerance``."""
+def regions(result_or_eigenvalues, tolerance=0.01):
+    """Each eigenvalue's region, ``"at 1"``, ``"inside"`` or ``"outside"`` (see the module's
+    docstring), as a NumPy array of strings."""
+    tolerance = check_number(tolerance, "tolerance")
+    values = np.asarray(getattr(result_or_eigenvalues, "eigenvalues", result_or_eigenvalues))
+    values = values.reshape(-1).astype(np.complex128)
+    return np.where(np.abs(values - 1.0) <= tolerance, "at 1",
+                    np.where(np.abs(values) > 1.0 + tolerance, "outside", "inside"))
+
+
+def unstable_count(result_or_eigenvalues, tolerance=0.01):
+    """Number of eigenvalues outside the unit circle: ``|lambda| > 1 + tolerance`` (the same
+    ``tolerance`` as "at 1", so no eigenvalue is both)."""
     tolerance = check_number(tolerance, "tolerance")
     moduli = tf.abs(_eigenvalues(result_or_eigenvalues))
     return tf.reduce_sum(tf.cast(moduli > 1.0 + tolerance, tf.int32))
@@ -104,14 +125,14 @@ def summary(result, tolerance=0.01, weighted=True):
     """The four scalars the callbacks log, as a dict of float64/int32 tensors.
 
     Keys: ``spectral_radius``, ``near_one_fraction`` (amplitude-weighted when ``weighted``),
-    ``unstable_count``, ``max_residual``.
+    ``unstable_count``, ``max_residual``; ``tolerance`` decides both "at 1" and "outside".
     """
     return {
         "spectral_radius": spectral_radius(result),
         "near_one_fraction": near_one_fraction(
             result, tolerance, amplitudes=result.amplitudes if weighted else None
         ),
-        "unstable_count": unstable_count(result),
+        "unstable_count": unstable_count(result, tolerance),
         "max_residual": max_residual(result),
     }
 

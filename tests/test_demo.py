@@ -24,9 +24,16 @@ def test_demo_trains_reports_each_layer_and_writes_logs_and_a_picture(tmp_path):
         assert not re.search(r"^[IWEF]\d{4} |absl::InitializeLog|cuInit|cudart", stream, re.M), (
             stream[-3000:])
     progress = [line for line in out.splitlines() if line.startswith("epoch ")]
-    assert len(progress) == 7  # from the third snapshot (start + 2 epochs) on: epochs 2..8
-    assert "hidden_1 r=" in progress[-1] and "output r=" in progress[-1]
+    assert len(progress) == 8  # from epoch 1 on
+    # Snapshot 0 is the start, one more after each epoch: the window of 5 is full after epoch 4.
+    assert [line.split("|")[1].strip() for line in progress[:3]] == [
+        f"collecting snapshots ({k}/5)" for k in (2, 3, 4)]
+    assert all("hidden_1 r=" in line and "output r=" in line for line in progress[4:])
+    verdicts = re.findall(r"r=[\d.]+ (\w+)", " ".join(progress[4:]))
+    assert verdicts and set(verdicts) <= {"converged", "moving", "growing", "still"}
     table = out[out.index("layer "):].splitlines()[1:4]
+    assert out[out.index("layer "):].split()[4:6] == ["at", "1"]  # the column headings
+    assert "none is both" in out and "still = the weights did not move" in out
     assert [row.split()[0] for row in table] == ["hidden_1", "hidden_2", "output"]
     assert table[0].split()[1] == f"{64 * 64 + 64:,}"
     assert f"tensorboard --logdir {tmp_path}" in out
@@ -90,3 +97,27 @@ def test_the_stderr_filter_drops_only_native_log_lines():
     assert "a Python warning stays" in lines[0] and lines[-2:] == [
         "I0000 is not a native line", "after"]
     assert len(lines) == 3  # the warning, the plain line, the line after
+
+
+def test_still_means_the_weights_did_not_move_whatever_their_size():
+    import numpy as np
+
+    import keras_koopman as kk
+    from keras_koopman.records import SpectrumRecord
+
+    stop = kk.callbacks.KoopmanEarlyStopping(kk.callbacks.KoopmanMonitor(window=5))
+
+    def record(motion, eigenvalues):
+        eigenvalues = np.asarray(eigenvalues, np.complex128)
+        return SpectrumRecord(
+            epoch=4, step=5, group="dense", eigenvalues=eigenvalues,
+            amplitudes=np.ones_like(eigenvalues), residuals=np.zeros(len(eigenvalues)),
+            rank=len(eigenvalues), snapshots=5,
+            metrics={"spectral_radius": 1.0, "near_one_fraction": 1.0, "unstable_count": 0,
+                     "max_residual": 0.0, "motion": motion})
+
+    # Non-zero weights that stay put: before, only all-zero weights were "still".
+    assert demo._verdict(record(0.0, [1.0]), stop) == "still"
+    assert demo._verdict(record(1e-9, [1.0, 0.5]), stop) == "still"
+    assert demo._verdict(record(0.05, [1.0, 0.5]), stop) == "moving"
+    assert demo._verdict(record(0.05, [1.3, 0.5]), stop) == "growing"

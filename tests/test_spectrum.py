@@ -35,9 +35,28 @@ def test_near_one_fraction_counts_and_weights(eigenvalues, rng, tolerance):
 
 
 def test_unstable_count(eigenvalues):
-    expected = int(np.sum(np.abs(eigenvalues) > 1 + 1e-3))
+    expected = int(np.sum(np.abs(eigenvalues) > 1 + 0.01))
     assert int(kk.spectrum.unstable_count(eigenvalues)) == expected
     assert int(kk.spectrum.unstable_count([1.0005, 1.2, 0.3], tolerance=0.0)) == 2
+
+
+@pytest.mark.parametrize("tolerance", [0.005, 0.01, 0.1])
+def test_one_tolerance_puts_each_eigenvalue_in_exactly_one_region(eigenvalues, tolerance):
+    regions = kk.spectrum.regions(eigenvalues, tolerance)
+    at_one = np.abs(eigenvalues - 1) <= tolerance
+    outside = np.abs(eigenvalues) > 1 + tolerance
+    assert not np.any(at_one & outside)  # what the old 1e-3 margin allowed (1.004 was both)
+    np.testing.assert_array_equal(regions == "at 1", at_one)
+    np.testing.assert_array_equal(regions == "outside", outside)
+    np.testing.assert_array_equal(regions == "inside", ~at_one & ~outside)
+    # The metrics count the same regions.
+    assert int(kk.spectrum.unstable_count(eigenvalues, tolerance)) == int(np.sum(outside))
+    assert float(kk.spectrum.near_one_fraction(eigenvalues, tolerance)) == pytest.approx(
+        at_one.mean())
+    summary = kk.spectrum.summary(
+        type("R", (), {"eigenvalues": eigenvalues, "amplitudes": np.ones(40),
+                       "residuals": np.zeros(40)})(), tolerance)
+    assert int(summary["unstable_count"]) == int(np.sum(outside))
 
 
 def test_max_residual_ignores_nan_and_is_nan_when_unknown():

@@ -10,8 +10,10 @@ from keras_koopman.spectrum import mode_share
 
 __all__ = ["layer_activity"]
 
+IDLE_MOTION = 1e-6  # relative motion over the window below which a layer does not move ("still")
 
-def layer_activity(monitor, tolerance=None, idle_share=0.01, idle_motion=1e-6):
+
+def layer_activity(monitor, tolerance=None, idle_share=0.01, idle_motion=IDLE_MOTION):
     """Per layer (observable group): how much of its weights' motion sits in non-unit modes.
 
     From each group's newest :class:`~keras_koopman.callbacks.SpectrumRecord`: with

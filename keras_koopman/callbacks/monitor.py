@@ -59,7 +59,9 @@ class KoopmanMonitor(keras.callbacks.Callback):
         on its buffers).
       log_dir: directory for TensorBoard summaries (``None``: no logging); created at
         construction, where a path that cannot be written raises ``ValueError``.
-      tolerance: distance to 1 counted as "at 1" by ``near_one_fraction``.
+      tolerance: the one tolerance of the spectrum's regions (:mod:`keras_koopman.spectrum`):
+        "at 1" within it of 1 (``near_one_fraction``), "outside" beyond ``1 + tolerance`` in
+        modulus (``unstable_count``), "inside" otherwise.
       verbose: 1 prints one line per analysis.
       sketch: ``"auto"`` (default: groups in full while all buffers fit in
         ``snapshot_memory`` bytes, then the biggest sketched to 2048 numbers), an int ``k``
@@ -127,6 +129,10 @@ class KoopmanMonitor(keras.callbacks.Callback):
     def current(self):
         """The records of the newest analysed step (one per group analysed then), or []."""
         return self.tracker.current()
+
+    def stored(self, group):
+        """How many snapshots of ``group`` the window holds now (at most ``window``)."""
+        return self.tracker.stored(group)
 
     def records(self, group):
         """Every :class:`SpectrumRecord` of ``group``, oldest first."""
