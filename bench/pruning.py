@@ -161,6 +161,8 @@ def main():
                         help="only these models (tuning runs)")
     parser.add_argument("--timings", nargs="*", choices=sorted(TIMINGS), default=list(TIMINGS),
                         help="only these schedules (tuning runs)")
+    parser.add_argument("--sparsities", nargs="*", type=float, default=list(SPARSITIES),
+                        choices=SPARSITIES, help="only these sparsities (tuning runs)")
     parser.add_argument("--output", default=RESULTS)
     args = parser.parse_args()
     started = time.time()
@@ -174,7 +176,7 @@ def main():
         print(model_name, "dense", np.median(results[key]), f"[{time.time() - started:.0f} s]",
               flush=True)
         for timing in args.timings:
-            for sparsity in SPARSITIES:
+            for sparsity in args.sparsities:
                 for criterion in (*args.variants, "magnitude"):
                     key = (model_name, sparsity, timing, criterion)
                     runs = [run(model_name, s, sparsity, timing, criterion,
@@ -191,7 +193,8 @@ def main():
                           f"[{time.time() - started:.0f} s]", flush=True)
     # Next to the results file: a run written elsewhere (a tuning run) leaves bench/ alone.
     png = None
-    if args.models == list(EPOCHS) and args.timings == list(TIMINGS):  # the plot needs all cells
+    if (args.models == list(EPOCHS) and args.timings == list(TIMINGS)
+            and args.sparsities == list(SPARSITIES)):  # the plot needs every cell
         png = plot(results, os.path.join(os.path.dirname(os.path.abspath(args.output)),
                                          "pruning.png"), args.variants[0])
     lines = ["| model | begun | sparsity | dense | variant | Koopman | magnitude | Koopman - "
@@ -201,7 +204,7 @@ def main():
     for model_name in args.models:
         dense = np.mean(results[(model_name, None, None, None)])
         for timing in args.timings:
-            for sparsity in SPARSITIES:
+            for sparsity in args.sparsities:
                 m = np.array(results[(model_name, sparsity, timing, "magnitude")])
                 for name in args.variants:
                     k = np.array(results[(model_name, sparsity, timing, name)])

@@ -17,20 +17,25 @@ from keras_koopman.pruning.wrapper import attach_callback, detach_callback, prun
 __all__ = ["UpdateKoopmanPruning", "koopman_scores"]
 
 
-def koopman_scores(result, newest, horizon=None):
+def koopman_scores(result, newest, horizon=None, weights=None):
     """Score of each weight from a DMD of its window (the NumPy reference of the mask update).
 
     ``horizon=None``: ``|b_j lambda_j^newest phi_j|`` for the eigenvalue ``lambda_j`` nearest
     1, i.e. the size of each weight's share of the mode that carries where training is heading,
     as it stands in the newest snapshot (``newest`` = its index in the window). An int ``h``:
-    ``|sum_j b_j mu_j^(newest + h) phi_j|`` with ``mu_j = lambda_j / max(|lambda_j|, 1)``, the
-    size of each weight in the DMD's forecast ``h`` snapshots ahead (decaying modes fade,
-    growing ones are held at unit modulus): magnitude pruning of where the weights are heading.
+    ``|w + Re sum_j b_j (mu_j^(newest + h) - lambda_j^newest) phi_j|`` with
+    ``mu_j = lambda_j / max(|lambda_j|, 1)``: each weight's current value ``w`` (``weights``)
+    plus the motion the DMD predicts over the next ``h`` snapshots (decaying modes run out,
+    growing ones are held at unit modulus). At ``h = 0``, or once the window has converged
+    (every mode at 1), that is magnitude pruning exactly; before, a weight heading to zero
+    scores low while it is still large. Without ``weights`` the DMD's own reconstruction of the
+    newest snapshot stands for ``w`` (exact only when the rank keeps every direction).
 
     Args:
       result: a :class:`keras_koopman.DMDResult` with modes.
       newest: index of the newest snapshot (window length - 1).
       horizon: ``None`` or the forecast horizon in snapshots.
+      weights: ``[n]`` current values of the weights (for an int ``horizon``).
 
     Returns:
       float64 array ``[n]``.
@@ -42,7 +47,11 @@ def koopman_scores(result, newest, horizon=None):
         j = int(np.argmin(np.abs(eigenvalues - 1.0)))
         return np.abs(modes[:, j] * (amplitudes[j] * eigenvalues[j] ** newest))
     held = eigenvalues / np.maximum(np.abs(eigenvalues), 1.0)
-    return np.abs(modes @ (amplitudes * held ** (newest + horizon)))
+    now = eigenvalues ** newest
+    if weights is None:
+        weights = np.real(modes @ (amplitudes * now))
+    motion = np.real(modes @ (amplitudes * (held ** (newest + horizon) - now)))
+    return np.abs(np.asarray(weights, np.float64).reshape(-1) + motion)
 
 
 class UpdateKoopmanPruning(KoopmanCallback):
@@ -71,9 +80,10 @@ class UpdateKoopmanPruning(KoopmanCallback):
       log_dir: TensorBoard directory or ``None``.
       verbose: 1 prints a line per update.
       horizon: ``None`` (default): Koopman scores from the mode nearest 1, put on each
-        tensor's weight scale; an int ``h``: scores are the size of each weight in the DMD's
-        forecast ``h`` snapshots ahead (see :func:`koopman_scores`), already in weight units
-        (experimental: being measured in ``bench/pruning.py``).
+        tensor's weight scale; an int ``h``: each weight's current value plus the motion the
+        DMD predicts over the next ``h`` snapshots (see :func:`koopman_scores`): magnitude
+        pruning of where the weights are heading, and magnitude pruning exactly once they have
+        converged (experimental: being measured in ``bench/pruning.py``).
 
     Attributes:
       updates: one dict per mask update: ``step`` (epoch or optimizer step, per the

@@ -23,15 +23,16 @@ from keras_koopman.dmd import assemble_gram, floor_epsilon, gram_solve, guard_fi
 __all__ = ["kth_smallest", "mask_update_function", "select_smallest"]
 
 
-def koopman_graph_scores(state, keep, code, value, newest, horizon=None):
+def koopman_graph_scores(state, keep, code, value, newest, horizon=None, values=None):
     """Scores ``[n]`` float64 of one buffer's entries and whether the DMD succeeded.
 
     ``state``: the buffer's ``state()`` (after a refresh); ``keep``: float ``[n]``, 1 where the
     entry is unpruned. Pruned entries are zeroed in every snapshot, which is the DMD of the
     unpruned entries alone (their columns add nothing to the Gram matrix) with zero modes there.
     ``horizon=None``: the entry's share of the mode nearest 1 in the newest snapshot; an int
-    ``h``: the size of the entry in the DMD's forecast ``h`` snapshots past the newest, every
-    mode included (growing ones held at unit modulus), in the weights' own units.
+    ``h``: ``|w + predicted motion|``, the entry's current value ``values`` (float64 ``[n]``)
+    plus the motion the DMD predicts over the next ``h`` snapshots, every mode included
+    (growing ones held at unit modulus), in the weights' own units.
     """
     stored, reference, centred, cross, reference_sq, count = state
     window = tf.shape(stored, tf.int64)[0]
@@ -64,8 +65,9 @@ def koopman_graph_scores(state, keep, code, value, newest, horizon=None):
     else:
         moduli = tf.abs(eigenvalues)
         held = eigenvalues / tf.cast(tf.maximum(moduli, 1.0), tf.complex128)
-        steps = tf.cast(newest + horizon, tf.complex128)
-        c = tf.linalg.matvec(combination, amplitudes * held ** steps)
+        now = tf.cast(newest, tf.complex128)
+        motion = held ** (now + tf.cast(horizon, tf.complex128)) - eigenvalues ** now
+        c = tf.linalg.matvec(combination, amplitudes * motion)
     slots = tf.scatter_nd(order[:, tf.newaxis], c, tf.reshape(window, [1]))
     stacked = tf.stack([tf.math.real(slots), tf.math.imag(slots)], axis=1)  # [window, 2]
     # X^T c with X = stored + 1 reference^T, read from the stored buffer in place.
@@ -73,7 +75,11 @@ def koopman_graph_scores(state, keep, code, value, newest, horizon=None):
                         transpose_a=True)
     product += reference[:, tf.newaxis] * tf.cast(tf.reduce_sum(stacked, 0), reference.dtype)
     product = tf.cast(product, tf.float64)
-    scores = tf.sqrt(tf.reduce_sum(product * product, axis=1)) * tf.cast(keep, tf.float64)
+    if horizon is None:
+        scores = tf.sqrt(tf.reduce_sum(product * product, axis=1))
+    else:  # the real part: conjugate pairs cancel the imaginary one
+        scores = tf.abs(values + product[:, 0])
+    scores = scores * tf.cast(keep, tf.float64)
     valid = finite & (singular[0] > 0) & tf.reduce_all(tf.math.is_finite(scores))
     return scores, valid
 
@@ -151,8 +157,8 @@ def mask_update_function(groups, koopman, others, log_scores, horizon=None):
       others: the masks of the weights in no pool (their pruned entries are counted).
       log_scores: also return the kept scores of all pools (for a histogram).
       horizon: ``None`` (scores from the mode nearest 1, scaled to each tensor's weights) or
-        the forecast horizon of the scores (see :func:`koopman_graph_scores`; in the weights'
-        units already, so not rescaled).
+        the horizon of the predicted motion added to the weights (see
+        :func:`koopman_graph_scores`; in the weights' units already, so not rescaled).
 
     The function takes ``(counts [pools] int64, ready [groups] bool, newest [groups] int64,
     code, value)`` (``counts``: entries to prune per pool; ``ready``: Koopman scores may be
@@ -173,7 +179,7 @@ def mask_update_function(groups, koopman, others, log_scores, horizon=None):
                     def tried(buffer=buffer, keep=keep, i=index):
                         buffer.refresh()  # the Gram rows the monitor deferred
                         return koopman_graph_scores(buffer.state(), keep, code, value,
-                                                    newest[i], horizon)
+                                                    newest[i], horizon, values)
 
                     # A tensor pruned to nothing has no DMD: magnitude (all -1 below anyway).
                     raw, valid = tf.cond(ready[index] & tf.reduce_any(keep > 0), tried,

@@ -14,9 +14,10 @@ def reference_scores(snapshots, mask, weight, newest, horizon=None):
     (``kk.dmd`` of the kept columns), ``koopman_scores``, scaled to the root mean square of the
     kept weights (forecast scores, ``horizon`` given, are not rescaled); pruned entries -1."""
     kept = np.flatnonzero(mask)
-    raw = kk.pruning.koopman_scores(kk.dmd(snapshots[:, kept], rank=4), newest, horizon)
-    score = np.full(mask.size, -1.0)
     values = weight[kept].astype(np.float64)
+    raw = kk.pruning.koopman_scores(kk.dmd(snapshots[:, kept], rank=4), newest, horizon,
+                                    weights=values)
+    score = np.full(mask.size, -1.0)
     scale = 1.0 if horizon is not None else np.sqrt(np.mean(values**2) / np.mean(raw**2))
     score[kept] = raw * scale
     return score
@@ -34,6 +35,27 @@ def test_forecast_scores_of_a_decaying_weight_fall_to_its_limit():
                                    np.abs(expected), atol=1e-8)
     assert np.argmin(kk.pruning.koopman_scores(result, 5, 20)) == 2  # the big one, fading
     assert np.argmin(np.abs(x[-1])) != 2
+    # The same with the weights given: the DMD reconstructs them exactly here.
+    np.testing.assert_allclose(kk.pruning.koopman_scores(result, 5, 20, weights=x[-1]),
+                               np.abs(limit + 0.5**25 * drift), atol=1e-8)
+
+
+def test_forecast_scores_are_the_weights_plus_predicted_motion_and_magnitude_at_rest():
+    # A rank-1 DMD of a noisy window does not reconstruct the weights; the scores still start
+    # from them: at horizon 0, and for a window at rest, exactly magnitude pruning.
+    rng = np.random.default_rng(4)
+    weights = rng.normal(size=50)
+    moving = np.stack([weights + 0.5**k * rng.normal(size=50) for k in range(5, -1, -1)])
+    result = kk.dmd(moving, rank=1)
+    reconstructed = np.real(np.asarray(result.modes) @ (np.asarray(result.amplitudes)
+                                                        * np.asarray(result.eigenvalues) ** 5))
+    assert np.max(np.abs(reconstructed - moving[-1])) > 0.1  # the rank-1 fit is not the weights
+    np.testing.assert_allclose(kk.pruning.koopman_scores(result, 5, 0, weights=moving[-1]),
+                               np.abs(moving[-1]), atol=1e-12)
+    at_rest = np.stack([weights] * 6) + 1e-9 * rng.normal(size=(6, 50))
+    np.testing.assert_allclose(kk.pruning.koopman_scores(kk.dmd(at_rest), 5, 10,
+                                                         weights=at_rest[-1]),
+                               np.abs(at_rest[-1]), rtol=1e-6, atol=1e-6)
 
 
 def test_kth_smallest_finds_numpy_sorts_value():
