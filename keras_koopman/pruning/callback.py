@@ -126,6 +126,8 @@ class UpdateKoopmanPruning(KoopmanCallback):
         self._functions = {}  # compiled mask updates, by pools (for the buffers captured)
         self._captured = None
         self._model_id = None
+        self._changed_at = {}
+        self._zeros = {}
 
     def _observables(self, model):
         """``{wrapper/i: [weight]}``: the tracker's groups."""
@@ -151,6 +153,8 @@ class UpdateKoopmanPruning(KoopmanCallback):
             self._done_once = set()
             self._step = 0
             self._epoch = 0
+            self._changed_at = {}  # group -> monitor step of the snapshot before its last change
+            self._zeros = {}
         self._by_step = any(w.schedule is not None and w.schedule.unit == "step"
                             for w in self.wrappers)
 
@@ -221,6 +225,9 @@ class UpdateKoopmanPruning(KoopmanCallback):
             logger.scalar(f"pruning/{name}/sparsity", value, t)
         if scores is not None:
             logger.histogram("pruning/scores", scores, t)
+        self.log_event("pruning", f"{unit} {t}: sparsity {record['sparsity']:.3f} "
+                       f"({record['criterion']}); " + ", ".join(
+                           f"{k} {v:.3f}" for k, v in record["layers"].items()))
         if self.verbose:
             print(f"UpdateKoopmanPruning: {unit} {t}: sparsity {record['sparsity']:.3f} "
                   f"({record['criterion']}); " + ", ".join(
@@ -231,8 +238,13 @@ class UpdateKoopmanPruning(KoopmanCallback):
         :mod:`keras_koopman.pruning.masks`); returns the criteria used, the sparsity of each
         wrapper and the logged scores (a device tensor, or ``None`` without ``log_dir``).
 
-        The Koopman score of a weight is tried once its window is full and finite: the DMD
-        runs on the entries the mask still keeps (entries pruned inside the window jump to zero
+        The Koopman score of a weight is tried once its window is full and finite and holds
+        no change of its mask: a window with a pruning step in it shows the network's answer
+        to that step, not training (measured on the digits MLP of ``bench/pruning.py``: within
+        one or two updates of an every-epoch schedule the share of the window's modes at 1
+        fell from about 0.9 to 0 and the relative motion of the kept weights rose from 0.03 to
+        0.3), so until ``window`` snapshots have been taken after the last change the update
+        uses magnitude, and records it. The DMD runs on the entries the mask still keeps (entries pruned inside the window jump to zero
         there, and that jump, not a step of training, would otherwise show up as a decaying
         mode and shrink every score of the tensor). A failed DMD (a still or all-zero window)
         falls back to magnitude. The Koopman scores of a tensor are put on the scale of its
@@ -259,8 +271,11 @@ class UpdateKoopmanPruning(KoopmanCallback):
                 koopman, [self._groups[n][2] for n in others], self.log_dir is not None,
                 self.horizon)
         stored = {n: self._stored(n) for n in names}
+        step = self.monitor.step
         ready = [self._groups[n][0].criterion == "koopman" and stored[n] >= self.window
-                 and n not in self.monitor.nonfinite_groups for n in names]
+                 and n not in self.monitor.nonfinite_groups
+                 and step - self._changed_at.get(n, -self.window) >= self.window
+                 for n in names]
         counts = [int(np.floor(sparsity * sum(self._size(n) for n in pool)))
                   for sparsity, pool in pools]
         code, value = parse_rank(self.rank)
@@ -271,6 +286,10 @@ class UpdateKoopmanPruning(KoopmanCallback):
         report = report.numpy()  # the one read of the update
         used = {"koopman" if u else "magnitude" for u in report[:len(names)]}
         zeros = dict(zip(names + others, report[len(names):].tolist()))
+        for n in names:  # a window that holds this change shows its transient, not training
+            if zeros[n] != self._zeros.get(n, 0):
+                self._changed_at[n] = step
+        self._zeros.update(zeros)
         layers = {}
         for wrapper in self.wrappers:
             mine = [n for n, g in self._groups.items() if g[0] is wrapper]

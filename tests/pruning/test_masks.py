@@ -88,16 +88,17 @@ def test_select_smallest_takes_exactly_count_entries_ties_by_position(ties, prun
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_koopman_update_matches_the_numpy_reference_and_keeps_pruned_entries(jit_compile,
                                                                               horizon):
-    """Two updates (30%, then 60%) of a 2-layer model trained by SGD: each time the masks equal
-    the ones the NumPy reference (scores over the window the update saw, global threshold,
-    pruned entries first) picks, up to entries whose scores tie within float32 rounding."""
+    """Two updates (30%, then 60%, a window apart) of a 2-layer model trained by SGD: each time
+    the masks equal the ones the NumPy reference (scores over the window the update saw, global
+    threshold, pruned entries first) picks, up to entries whose scores tie within float32
+    rounding."""
     rng = np.random.default_rng(1)
     x = rng.normal(size=(256, 8)).astype("float32")
     y = np.tanh(x[:, :2]).sum(1, keepdims=True).astype("float32")
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(24, activation="tanh"),
                               keras.layers.Dense(1)])
-    schedule = kk.pruning.PolynomialDecay(0.3, 0.6, begin_step=4, end_step=7, frequency=3,
+    schedule = kk.pruning.PolynomialDecay(0.3, 0.6, begin_step=4, end_step=8, frequency=4,
                                           unit="epoch")
     pruned = kk.pruning.prune_koopman(model, 0.6, schedule=schedule)
     pruned.compile(keras.optimizers.SGD(0.05), "mse", jit_compile=jit_compile)
@@ -114,11 +115,11 @@ def test_koopman_update_matches_the_numpy_reference_and_keeps_pruned_entries(jit
                                                in update._groups.items()])
 
     update.decide = recording
-    pruned.fit(x, y, epochs=8, batch_size=32, verbose=0, callbacks=[update])
+    pruned.fit(x, y, epochs=9, batch_size=32, verbose=0, callbacks=[update])
     assert [(u["step"], u["criterion"]) for u in update.updates] == [(4, "koopman"),
-                                                                      (7, "koopman")]
+                                                                      (8, "koopman")]
     previous = None
-    for epoch in (4, 7):
+    for epoch in (4, 8):
         scores = np.concatenate([reference_scores(s, m, w, s.shape[0] - 1, horizon)
                                  for s, m, w in seen[epoch]])
         masks = seen[epoch, "masks"]
@@ -140,6 +141,43 @@ def test_koopman_update_matches_the_numpy_reference_and_keeps_pruned_entries(jit
     layers = update.updates[-1]["layers"]
     for wrapper in kk.pruning.pruning_wrappers(pruned):
         assert layers[wrapper.name] == pytest.approx(wrapper.sparsity())
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_windows_that_hold_a_mask_change_use_magnitude_until_they_are_clean(jit_compile):
+    """Pruning every epoch: the first update scores a clean window by Koopman; every later one
+    has the network's answer to the previous change in its window and uses magnitude (and
+    records it). (Updates a window apart stay Koopman: the test above.)"""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(256, 8)).astype("float32")
+    y = np.tanh(x[:, :2]).sum(1, keepdims=True).astype("float32")
+    masks = {}
+    for criterion in ("koopman",):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(24, activation="tanh"),
+                                  keras.layers.Dense(1)])
+        schedule = kk.pruning.PolynomialDecay(0.1, 0.7, begin_step=4, end_step=12, frequency=1,
+                                              unit="epoch")
+        pruned = kk.pruning.prune_koopman(model, 0.7, schedule=schedule, criterion=criterion)
+        pruned.compile(keras.optimizers.SGD(0.05), "mse", jit_compile=jit_compile)
+        update = kk.pruning.UpdateKoopmanPruning(window=4)
+        seen = []
+        decide = update.decide
+
+        def recording(epoch, logs, update=update, decide=decide, seen=seen):
+            decide(epoch, logs)
+            seen.append(np.concatenate([m.numpy().ravel() for _, (_, _, m)
+                                        in update._groups.items()]))
+
+        update.decide = recording
+        pruned.fit(x, y, epochs=13, batch_size=32, shuffle=False, verbose=0,
+                   callbacks=[update])
+        masks[criterion] = (update.updates, seen)
+    updates = masks["koopman"][0]
+    assert [u["step"] for u in updates] == list(range(4, 13))
+    assert [u["criterion"] for u in updates] == ["koopman"] + ["magnitude"] * 8
+    sparsity = [float(np.mean(m == 0)) for m in masks["koopman"][1]]
+    assert all(b >= a for a, b in zip(sparsity, sparsity[1:])) and sparsity[-1] > sparsity[1]
 
 
 def small_pruned(data_seed, final, end_step):
