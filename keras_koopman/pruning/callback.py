@@ -65,7 +65,11 @@ class UpdateKoopmanPruning(KoopmanCallback):
 
     * ``criterion="koopman"``: DMD of the weight's window (over the entries not yet pruned);
       the score is the magnitude of its component in the Koopman mode of the eigenvalue nearest
-      1 (see :func:`koopman_scores`). Before the window is full the magnitude is used.
+      1 (see :func:`koopman_scores`). Magnitude is used instead (and recorded) before the
+      window is full and while it holds a change of the weight's mask: such a window shows
+      the network's answer to the pruning step, not training. With an update every epoch only
+      the first one is a Koopman update; updates at least ``window`` snapshots apart are all
+      Koopman updates.
     * ``criterion="magnitude"``: ``|w|``.
 
     Wrappers with ``scope="global"`` share one threshold over all their weights and follow the
