@@ -65,6 +65,9 @@ def main():
                     y = y + rng.normal(0, 0.5 * np.sqrt(np.mean(y ** 2)), y.shape)
                 found = suggest_depth(x, y).n_layers
                 confusion[setup][k - 1, min(found, 6)] += 1
+            right = confusion[setup][k - 1, k]
+            print(f"{setup}, k={k}: {right}/{args.draws} right [{time.time() - started:.0f} s]",
+                  flush=True)
     lines, total_right, total = [], 0, 0
     for setup in setups:
         table = confusion[setup]
