@@ -5,11 +5,12 @@ eigenvalues, as a window-20 monitor can give), starts ``tensorboard --logdir`` a
 waits until every step is loaded, then times over HTTP (``--repeats`` requests each, median):
 
   spectra   /data/plugin/koopman/spectra?run=&tag=   every step of one group (the goal)
-  tags      /data/plugin/koopman/tags                 the run/group listing with step counts
+  tags      /data/plugin/koopman/tags                 the run/group listing (newest step of each)
   anchor    /data/plugin/scalars/scalars?run=&tag=    TensorBoard's own scalars route on a
                                                       scalar of as many steps, same server
 
-Goal: spectra for 1,000 steps x 10 groups answers in under 300 ms.
+Goals: spectra for 1,000 steps x 10 groups answers in under 300 ms; tags at as many stored
+tensors (10,000) in under 50 ms (it answers from TensorBoard's listing, reading no tensor).
 
 Run:  python bench/plugin_latency.py      (about a minute here; writes bench/RESULTS.md)
 """
@@ -35,6 +36,7 @@ from _results import header, report  # noqa: E402
 import keras_koopman as kk  # noqa: E402
 
 GOAL_MS = 300.0
+TAGS_GOAL_MS = 50.0
 RANK = 20
 
 
@@ -93,8 +95,9 @@ def main():
         while True:  # until TensorBoard has loaded every step of every group
             try:
                 tags = json.loads(get(f"{base}/koopman/tags"))
-                counts = [t["steps"] for t in tags.get("run", {}).values()]
-                if len(counts) == args.groups and min(counts) == args.steps:
+                # Loaded in file order: the last step of every group listed means all are.
+                newest = [t["max_step"] for t in tags.get("run", {}).values()]
+                if len(newest) == args.groups and min(newest) == args.steps - 1:
                     break
             except OSError:
                 pass
@@ -112,12 +115,14 @@ def main():
         server.wait(timeout=30)
 
     met = spectra_ms < GOAL_MS
+    tags_met = tags_ms < TAGS_GOAL_MS
     rows = [
         f"| spectra (one group, {args.steps} steps x {RANK} eigenvalues, "
         f"{spectra_bytes / 1e6:.2f} MB JSON) | {spectra_ms:.1f} | {spectra_ms / anchor_ms:.1f}x |"
         f" < {GOAL_MS:.0f} ms: {'met' if met else 'NOT met'} |",
-        f"| tags ({args.groups} groups, step counts) | {tags_ms:.1f} | "
-        f"{tags_ms / anchor_ms:.1f}x | |",
+        f"| tags ({args.groups} groups x {args.steps} steps = {args.groups * args.steps:,} "
+        f"stored tensors, listing only) | {tags_ms:.1f} | {tags_ms / anchor_ms:.1f}x | "
+        f"< {TAGS_GOAL_MS:.0f} ms: {'met' if tags_met else 'NOT met'} |",
         f"| anchor: TensorBoard scalars route ({args.steps} steps) | {anchor_ms:.1f} | 1.0x | |",
     ]
     body = "\n".join([

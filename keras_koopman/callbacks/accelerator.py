@@ -361,6 +361,10 @@ class KoopmanAccelerator(KoopmanCallback):
 
     def _record(self, attempt, epoch):
         self.jumps.append(attempt)
+        self.log_event("jump_kept" if attempt["accepted"] else "jump_undone",
+                       f"Epoch {epoch + 1}: jump of epoch {attempt['epoch'] + 1}, horizon "
+                       f"{attempt['horizon']}: {'kept' if attempt['accepted'] else 'undone'} "
+                       f"({attempt['reason']})")
         if self.verbose:
             print(f"Epoch {epoch + 1}: KoopmanAccelerator: jump of epoch {attempt['epoch'] + 1}"
                   f", horizon {attempt['horizon']}: "

@@ -26,8 +26,8 @@ class KoopmanCallback(keras.callbacks.Callback):
     the monitor before its own work (so the monitor may be listed before it, after it, or not
     at all, and gathers exactly as a listed one: each monitor hook runs once per event), and
     after each epoch calls :meth:`decide` with the monitor's newest analysis in
-    :attr:`records`. :meth:`log_scalar` and :meth:`log_text` write through the monitor's
-    logger (chief only, at the monitor's step). A subclass writes :meth:`decide`, and
+    :attr:`records`. :meth:`log_scalar`, :meth:`log_text` and :meth:`log_event` write through
+    the monitor's logger (chief only, at the monitor's step). A subclass writes :meth:`decide`, and
     ``on_train_begin`` (calling ``super()``) to reset its state.
 
     Args:
@@ -80,6 +80,13 @@ class KoopmanCallback(keras.callbacks.Callback):
     def log_text(self, tag, text):
         """Writes text to the monitor's TensorBoard log at the current epoch."""
         self.monitor.logger.text(tag, text, self.monitor.epoch)
+        self.monitor.logger.flush()
+
+    def log_event(self, kind, reason):
+        """Writes an event of training (``kind``: ``"early_stop"``, ``"restart"``, ...) with its
+        ``reason`` to the monitor's TensorBoard log at the current epoch; the Koopman dashboard
+        marks it on its step axis."""
+        self.monitor.logger.event(kind, reason, self.monitor.epoch)
         self.monitor.logger.flush()
 
     # ----------------------------------------------------------------------------------------

@@ -384,6 +384,7 @@ class KoopmanEarlyStopping(KoopmanCallback):
                               RuntimeWarning, stacklevel=2)
         message = f"Epoch {epoch + 1}: {reason}{restored}"
         self.log_text("koopman/stop_reason", message)
+        self.log_event("early_stop", message)
         if self.verbose:
             print(f"Epoch {epoch + 1}: KoopmanEarlyStopping: stopping: {reason}{restored}")
 

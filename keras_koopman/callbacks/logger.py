@@ -86,6 +86,12 @@ class SummaryLogger:
 
         self._write("TensorBoard logging", record.group, write, record.epoch)
 
+    def event(self, kind, reason, step):
+        """An event of training (``kind``, ``reason``) at ``step``: the ``koopman_events/<kind>``
+        summary the Koopman dashboard marks on its step axis."""
+        self._write("TensorBoard logging", None,
+                    lambda: tb_summary.event(kind, str(reason)), step)
+
     def scalar(self, tag, value, step):
         self._write("TensorBoard logging", None,
                     lambda: tf.summary.scalar(tag, float(value)), step)

@@ -350,6 +350,7 @@ class KoopmanRestart(KoopmanCallback):
         self._nonfinite_seen = set(self.monitor.nonfinite_groups)
         self.log_scalar("koopman/restarts", len(self.restarts))
         self.log_text("koopman/restart_reason", f"Epoch {epoch + 1}: {reason}; {action}")
+        self.log_event("restart", f"Epoch {epoch + 1}: {reason}; {action}")
         if self.verbose:
             print(f"Epoch {epoch + 1}: KoopmanRestart: {reason}; {action} (restart "
                   f"{len(self.restarts)} of at most {self.max_restarts})")

@@ -1,9 +1,16 @@
 """Plugin name and summary metadata of the ``koopman`` summaries.
 
-Format (shared by the callbacks and the dashboard): one tensor summary per (group, step), tag
-``koopman/<group>``, data class TENSOR, value float32 ``[r, 4]`` with columns real part, imaginary
-part, |amplitude|, residual (NaN where unknown). Plugin content: JSON bytes
-``{"version": FORMAT_VERSION}``.
+Format (shared by the callbacks and the dashboard):
+
+* spectra: one tensor summary per (group, step), tag ``koopman/<group>``, data class TENSOR,
+  value float32 ``[r, 4]`` with columns real part, imaginary part, |amplitude|, residual (NaN
+  where unknown). Plugin content: JSON bytes ``{"version": FORMAT_VERSION, "columns": [...]}``
+  (no ``"kind"``, or ``"kind": "spectrum"``).
+* events of training (early stop, restart, a jump kept or undone, a pruning update): one tensor
+  summary per event, tag ``koopman_events/<kind>``, data class TENSOR, value a scalar string
+  tensor (the reason, UTF-8), at the step (epoch) of the event. Plugin content: JSON bytes
+  ``{"version": EVENT_FORMAT_VERSION, "kind": "event"}``; logs written before events existed
+  simply have none.
 """
 
 import json
@@ -13,6 +20,11 @@ from tensorboard.compat.proto import summary_pb2
 PLUGIN_NAME = "koopman"
 FORMAT_VERSION = 1
 COLUMNS = ("real", "imag", "abs_amplitude", "residual")
+
+EVENT_FORMAT_VERSION = 1
+EVENT_TAG_PREFIX = "koopman_events/"
+SPECTRUM = "spectrum"
+EVENT = "event"
 
 
 def create_summary_metadata(description=None):
@@ -27,6 +39,29 @@ def create_summary_metadata(description=None):
     )
 
 
+def create_event_metadata(description=None):
+    """A ``SummaryMetadata`` proto for one ``koopman`` event summary (a string tensor)."""
+    content = json.dumps({"version": EVENT_FORMAT_VERSION, "kind": EVENT}).encode("utf-8")
+    return summary_pb2.SummaryMetadata(
+        summary_description=description or "",
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(
+            plugin_name=PLUGIN_NAME, content=content
+        ),
+        data_class=summary_pb2.DATA_CLASS_TENSOR,
+    )
+
+
+def summary_kind(content):
+    """``SPECTRUM`` or ``EVENT`` for readable plugin content, ``None`` for unreadable (newer or
+    malformed) content or an unknown kind."""
+    try:
+        data = parse_plugin_metadata(content)
+    except ValueError:
+        return None
+    kind = data.get("kind", SPECTRUM)
+    return kind if kind in (SPECTRUM, EVENT) else None
+
+
 def parse_plugin_metadata(content):
     """The plugin content as a dict; raises ``ValueError`` on a newer or malformed format."""
     if isinstance(content, bytes):
@@ -35,7 +70,10 @@ def parse_plugin_metadata(content):
         data = json.loads(content) if content else {}
     except json.JSONDecodeError as error:
         raise ValueError(f"koopman plugin content is not JSON: {content!r}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"koopman plugin content is not a JSON object: {content!r}")
     version = data.get("version", 0)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    newest = EVENT_FORMAT_VERSION if data.get("kind") == EVENT else FORMAT_VERSION
+    if not isinstance(version, int) or version > newest:
         raise ValueError(f"unsupported koopman summary format version {version!r}")
     return data

@@ -1,4 +1,5 @@
-"""The ``koopman`` summary op: a Koopman spectrum as one ``[r, 4]`` float32 tensor."""
+"""The ``koopman`` summary ops: a Koopman spectrum as one ``[r, 4]`` float32 tensor, and an
+event of training (its reason as a string tensor)."""
 
 import numpy as np
 import tensorflow as tf
@@ -58,3 +59,39 @@ def spectrum(name, eigenvalues, step=None, amplitudes=None, residuals=None, desc
         _,
     ):
         return tf.summary.write(tag=tag, tensor=tensor, step=step, metadata=summary_metadata)
+
+
+def event(kind, reason, step=None, description=None):
+    """Writes an event of training (``kind`` with its ``reason``) for the "Koopman" dashboard,
+    which marks it on the step axis.
+
+    Writes a scalar string tensor ``reason`` under the tag ``koopman_events/<kind>`` with plugin
+    name ``koopman`` and its own plugin content (``{"kind": "event"}``), so that the spectra
+    listing leaves it out. Use it like any ``tf.summary`` op, inside a default writer.
+
+    Args:
+      kind: a short name, e.g. ``"early_stop"``, ``"restart"``, ``"jump_kept"``,
+        ``"jump_undone"``, ``"pruning"`` (letters, digits, ``_`` and ``-``).
+      reason: the text shown with the marker.
+      step: int64 step; defaults to ``tf.summary.experimental.get_step()``.
+      description: optional Markdown description of the summary.
+
+    Returns:
+      True on success, False if no default writer is active.
+
+    Example:
+
+    >>> import tempfile, tensorflow as tf, keras_koopman as kk
+    >>> writer = tf.summary.create_file_writer(tempfile.mkdtemp())
+    >>> with writer.as_default():
+    ...     ok = kk.tensorboard.event("restart", "diverging: |λ| > 1", step=4)
+    >>> bool(ok)
+    True
+    """
+    kind = str(kind)
+    if not kind or not all(c.isalnum() or c in "_-" for c in kind):
+        raise ValueError(f"event kind must be letters, digits, '_' or '-'; got {kind!r}")
+    return tf.summary.write(
+        tag=metadata.EVENT_TAG_PREFIX + kind, tensor=tf.constant(str(reason), tf.string),
+        step=step, metadata=metadata.create_event_metadata(description),
+    )

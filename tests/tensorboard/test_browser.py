@@ -39,6 +39,45 @@ def get_json(url):
         return json.load(response)
 
 
+class Marks(kk.callbacks.KoopmanCallback):
+    """Writes events of training through KoopmanCallback.log_event: {epoch: [(kind, reason)]}."""
+
+    def __init__(self, monitor, marks):
+        super().__init__(monitor)
+        self.marks = marks
+
+    def decide(self, epoch, logs):
+        for kind, reason in self.marks.get(epoch, []):
+            self.log_event(kind, reason)
+
+
+FIT_EVENTS = {4: [("restart", "Epoch 5: divergence: |λ| > 1 <b>bold?</b>")],
+              7: [("jump_kept", "Epoch 8: jump of epoch 7, horizon 10: kept"),
+                  ("pruning", "epoch 7: sparsity 0.500 (koopman)")]}
+GAP_RANKS = [3, 1, 3, 3, 1, 3]  # run "gaps": steps 0-5 with these many eigenvalues
+
+
+def write_gaps(logdir):
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(str(logdir))
+    with writer.as_default():
+        for step, rank in enumerate(GAP_RANKS):
+            kk.tensorboard.spectrum("koopman/g", 0.9 * np.exp(1j * np.linspace(0, 1, rank)),
+                                    step=step)
+    writer.close()
+
+
+def write_subrun_event(logdir):
+    """An event in a subdirectory of the run (where UpdateKoopmanPruning writes)."""
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(str(logdir))
+    with writer.as_default():
+        kk.tensorboard.event("pruning", "epoch 7: sparsity 0.800 (magnitude)", step=7)
+    writer.close()
+
+
 def train_with_monitor(logdir):
     keras.utils.set_random_seed(0)
     x = np.random.default_rng(0).normal(size=(128, 6)).astype("float32")
@@ -48,7 +87,8 @@ def train_with_monitor(logdir):
                               keras.layers.Dense(3, name="out")])
     model.compile(keras.optimizers.SGD(0.1), "mse")
     monitor = kk.callbacks.KoopmanMonitor(window=6, log_dir=str(logdir))
-    model.fit(x, y, epochs=10, batch_size=32, verbose=0, callbacks=[monitor])
+    model.fit(x, y, epochs=10, batch_size=32, verbose=0,
+              callbacks=[monitor, Marks(monitor, FIT_EVENTS)])
     return monitor
 
 
@@ -60,7 +100,14 @@ def tensorboard_server(tmp_path_factory):
     keras.utils.set_random_seed(1)
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="dense")])
     model.compile("sgd", "mse")
-    model.fit(np.ones((8, 2)), np.ones((8, 1)), epochs=5, verbose=0, callbacks=[hostile])
+    model.fit(np.ones((8, 2)), np.ones((8, 1)), epochs=5, verbose=0,
+              callbacks=[hostile, Marks(hostile, {3: [("restart", HOSTILE)],
+                                                  4: [(HOSTILE.replace(" ", "_").replace(
+                                                      "<", "").replace(">", "").replace(
+                                                      "=", "-").replace(".", "-"),
+                                                      HOSTILE)]})])
+    write_gaps(logdir / "gaps")
+    write_subrun_event(logdir / "fit" / "pruning")
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host",
@@ -73,7 +120,7 @@ def tensorboard_server(tmp_path_factory):
         while True:
             try:
                 tags = get_json(f"{base}/data/plugin/koopman/tags")
-                if "fit" in tags and HOSTILE in tags:
+                if "fit" in tags and HOSTILE in tags and "gaps" in tags:
                     break
             except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
                 pass
@@ -139,6 +186,9 @@ def test_the_koopman_tab_draws_each_steps_eigenvalues(tensorboard_server, browse
     records = monitor.records("hidden")
     served = get_json(f"{base}/data/plugin/koopman/spectra?run=fit&tag=koopman/hidden")["steps"]
     assert len(served) == len(records)
+    frame.wait_for_function(
+        f"() => document.querySelector('#plane').dataset.step === '{served[-1]['step']}' && "
+        "document.querySelector('#tag').value === 'koopman/hidden'")
 
     # The newest step is selected first: one mark per eigenvalue of the newest analysis.
     newest = marks(frame)
@@ -151,6 +201,7 @@ def test_the_koopman_tab_draws_each_steps_eigenvalues(tensorboard_server, browse
     tip = frame.text_content("#tooltip")
     assert "|λ| =" in tip and "residual" in tip
 
+    frame.wait_for_selector("#overview-card[data-loaded=true]")  # every group drawn too
     shot = tmp_path / "koopman-tab.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
@@ -182,7 +233,126 @@ def test_a_hostile_run_name_shows_as_text_and_runs_nothing(tensorboard_server, b
     frame.wait_for_function(
         "() => document.querySelector('#plane').querySelectorAll('circle.eig').length > 0"
     )
+    # Its events carry the hostile string as reason (and, made a legal kind, as kind too).
+    frame.wait_for_function("() => [...document.querySelectorAll('#moduli g.event')].map("
+                            "e => e.dataset.step).join() === '3,4'")
+    frame.click("#moduli g.event[data-step='3']")
+    assert frame.text_content("#event-detail") == f"step 3\nrestart: {HOSTILE}"
+    frame.hover("#moduli g.event[data-step='4']", force=True)
+    assert HOSTILE in frame.text_content("#tooltip")
+    assert HOSTILE in frame.text_content("#moduli-legend") or "img" in frame.text_content(
+        "#moduli-legend")
     assert frame.evaluate("() => document.querySelectorAll('img').length") == 0
     assert frame.evaluate("() => window.__pwned === undefined")
     assert page.evaluate("() => window.__pwned === undefined")
+    page.close()
+
+
+def moduli_state(frame):
+    return frame.evaluate("""() => ({
+        lines: [...document.querySelectorAll('#moduli polyline.trace')].map(
+            e => [e.dataset.k, e.getAttribute('points').split(' ').length]),
+        dots: [...document.querySelectorAll('#moduli circle.gap-dot')].map(e => e.dataset.k),
+        legend: document.querySelector('#moduli-legend').textContent,
+        label: (document.querySelector('#now-label') || {}).textContent,
+        events: [...document.querySelectorAll('#moduli g.event')].map(e => e.dataset.step),
+    })""")
+
+
+def test_the_moduli_plot_has_a_legend_a_labelled_cursor_and_gaps(tensorboard_server, browser):
+    base, _ = tensorboard_server
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{base}/#koopman")
+    frame = koopman_frame(page)
+    frame.select_option("#run", "gaps")
+    frame.wait_for_function("() => document.querySelector('#plane').dataset.step === '5' && "
+                            "document.querySelector('#plane').dataset.count === '3'")
+    state = moduli_state(frame)
+    # |λ1| at every step: one line of 6 points. |λ2| and |λ3| are missing at steps 1 and 4:
+    # a line over steps 2-3 and lone dots at 0 and 5 each, never a line across the gap.
+    assert sorted(state["lines"]) == [["0", 6], ["1", 2], ["2", 2]]
+    assert sorted(state["dots"]) == ["1", "1", "2", "2"]
+    assert "|λ1|" in state["legend"] and "|λ3|" in state["legend"]
+    assert "|λ4|" not in state["legend"]
+    assert state["label"] == "step 5" and state["events"] == []
+    frame.focus("#step")
+    page.keyboard.press("Home")
+    frame.wait_for_function("() => document.querySelector('#now-label').textContent === 'step 0'")
+    assert errors == []
+    page.close()
+
+
+def test_events_of_training_are_marked_with_their_reasons(tensorboard_server, browser):
+    base, _ = tensorboard_server
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    deadline = time.time() + 30
+    while len(get_json(f"{base}/data/plugin/koopman/events?run=fit")["events"]) < 4:
+        assert time.time() < deadline, "TensorBoard did not load fit/pruning"
+        time.sleep(0.5)
+    page.goto(f"{base}/#koopman")
+    frame = koopman_frame(page)
+    frame.select_option("#run", "fit")
+    frame.wait_for_function("() => [...document.querySelectorAll('#moduli g.event')].map("
+                            "e => e.dataset.step).join() === '4,7'")
+    served = get_json(f"{base}/data/plugin/koopman/events?run=fit")["events"]
+    assert sorted((e["step"], e["kind"], e["run"]) for e in served) == [
+        (4, "restart", "fit"), (7, "jump_kept", "fit"), (7, "pruning", "fit"),
+        (7, "pruning", "fit/pruning")]
+    state = moduli_state(frame)
+    assert state["events"] == ["4", "7"]
+    assert "restart" in state["legend"] and "jump kept" in state["legend"]
+    assert "pruning update" in state["legend"]
+
+    frame.hover("#moduli g.event[data-step='7']")
+    tip = frame.text_content("#tooltip")
+    assert "jump kept: Epoch 8: jump of epoch 7" in tip and "pruning update: epoch 7" in tip
+    assert "pruning update: epoch 7: sparsity 0.800 (magnitude) (fit/pruning)" in tip
+
+    frame.click("#moduli g.event[data-step='4']")
+    detail = frame.text_content("#event-detail")
+    assert detail == "step 4\nrestart: Epoch 5: divergence: |λ| > 1 <b>bold?</b>"
+    assert frame.evaluate("() => document.querySelectorAll('#event-detail b').length") == 0
+    spectra = get_json(f"{base}/data/plugin/koopman/spectra?run=fit&tag=koopman/hidden")
+    nearest = min((s["step"] for s in spectra["steps"]), key=lambda step: abs(step - 4))
+    assert frame.get_attribute("#plane", "data-step") == str(nearest)  # the click selects it
+    assert errors == []
+    page.close()
+
+
+def test_the_overview_shows_every_group_and_a_click_opens_one(tensorboard_server, browser):
+    base, monitor = tensorboard_server
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{base}/#koopman")
+    frame = koopman_frame(page)
+    frame.select_option("#run", "fit")
+    frame.select_option("#tag", "koopman/hidden")
+    frame.wait_for_selector("#overview-card[data-loaded=true]")
+    frame.focus("#step")
+    page.keyboard.press("Home")
+    first = str(monitor.records("hidden")[0].epoch)
+    frame.wait_for_function(f"() => document.querySelector('#plane').dataset.step === '{first}'")
+    tiles = frame.eval_on_selector_all(
+        "#overview .kk-tile",
+        "els => els.map(e => [e.dataset.tag, e.dataset.step, e.classList.contains('selected'),"
+        " e.querySelectorAll('circle.eig').length])")
+    by_epoch = {g: {r.epoch: r.rank for r in monitor.records(g)} for g in ("hidden", "out")}
+    assert [t[0] for t in tiles] == ["koopman/hidden", "koopman/out"]
+    for tag, step, selected, count in tiles:
+        group = tag.split("/")[1]
+        assert step == first and selected == (group == "hidden")
+        assert count == by_epoch[group][int(first)] > 0
+
+    frame.click("#overview .kk-tile[data-tag='koopman/out']")
+    frame.wait_for_function("() => document.querySelector('#tag').value === 'koopman/out' && "
+                            "document.querySelector('#overview .kk-tile.selected').dataset.tag"
+                            " === 'koopman/out'")
+    assert frame.get_attribute("#plane", "data-step") == first  # the same step, now of "out"
+    assert frame.get_attribute("#plane", "data-count") == str(by_epoch["out"][int(first)])
+    assert errors == []
     page.close()

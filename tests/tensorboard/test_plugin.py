@@ -61,16 +61,46 @@ def logdir(tmp_path):
     return tmp_path
 
 
-def test_tags_lists_every_run_and_group_with_its_step_count(logdir):
+def test_tags_lists_every_run_and_group_with_its_newest_step(logdir):
     response = client_for(logdir).get(f"{ROUTE}/tags")
     assert response.status_code == 200
-    assert response.get_json() == {
+    body = response.get_json()
+    for run in body.values():
+        for info in run.values():
+            assert info.pop("last_wall_time") > 0
+    assert body == {
         "run_a": {
-            "koopman/dense": {"description": "weights of *dense*", "steps": 6},
-            "koopman/out": {"description": "weights of *dense*", "steps": 6},
+            "koopman/dense": {"description": "weights of *dense*", "max_step": 5},
+            "koopman/out": {"description": "weights of *dense*", "max_step": 5},
         },
-        "run_b": {"koopman/dense": {"description": "", "steps": 3}},
+        "run_b": {"koopman/dense": {"description": "", "max_step": 9}},
     }
+
+
+class NoReads:
+    """A data provider that lists but refuses to read: what ``/tags`` may use."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        if name.startswith("read_"):
+            raise AssertionError(f"/tags called {name}")
+        return getattr(self._inner, name)
+
+
+def test_tags_answers_from_the_listing_without_reading_a_tensor(logdir):
+    multiplexer = plugin_event_multiplexer.EventMultiplexer(
+        tensor_size_guidance={metadata.PLUGIN_NAME: STORED_STEPS})
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    inner = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
+    context = base_plugin.TBContext(logdir=str(logdir), data_provider=NoReads(inner))
+    client = werkzeug_test.Client(application.TensorBoardWSGI([KoopmanPlugin(context)],
+                                                              data_provider=inner))
+    response = client.get(f"{ROUTE}/tags")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert set(response.get_json()) == {"run_a", "run_b"}
 
 
 def test_spectra_returns_every_step_with_what_was_written(logdir):
@@ -142,9 +172,7 @@ def test_a_newer_summary_format_is_left_out_of_the_tags(tmp_path):
         tf.summary.write("koopman/future", tf.zeros([1, 4]), step=0, metadata=newer)
         kk.tensorboard.spectrum("koopman/now", np.array([0.5]), step=0)
     writer.flush()
-    assert client_for(tmp_path).get(f"{ROUTE}/tags").get_json() == {
-        "run": {"koopman/now": {"description": "", "steps": 1}}
-    }
+    assert set(client_for(tmp_path).get(f"{ROUTE}/tags").get_json()["run"]) == {"koopman/now"}
 
 
 def test_long_runs_are_downsampled_evenly_keeping_first_and_last(tmp_path):
@@ -218,9 +246,66 @@ def test_spectra_written_by_the_monitor_during_fit_are_served(tmp_path):
     assert set(tags["fit"]) == {"koopman/hidden", "koopman/out"}
     for group in ("hidden", "out"):
         records = monitor.records(group)
-        assert tags["fit"][f"koopman/{group}"]["steps"] == len(records)
+        assert tags["fit"][f"koopman/{group}"]["max_step"] == records[-1].epoch
         body = client.get(f"{ROUTE}/spectra", query_string={"run": "fit",
                                                            "tag": f"koopman/{group}"}).get_json()
+        assert len(body["steps"]) == len(records)
         newest = np.array(body["steps"][-1]["eigenvalues"])
         np.testing.assert_allclose(newest[:, 0] + 1j * newest[:, 1], records[-1].eigenvalues,
                                    rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Events of training
+
+
+def write_events(logdir, events):
+    writer = tf.summary.create_file_writer(str(logdir))
+    with writer.as_default():
+        for kind, reason, step in events:
+            assert kk.tensorboard.event(kind, reason, step=step)
+    writer.flush()
+    writer.close()
+
+
+def test_events_come_back_oldest_first_and_stay_out_of_tags_and_spectra(logdir):
+    write_events(logdir / "run_a", [("restart", "Epoch 3: non-finite; redrawn", 2),
+                                    ("early_stop", "Epoch 6: <b>still</b> \u03bb", 5),
+                                    ("jump_kept", "kept", 1)])
+    client = client_for(logdir)
+    body = client.get(f"{ROUTE}/events?run=run_a").get_json()
+    assert body["run"] == "run_a"
+    assert [(e["kind"], e["step"], e["reason"]) for e in body["events"]] == [
+        ("jump_kept", 1, "kept"), ("restart", 2, "Epoch 3: non-finite; redrawn"),
+        ("early_stop", 5, "Epoch 6: <b>still</b> \u03bb")]
+    assert {e["run"] for e in body["events"]} == {"run_a"}
+    assert all(e["wall_time"] > 0 for e in body["events"])
+    assert set(client.get(f"{ROUTE}/tags").get_json()["run_a"]) == {"koopman/dense",
+                                                                    "koopman/out"}
+    response = client.get(f"{ROUTE}/spectra?run=run_a&tag=koopman_events/restart")
+    assert response.status_code == 400 and "unknown tag" in response.get_json()["error"]
+
+
+def test_logs_without_events_give_an_empty_list_and_a_missing_run_a_400(logdir):
+    client = client_for(logdir)
+    assert client.get(f"{ROUTE}/events?run=run_b").get_json() == {"run": "run_b", "events": []}
+    assert client.get(f"{ROUTE}/events?run=nope").get_json() == {"run": "nope", "events": []}
+    response = client.get(f"{ROUTE}/events")
+    assert response.status_code == 400 and "missing query parameter run" in response.get_json()[
+        "error"]
+
+
+def test_an_event_kind_must_be_a_plain_name():
+    with pytest.raises(ValueError, match="event kind"):
+        kk.tensorboard.event("a/b", "x", step=0)
+
+
+def test_events_of_runs_in_subdirectories_come_with_the_run(logdir):
+    # UpdateKoopmanPruning writes to <log_dir>/pruning: a run of events without spectra.
+    write_events(logdir / "run_a" / "pruning", [("pruning", "epoch 3: sparsity 0.500", 3)])
+    write_events(logdir / "run_ab", [("restart", "not a subdirectory of run_a", 1)])
+    client = client_for(logdir)
+    body = client.get(f"{ROUTE}/events?run=run_a").get_json()
+    assert [(e["run"], e["kind"], e["step"]) for e in body["events"]] == [
+        ("run_a/pruning", "pruning", 3)]
+    assert "run_a/pruning" not in client.get(f"{ROUTE}/tags").get_json()

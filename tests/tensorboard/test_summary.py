@@ -79,3 +79,22 @@ def test_without_a_default_writer_nothing_is_written():
 def test_plugin_content_from_the_future_or_garbage_is_refused(content):
     with pytest.raises(ValueError):
         metadata.parse_plugin_metadata(content)
+
+
+def test_event_summary_round_trips_with_its_own_plugin_content(tmp_path):
+    writer = tf.summary.create_file_writer(str(tmp_path))
+    with writer.as_default():
+        assert kk.tensorboard.event("early_stop", "Epoch 4: converged; λ at 1", step=3)
+    writer.flush()
+    accumulator = read_tensors(tmp_path)
+    assert accumulator.Tags()["tensors"] == ["koopman_events/early_stop"]
+    (event,) = accumulator.Tensors("koopman_events/early_stop")
+    assert event.step == 3
+    assert tf.make_ndarray(event.tensor_proto).item().decode() == "Epoch 4: converged; λ at 1"
+    content = accumulator.SummaryMetadata("koopman_events/early_stop").plugin_data.content
+    assert metadata.summary_kind(content) == metadata.EVENT
+    assert metadata.summary_kind(metadata.create_summary_metadata().plugin_data.content) == (
+        metadata.SPECTRUM)
+    newer = json.dumps({"version": metadata.EVENT_FORMAT_VERSION + 1, "kind": "event"})
+    assert metadata.summary_kind(newer.encode()) is None
+    assert metadata.summary_kind(b'{"version": 1, "kind": "modes?"}') is None
