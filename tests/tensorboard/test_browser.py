@@ -34,6 +34,14 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def open_page(browser):
+    """A 1280x900 page and the list its JavaScript errors go to."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return page, errors
+
+
 def get_json(url):
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.load(response)
@@ -173,9 +181,7 @@ def marks(frame):
 
 def test_the_koopman_tab_draws_each_steps_eigenvalues(tensorboard_server, browser, tmp_path):
     base, monitor = tensorboard_server
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    errors = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
+    page, errors = open_page(browser)
     page.goto(f"{base}/#koopman")
     frame = koopman_frame(page)
     frame.select_option("#run", "fit")
@@ -261,9 +267,7 @@ def moduli_state(frame):
 
 def test_the_moduli_plot_has_a_legend_a_labelled_cursor_and_gaps(tensorboard_server, browser):
     base, _ = tensorboard_server
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    errors = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
+    page, errors = open_page(browser)
     page.goto(f"{base}/#koopman")
     frame = koopman_frame(page)
     frame.select_option("#run", "gaps")
@@ -286,9 +290,7 @@ def test_the_moduli_plot_has_a_legend_a_labelled_cursor_and_gaps(tensorboard_ser
 
 def test_events_of_training_are_marked_with_their_reasons(tensorboard_server, browser):
     base, _ = tensorboard_server
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    errors = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
+    page, errors = open_page(browser)
     deadline = time.time() + 30
     while len(get_json(f"{base}/data/plugin/koopman/events?run=fit")["events"]) < 4:
         assert time.time() < deadline, "TensorBoard did not load fit/pruning"
@@ -325,9 +327,7 @@ def test_events_of_training_are_marked_with_their_reasons(tensorboard_server, br
 
 def test_the_overview_shows_every_group_and_a_click_opens_one(tensorboard_server, browser):
     base, monitor = tensorboard_server
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    errors = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
+    page, errors = open_page(browser)
     page.goto(f"{base}/#koopman")
     frame = koopman_frame(page)
     frame.select_option("#run", "fit")
