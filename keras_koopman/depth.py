@@ -136,7 +136,8 @@ def suggest_depth(x, y, method="auto", significance=1e-3, separation=2.0, min_sh
        frequency), :func:`scipy.signal.periodogram` on a uniform grid and
        :func:`scipy.signal.lombscargle` off one (a least-squares sinusoid per frequency, so
        random gaps do not smear fine scales as interpolating onto a grid would; it costs
-       ``O(n^2)``: about 8 s at 16,384 points here, milliseconds for uniform samples).
+       ``O(n^2)``: 16 s at 16,384 points on this 2-core machine beside other jobs, milliseconds
+       for uniform samples).
        ``"dmd"``: the DMD of a Hankel embedding of up to 256 delays (samples off a grid are
        interpolated linearly onto one) gives frequencies ``|arg lambda| / (2 pi dx)`` with
        power ``|amplitude|^2``; it needs no periodicity, but it resolves only scales of fewer
