@@ -159,7 +159,7 @@ def _train(args):
     class Progress(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             records = monitor.current()
-            held = min(monitor.stored(group) for group in monitor.buffers)
+            held = monitor.stored()  # one device read for every group
             if held < monitor.window or not records:
                 # Verdicts wait for a full window: a spectrum of 3-4 snapshots is a rough fit.
                 text = f"collecting snapshots ({held}/{monitor.window})"

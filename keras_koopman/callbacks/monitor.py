@@ -130,8 +130,9 @@ class KoopmanMonitor(keras.callbacks.Callback):
         """The records of the newest analysed step (one per group analysed then), or []."""
         return self.tracker.current()
 
-    def stored(self, group):
-        """How many snapshots of ``group`` the window holds now (at most ``window``)."""
+    def stored(self, group=None):
+        """How many snapshots of ``group`` the window holds now (at most ``window``); ``None``:
+        the fewest any group holds (one device read)."""
         return self.tracker.stored(group)
 
     def records(self, group):

@@ -280,13 +280,15 @@ class KoopmanTracker:
         self._synced_bad = bad
         self._stored = dict(zip(names, finite.tolist()))
 
-    def stored(self, name):
-        """How many finite snapshots group ``name`` holds (at most ``window``)."""
-        if name not in self._stored:
+    def stored(self, name=None):
+        """How many finite snapshots group ``name`` holds (at most ``window``); ``None``: the
+        fewest any group holds. One device read either way."""
+        if name is not None and name not in self._stored:
             raise KeyError(f"no observable group {name!r} is watched; the groups are "
                            f"{list(self._stored)}")
         self.sync()
-        return min(self._stored[name], self.window)
+        held = self._stored[name] if name is not None else min(self._stored.values(), default=0)
+        return min(held, self.window)
 
     # ----------------------------------------------------------------------------------------
     # analysis

@@ -130,8 +130,6 @@ class UpdateKoopmanPruning(KoopmanCallback):
         self._functions = {}  # compiled mask updates, by pools (for the buffers captured)
         self._captured = None
         self._model_id = None
-        self._changed_at = {}
-        self._zeros = {}
 
     def _observables(self, model):
         """``{wrapper/i: [weight]}``: the tracker's groups."""
