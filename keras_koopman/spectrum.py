@@ -93,7 +93,22 @@ def near_one_fraction(result_or_eigenvalues, tolerance=0.01, amplitudes=None):
 
 def regions(result_or_eigenvalues, tolerance=0.01):
     """Each eigenvalue's region, ``"at 1"``, ``"inside"`` or ``"outside"`` (see the module's
-    docstring), as a NumPy array of strings."""
+    docstring), as a NumPy array of strings.
+
+    Args:
+      result_or_eigenvalues: a ``DMDResult`` or eigenvalues.
+      tolerance: the one tolerance (non-negative): at 1 within it, outside beyond
+        ``1 + tolerance`` in modulus.
+
+    Returns:
+      ``[r]`` array of ``"at 1"``, ``"inside"``, ``"outside"``.
+
+    Example:
+
+    >>> import keras_koopman as kk
+    >>> kk.spectrum.regions([1.005, 0.5j, 1.2, -1.0], tolerance=0.01).tolist()
+    ['at 1', 'inside', 'outside', 'inside']
+    """
     tolerance = check_number(tolerance, "tolerance")
     values = np.asarray(getattr(result_or_eigenvalues, "eigenvalues", result_or_eigenvalues))
     values = values.reshape(-1).astype(np.complex128)
