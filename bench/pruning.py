@@ -5,11 +5,15 @@ Models (scikit-learn's 8x8 digits, 1,347 training / 450 validation images, split
   CNN   Conv2D(16, 3, relu) - Conv2D(16, 3, relu) - Flatten - Dense(10), Adam 1e-3, batch 32,
         30 epochs
 Every kernel is wrapped (``prune_koopman(model, s, schedule, criterion)``, global threshold) and
-pruned along ``PolynomialDecay(0, s, begin, end, frequency=1, unit="epoch")``:
-  early  begin at 10% of the epochs, end at 40%
-  late   begin at 70% of the epochs (the loss has flattened), end at 85%
-``UpdateKoopmanPruning(window=5)``: Koopman scores once 5 snapshots are stored (the early
-schedule begins after 4 epochs, so every update is a Koopman update).
+pruned along ``PolynomialDecay(0, s, begin, end, frequency, unit="epoch")``:
+  early   begin at 10% of the epochs, end at 40%, every epoch
+  late    begin at 70% of the epochs (the loss has flattened), end at 85%, every epoch
+  spaced  begin at 10%, then every 5 epochs, 5 updates (MLP epochs 4-24, CNN 3-23: pruning
+          during training, before the loss flattens, with updates ``window`` apart)
+``UpdateKoopmanPruning(window=5)``: Koopman scores once 5 snapshots are stored; a weight whose
+window holds a change of its mask (the previous update) is scored by magnitude. With
+every-epoch schedules only the first update of a run is therefore a Koopman update; with
+``spaced`` every update is.
 
 Reported: validation accuracy after the last epoch of the dense model, of Koopman pruning and
 of magnitude pruning (means over seeds; each seed draws its own split, so the seeds are
@@ -22,7 +26,8 @@ the stripped ``.keras`` file relative to the dense one (first seed, Koopman); a 
 **Tuning and reporting are separate**: ``--seeds tune`` runs seeds 0-4, ``--seeds report``
 seeds 100-109 (nothing is chosen on them).
 
-Run:  python bench/pruning.py --seeds report      (10 seeds; about 50 minutes here)
+Run:  python bench/pruning.py --seeds report      (10 seeds, every cell; about 2 hours here)
+      python bench/pruning.py --seeds report --timings spaced   (its own section; ~30 min)
       python bench/pruning.py --seeds tune --output /tmp/r.md
       python bench/pruning.py --seeds tune --models cnn --timings late --variants koopman@100 \
           --output /tmp/r.md   (some cells only, for tuning)
@@ -46,7 +51,7 @@ import keras_koopman as kk  # noqa: E402
 
 EPOCHS = {"mlp": 40, "cnn": 30}
 SPARSITIES = (0.5, 0.8, 0.9, 0.95)
-TIMINGS = {"early": (0.1, 0.4), "late": (0.7, 0.85)}
+TIMINGS = {"early": (0.1, 0.4, 1), "late": (0.7, 0.85, 1), "spaced": (0.1, None, 5)}
 SEEDS = {"tune": list(range(5)), "report": list(range(100, 110))}
 
 
@@ -94,9 +99,11 @@ def run(model_name, seed, sparsity=None, timing=None, name=None, size=False):
     model = build(model_name, seed)
     callbacks = []
     if sparsity is not None:
-        begin, end = (round(f * epochs) for f in TIMINGS[timing])
+        start, stop, frequency = TIMINGS[timing]
+        begin = round(start * epochs)
+        end = begin + 4 * frequency if stop is None else round(stop * epochs)
         schedule = kk.pruning.PolynomialDecay(0.0, sparsity, begin_step=begin, end_step=end,
-                                              frequency=1, unit="epoch")
+                                              frequency=frequency, unit="epoch")
         model = kk.pruning.prune_koopman(model, sparsity, schedule=schedule,
                                          criterion=criterion)
         callbacks = [kk.pruning.UpdateKoopmanPruning(window=5, horizon=horizon)]
@@ -129,7 +136,9 @@ def plot(results, path, koopman="koopman"):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 4, figsize=(16, 3.6), sharey=False)
+    figure, axes = plt.subplots(len(EPOCHS), len(TIMINGS), figsize=(4 * len(TIMINGS), 7.2),
+                                sharey=False)
+    axes = axes.ravel()
     for ax, (model_name, timing) in zip(axes, [(m, t) for m in EPOCHS for t in TIMINGS]):
         dense = results[(model_name, None, None, None)]
         ax.axhline(np.mean(dense), color="grey", ls=":", label="dense")
@@ -242,7 +251,12 @@ def main():
         "", "### Goal", "", *goals, "", *lines, "",
         *(["![Koopman vs magnitude pruning](pruning.png)"] if png else []),
     ])
-    report("Koopman pruning (`bench/pruning.py`)", body, args.output)
+    # Some cells only (--timings spaced): a section of their own, beside the full table.
+    partial = [f"--{name} {' '.join(str(v) for v in chosen)}" for name, chosen, every in (
+        ("models", args.models, list(EPOCHS)), ("timings", args.timings, list(TIMINGS)),
+        ("sparsities", args.sparsities, list(SPARSITIES))) if chosen != every]
+    report("Koopman pruning (`bench/pruning.py`)" + (f", {' '.join(partial)}" if partial else ""),
+           body, args.output)
 
 
 if __name__ == "__main__":

@@ -30,11 +30,12 @@ class KoopmanMonitor(keras.callbacks.Callback):
     up to date at the end of each epoch). At the end of every ``analyze_every``
     epochs each group with at least 3 snapshots is analysed by DMD over the last ``window``; the
     result is appended to :attr:`history` as a :class:`SpectrumRecord` and, with ``log_dir``,
-    written to TensorBoard: a ``koopman/<group>`` spectrum (the "Koopman" dashboard) and the
-    scalars ``koopman/<group>/spectral_radius``, ``near_one_fraction``, ``unstable_count``,
-    ``max_residual``, at the record's ``epoch`` (the step at which Keras's ``TensorBoard``
-    callback writes ``epoch_loss``: the spectrum after epoch ``e`` sits beside that epoch's
-    loss).
+    written to TensorBoard: a ``koopman/<group>`` spectrum (the "Koopman" dashboard; with the
+    share of each of the 8 leading modes that each unit of the layer carries, for its modes
+    view, the newest in :attr:`unit_weights`) and the scalars ``koopman/<group>/spectral_radius``, ``near_one_fraction``,
+    ``unstable_count``, ``max_residual``, at the record's ``epoch`` (the step at which Keras's
+    ``TensorBoard`` callback writes ``epoch_loss``: the spectrum after epoch ``e`` sits beside
+    that epoch's loss).
 
     The work is done by a :class:`~keras_koopman.callbacks.KoopmanTracker` (:attr:`tracker`),
     written through :attr:`logger`; decision callbacks (:class:`~keras_koopman.callbacks.
@@ -182,6 +183,8 @@ class KoopmanMonitor(keras.callbacks.Callback):
                           and supported(self.model) and self._step_gather.install(self.model))
         self._calls_seen = 0 if self._step_gather is None else self._step_gather.calls
         self.logger.open(self.model, None if self._resume_pending else tracker.epoch)
+        # The tab's modes view: per-unit weights of the leading modes, only for summaries.
+        tracker.unit_modes = self.logger.active
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._once("epoch_begin", epoch):
@@ -250,7 +253,7 @@ class KoopmanMonitor(keras.callbacks.Callback):
             return
         self._since_analysis = 0
         for record in self.tracker.analyse():
-            self.logger.spectrum(record)
+            self.logger.spectrum(record, self.tracker.unit_weights.get(record.group))
             if self.verbose:
                 print(record.line())
 
@@ -301,6 +304,6 @@ class KoopmanMonitor(keras.callbacks.Callback):
 # The tracker's state, readable on the monitor (see KoopmanTracker for each).
 for _name in ("observables", "window", "rank", "method", "tolerance", "sketch", "storage_dtype",
               "snapshot_memory", "history", "errors", "groups", "buffers", "step", "epoch",
-              "nonfinite_groups", "disabled"):
+              "nonfinite_groups", "disabled", "unit_weights"):
     setattr(KoopmanMonitor, _name, property(lambda self, name=_name: getattr(self.tracker, name),
                                             doc=f"The tracker's ``{_name}``."))

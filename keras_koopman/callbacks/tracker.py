@@ -12,7 +12,8 @@ from keras_koopman._tf import cached_function, pack_outputs, unpack_outputs, val
 from keras_koopman._validation import (DataError, check_choice, check_int, check_int_or,
                                        check_names, check_number)
 from keras_koopman.buffers import PackedBuffers, SnapshotBuffer
-from keras_koopman.buffers.ring import chronological_gram, refresh_function, ring_append
+from keras_koopman.buffers.ring import (chronological_gram, order_slots, refresh_function,
+                                        ring_append)
 from keras_koopman.callbacks.plan import plan_storage
 from keras_koopman.dmd import check_method, floor_epsilon, parse_rank
 from keras_koopman.records import History, SpectrumRecord
@@ -28,6 +29,7 @@ DATA_FAILURES = (DataError, ArithmeticError, np.linalg.LinAlgError,
 _XLA_FAILURES = (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError)
 _METRICS = ("spectral_radius", "near_one_fraction", "unstable_count", "max_residual", "motion")
 _PACKED = "\x00packed"  # key of the packed groups' outputs (no group can be named so)
+UNIT_MODES = 8  # leading modes whose per-unit weights a record carries (the tab's modes view)
 
 
 class KoopmanTracker:
@@ -47,6 +49,15 @@ class KoopmanTracker:
     * :meth:`restart` forgets the trajectory; :meth:`state_dict` / :meth:`load_state_dict`
       save and restore everything but the buffers' variables (:attr:`variables`);
     * :meth:`report` records a failure (warned once per kind) in :attr:`errors`.
+
+    With :attr:`unit_modes` set (the monitor sets it while it writes summaries), each analysis
+    also leaves in :attr:`unit_weights` ``{group: [k, units]}``: for each of the group's ``k``
+    (at most ``UNIT_MODES``) leading modes, the share of its squared norm that each unit (index
+    of the weights' last axis: a Dense layer's output unit, a Conv layer's output channel)
+    carries, each row summing to 1 (see :func:`mode_unit_weights`). Only the newest analysis's are
+    kept (the summaries hold the others), for groups whose variables share a last axis and are
+    stored in full. Each costs one ``[2 k, window]`` by ``[window, n]`` product on the group's
+    stored snapshots.
 
     Args:
       observables, window, rank, method, tolerance, sketch, storage_dtype, snapshot_memory: as
@@ -108,6 +119,9 @@ class KoopmanTracker:
         self._warned = set()
         self._last_analysed = None
         self._pack_grams = None
+        self.unit_modes = False  # per-unit weights of the leading modes, in unit_weights
+        self.unit_weights = {}
+        self._units = {}
 
     # ----------------------------------------------------------------------------------------
     # set-up
@@ -127,6 +141,7 @@ class KoopmanTracker:
         """
         self.groups = self._resolve(model)  # raises before anything changes
         self._model = model
+        self._units = {name: unit_layout(variables) for name, variables in self.groups.items()}
         self.disabled = not self.groups
         self.buffers, self._pack, self._gather, self._pack_grams = {}, None, None, None
         self._stored, self.nonfinite_groups, self._counters = {}, set(), None
@@ -298,6 +313,7 @@ class KoopmanTracker:
         if self.disabled or self.step == self._last_analysed:
             return []
         self._last_analysed = self.step
+        self.unit_weights = {}
         self.sync()
         eligible = tuple(name for name in self.buffers
                          if self._stored[name] >= 3 and name not in self.nonfinite_groups)
@@ -345,6 +361,10 @@ class KoopmanTracker:
                 metrics.update(spectral_radius=0.0, near_one_fraction=0.0, unstable_count=0,
                                max_residual=float("nan"))
             empty = np.zeros(0, np.complex128)
+            if self.unit_modes and not still:
+                weights = self._unit_weights(name, values["combination"])
+                if weights is not None:
+                    self.unit_weights[name] = weights
             records.append(SpectrumRecord(
                 epoch=self.epoch, step=self.step, group=name,
                 eigenvalues=empty if still else values["eigenvalues"],
@@ -354,6 +374,18 @@ class KoopmanTracker:
                 snapshots=min(self._stored[name], self.window), metrics=metrics))
         self.history.extend(records)
         return records
+
+    def _unit_weights(self, name, combination):
+        """The per-unit weights of group ``name``'s leading modes (``None`` for a group without
+        a common last axis or with a sketched buffer); a failure is reported, not raised."""
+        layout, buffer = self._units.get(name), self.buffers[name]
+        if layout is None or buffer.sketch is not None:
+            return None
+        try:
+            return mode_unit_weights(buffer.state(), combination, *layout)
+        except DATA_FAILURES as error:
+            self.report("per-unit mode weights", error, name)
+            return None
 
     def _compile_pack_grams(self):
         """The pack's Gram rows and chronological Gram matrices, in one function (traced once
@@ -525,6 +557,11 @@ def _unpack(outputs, pack):
         values = {key: value[i] for key, value in outputs.items()}
         for key in ("eigenvalues", "amplitudes", "residuals"):
             values[key] = values[key][:k]
+        # Exact DMD modes are X1^T combination (X1: the window without its oldest snapshot);
+        # as coefficients of the whole window, the oldest snapshot's is 0.
+        combination = values["combination"][:, :k]
+        values["combination"] = np.concatenate(
+            [np.zeros((1, k), combination.dtype), combination])
         unpacked[name] = values
     return unpacked
 
@@ -558,8 +595,9 @@ def _host_ring(gram, n_cols, code, value, floor, method, tolerance):
         return {"finite": False}
     eigenvalues, combination, residuals, amplitudes, singular, rank = host_dmd.gram_solve(
         gram, n_cols, code, value, floor, method)
-    _, amplitudes = host_dmd.unit_modes(combination, amplitudes, gram)
+    combination, amplitudes = host_dmd.unit_modes(combination, amplitudes, gram)
     values = dict(finite=True, eigenvalues=eigenvalues, amplitudes=amplitudes,
+                  combination=combination,
                   residuals=residuals, rank=rank, top_singular=singular[0],
                   motion=host_dmd.window_motion(gram))
     values.update(host_dmd.summary(eigenvalues, amplitudes, residuals, tolerance))
@@ -572,10 +610,61 @@ def _host_pack(outputs, pack, code, value, tolerance):
     counts, gram = outputs["counts"], outputs["gram"]
     finite = np.all(np.isfinite(gram), axis=(1, 2))
     gram = np.where(finite[:, np.newaxis, np.newaxis], gram, 0.0)
-    eigenvalues, _, amplitudes, residuals, singular, rank = host_dmd.batch_gram_solve(
-        gram, pack.sizes, code, value, floor_epsilon(tf.float32, "gram"))
+    eigenvalues, combination, amplitudes, residuals, singular, rank = (
+        host_dmd.batch_gram_solve(gram, pack.sizes, code, value,
+                                  floor_epsilon(tf.float32, "gram")))
     values = dict(analysed=counts == counts.max(), finite=finite, eigenvalues=eigenvalues,
+                  combination=combination,
                   amplitudes=amplitudes, residuals=residuals, rank=rank,
                   top_singular=singular[:, 0], motion=host_dmd.window_motion(gram))
     values.update(host_dmd.summary_batch(eigenvalues, amplitudes, residuals, rank, tolerance))
     return values
+
+
+def unit_layout(variables):
+    """``(units, [(offset, size), ...])`` of a group whose variables all end in an axis of the
+    same length (a layer's output units or channels; the variables flattened one after the
+    other, as the buffers store them), or ``None``."""
+    shapes = [tuple(v.shape) for v in variables]
+    if not shapes or any(len(shape) == 0 or shape[-1] is None for shape in shapes):
+        return None
+    units = int(shapes[0][-1])
+    if any(int(shape[-1]) != units for shape in shapes):
+        return None
+    parts, offset = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape))
+        parts.append((offset, size))
+        offset += size
+    return units, parts
+
+
+def mode_unit_weights(state, combination, units, parts):
+    """Per unit, the share of each leading mode's squared norm: ``[k, units]`` float64 with
+    ``k = min(UNIT_MODES, modes)``, each row summing to 1 (NaN for a zero mode).
+
+    ``state`` is a buffer's :meth:`~keras_koopman.SnapshotBuffer.state` (stored centred
+    snapshots and their reference); ``combination`` ``[m, modes]`` gives the modes as
+    combinations of the window's ``m`` snapshots, oldest first (``X^T K``). One product of the
+    ``[window, 2 k]`` coefficients with the stored ``[window, n]`` snapshots, on their device.
+    """
+    stored, reference, _, _, _, count = state
+    window = int(stored.shape[0])
+    combination = np.asarray(combination)[:, :UNIT_MODES]
+    m, k = combination.shape
+    slots = order_slots(tf.cast(count, tf.int64), tf.constant(window, tf.int64)).numpy()
+    if len(slots) != m:
+        raise DataError(f"the window holds {len(slots)} snapshots, the modes combine {m}")
+    coefficients = np.zeros((window, 2 * k), np.float32)
+    coefficients[slots, :k] = combination.real
+    coefficients[slots, k:] = combination.imag
+    # The snapshots are stored minus the reference: x_j = stored_j + reference.
+    shift = np.concatenate([combination.real.sum(axis=0), combination.imag.sum(axis=0)])
+    projected = (tf.matmul(coefficients, tf.cast(stored, tf.float32), transpose_a=True)
+                 + shift.astype(np.float32)[:, np.newaxis] * tf.cast(reference, tf.float32))
+    power = tf.square(projected[:k]) + tf.square(projected[k:])
+    total = tf.add_n([tf.reduce_sum(tf.reshape(power[:, offset:offset + size], [k, -1, units]),
+                                    axis=1) for offset, size in parts])
+    total = total.numpy().astype(np.float64)
+    sums = total.sum(axis=1, keepdims=True)
+    return np.divide(total, sums, out=np.full_like(total, np.nan), where=sums > 0)

@@ -7,12 +7,15 @@ import tensorflow as tf
 from keras_koopman.tensorboard import metadata
 
 
-def spectrum(name, eigenvalues, step=None, amplitudes=None, residuals=None, description=None):
+def spectrum(name, eigenvalues, step=None, amplitudes=None, residuals=None, description=None,
+             unit_weights=None):
     """Writes a Koopman spectrum summary for the "Koopman" TensorBoard dashboard.
 
-    Writes one tensor ``[r, 4]`` (float32 columns: real part, imaginary part, |amplitude|,
-    residual; NaN where a column is not given) under the tag ``name`` with plugin name
-    ``koopman``. Use it like any ``tf.summary`` op, inside a default writer.
+    Writes one tensor ``[r, 4 + u]`` (float32 columns: real part, imaginary part, |amplitude|,
+    residual, NaN where a column is not given; then the per-unit mode weights, ``u = 0``
+    without them) under the tag ``name`` with plugin name ``koopman`` (format 2, see
+    :mod:`keras_koopman.tensorboard.metadata`). Use it like any ``tf.summary`` op, inside a
+    default writer.
 
     Args:
       name: tag, e.g. ``"koopman/dense_1"``.
@@ -21,12 +24,16 @@ def spectrum(name, eigenvalues, step=None, amplitudes=None, residuals=None, desc
       amplitudes: optional ``[r]`` amplitudes (complex or real; their modulus is stored).
       residuals: optional ``[r]`` residuals.
       description: optional Markdown description of the summary.
+      unit_weights: optional ``[k, units]`` (``k <= r``): row ``i``, the share of mode ``i``
+        that each unit of the layer carries (``SpectrumRecord.unit_weights``; the Koopman
+        tab's modes view). Past ``MAX_UNITS`` units, consecutive units are summed in bins.
 
     Returns:
       True on success, False if no default writer is active (as ``tf.summary.write``).
 
     Raises:
-      ValueError: when ``amplitudes`` or ``residuals`` do not have one entry per eigenvalue.
+      ValueError: when ``amplitudes`` or ``residuals`` do not have one entry per eigenvalue,
+        or ``unit_weights`` is not ``[k, units]`` with ``k`` at most the eigenvalues.
 
     Example:
 
@@ -53,7 +60,24 @@ def spectrum(name, eigenvalues, step=None, amplitudes=None, residuals=None, desc
             )
         columns.append(tf.cast(tf.abs(extra), tf.float32) if label == "amplitudes" else tf.cast(extra, tf.float32))
     tensor = tf.stack(columns, axis=1)
-    summary_metadata = metadata.create_summary_metadata(description)
+    units, unit_size = 0, 1
+    if unit_weights is not None:
+        weights = np.asarray(unit_weights, np.float64)
+        if count is None:
+            raise ValueError("unit_weights needs eigenvalues of a known length")
+        if weights.ndim != 2 or weights.shape[0] > count:
+            raise ValueError(f"unit_weights must be [k, units] with k <= {count} (one row per "
+                             f"leading eigenvalue); got shape {weights.shape}")
+        units = weights.shape[1]
+        unit_size = -(-units // metadata.MAX_UNITS)
+        if unit_size > 1:  # bins of unit_size consecutive units
+            padded = np.zeros((weights.shape[0], -(-units // unit_size) * unit_size))
+            padded[:, :units] = weights
+            weights = padded.reshape(weights.shape[0], -1, unit_size).sum(axis=2)
+        rows = np.full((count, weights.shape[1]), np.nan, np.float32)
+        rows[:weights.shape[0]] = weights
+        tensor = tf.concat([tensor, tf.constant(rows)], axis=1)
+    summary_metadata = metadata.create_summary_metadata(description, units, unit_size)
     with tf.summary.experimental.summary_scope(name, "koopman_spectrum_summary", values=[tensor]) as (
         tag,
         _,

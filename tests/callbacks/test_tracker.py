@@ -204,3 +204,94 @@ def test_a_second_model_of_the_same_shapes_reuses_the_compiled_gather():
         np.testing.assert_allclose(tracker.buffers["a"].snapshots().numpy()[-1],
                                    np.concatenate([layer.kernel.numpy().ravel(),
                                                    layer.bias.numpy().ravel()]), rtol=1e-6)
+
+
+def numpy_exact_modes(snapshots, rank):
+    """Exact DMD of time-major ``snapshots`` in NumPy (SVD of X0, rank ``rank``): eigenvalues
+    largest modulus first and the modes as columns (independent of the tracker's Gram path)."""
+    x0, x1 = snapshots[:-1].T, snapshots[1:].T
+    u, s, vh = np.linalg.svd(x0, full_matrices=False)
+    u, s, v = u[:, :rank], s[:rank], vh[:rank].conj().T
+    eigenvalues, w = np.linalg.eig(u.conj().T @ x1 @ v / s)
+    modes = x1 @ v / s @ w
+    order = np.argsort(-np.abs(eigenvalues), kind="stable")
+    return eigenvalues[order], modes[:, order]
+
+
+def unit_shares(mode, shapes):
+    """Per unit (last axis), the share of |mode|^2 over the group's flattened variables."""
+    power, offset, total = np.abs(mode) ** 2, 0, 0.0
+    for shape in shapes:
+        size = int(np.prod(shape))
+        total = total + power[offset:offset + size].reshape(-1, shape[-1]).sum(axis=0)
+        offset += size
+    return total / total.sum()
+
+
+def drive(model, names, steps, seed):
+    """Assigns each named layer's (kernel, bias) a linear trajectory x_{k+1} = A x_k with
+    distinct eigenvalues; returns {name: [steps, n] float32 snapshots}."""
+    rng = np.random.default_rng(seed)
+    trajectories = {}
+    for name in names:
+        layer = model.get_layer(name)
+        n = int(np.prod(layer.kernel.shape)) + int(np.prod(layer.bias.shape))
+        basis = np.linalg.qr(rng.normal(size=(n, n)))[0]
+        a = basis @ np.diag(np.linspace(1.0, 0.6, n)) @ basis.T
+        state = rng.normal(size=n)
+        trajectories[name] = []
+        for _ in range(steps):
+            trajectories[name].append(state.astype(np.float32))
+            state = a @ state
+    return trajectories
+
+
+@pytest.mark.parametrize("groups", [1, PACK_MIN_GROUPS])  # a ring buffer; the pack
+def test_unit_weights_are_the_share_of_each_mode_per_output_unit(groups):
+    layers = [keras.layers.Dense(3, name=f"d{i}") for i in range(groups)]
+    model = keras.Sequential([keras.Input((3,)), *layers])
+    names = [layer.name for layer in layers]
+    tracker = KoopmanTracker(window=6, rank=3)
+    tracker.watch(model)
+    assert bool(tracker._pack) == (groups > 1)
+    tracker.unit_modes = True
+    trajectories = drive(model, names, 9, seed=groups)
+    for k in range(9):
+        for name in names:
+            layer, state = model.get_layer(name), trajectories[name][k]
+            layer.kernel.assign(state[:9].reshape(3, 3))
+            layer.bias.assign(state[9:])
+        tracker.gather()
+    records = {r.group: r for r in tracker.analyse()}
+    assert set(tracker.unit_weights) == set(names)
+    for name in names[:3]:
+        record, weights = records[name], tracker.unit_weights[name]
+        eigenvalues, modes = numpy_exact_modes(
+            np.array(trajectories[name][-6:], np.float64), record.rank)
+        np.testing.assert_allclose(record.eigenvalues, eigenvalues, atol=1e-3)
+        assert weights.shape == (record.rank, 3)
+        for i in range(record.rank):
+            np.testing.assert_allclose(weights[i], unit_shares(modes[:, i], [(3, 3), (3,)]),
+                                       atol=2e-3)
+
+
+def test_unit_weights_only_while_asked_and_only_with_a_common_last_axis():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="dense")])
+    tracker = KoopmanTracker(window=4, observables=lambda m: {
+        "dense": m.get_layer("dense").trainable_weights,
+        "mixed": [m.get_layer("dense").kernel, keras.Variable(np.ones((2, 5)))]})
+    tracker.watch(model)
+    for k in range(4):
+        model.get_layer("dense").kernel.assign(0.9 ** k * np.ones((4, 3)))
+        tracker.gather()
+    assert tracker.analyse() and tracker.unit_weights == {}  # not asked: not computed
+    tracker.unit_modes = True
+    model.get_layer("dense").kernel.assign(0.9 ** 4 * np.ones((4, 3)))
+    tracker.gather()
+    assert len(tracker.analyse()) == 2
+    assert set(tracker.unit_weights) == {"dense"}  # "mixed": last axes 3 and 5, no units
+    np.testing.assert_allclose(tracker.unit_weights["dense"].sum(axis=1), 1.0)
+    tracker.gather()
+    tracker.unit_modes = False
+    tracker.analyse()
+    assert tracker.unit_weights == {}  # only the newest analysis's are kept

@@ -208,6 +208,11 @@ def test_the_koopman_tab_draws_each_steps_eigenvalues(tensorboard_server, browse
     assert "|λ| =" in tip and "residual" in tip
 
     frame.wait_for_selector("#overview-card[data-loaded=true]")  # every group drawn too
+    if records[-1].rank > 1:  # the picture shows a mode other than the one at 1
+        frame.dispatch_event("#plane circle.eig[data-index='1']", "click")
+        frame.wait_for_function("() => document.querySelector('#modes').dataset.index === '1'"
+                                " && Number(document.querySelector('#modes').dataset.bars) > 0")
+    frame.hover("#status")  # the pointer off the marks: no tooltip over the picture
     shot = tmp_path / "koopman-tab.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
@@ -354,5 +359,41 @@ def test_the_overview_shows_every_group_and_a_click_opens_one(tensorboard_server
                             " === 'koopman/out'")
     assert frame.get_attribute("#plane", "data-step") == first  # the same step, now of "out"
     assert frame.get_attribute("#plane", "data-count") == str(by_epoch["out"][int(first)])
+    assert errors == []
+    page.close()
+
+
+def test_clicking_an_eigenvalue_shows_its_mode_across_the_layers_units(tensorboard_server,
+                                                                       browser):
+    base, monitor = tensorboard_server
+    page, errors = open_page(browser)
+    page.goto(f"{base}/#koopman")
+    frame = koopman_frame(page)
+    frame.select_option("#run", "fit")
+    frame.select_option("#tag", "koopman/hidden")
+    record = monitor.records("hidden")[-1]
+    frame.wait_for_function(
+        f"() => document.querySelector('#modes-card').dataset.step === '{record.epoch}'")
+    assert frame.get_attribute("#modes", "data-index") == "0"  # the leading one at first
+    index = min(record.rank, 8) - 1  # the last eigenvalue with per-unit weights
+    # Dispatched, not clicked at a point: marks near 1 may overlap.
+    frame.dispatch_event(f"#plane circle.eig[data-index='{index}']", "click")
+    frame.wait_for_function(
+        f"() => document.querySelector('#modes').dataset.index === '{index}'")
+    assert frame.get_attribute(f"#plane circle.eig[data-index='{index}']", "class") == (
+        "eig selected")
+    bars = frame.eval_on_selector_all(
+        "#modes rect.bar", "els => els.map(e => [Number(e.dataset.unit), "
+        "Number(e.getAttribute('height')), e.classList.contains('top')])")
+    weights = monitor.unit_weights["hidden"][index]  # of the newest analysis
+    assert len(bars) == len(weights) == 8  # Dense(8): one bar per unit
+    heights = np.array([height for _, height, _ in sorted(bars)])
+    # Bar heights are proportional to the shares the monitor computed.
+    np.testing.assert_allclose(heights / heights.max(), weights / weights.max(), atol=0.02)
+    assert {unit for unit, _, top in bars if top} == set(np.argsort(-weights)[:3].tolist())
+    text = frame.text_content("#modes-text")
+    half = int(np.searchsorted(np.cumsum(np.sort(weights)[::-1]), 0.5 - 1e-12) + 1)
+    assert f"{half} of 8 units carry half of this mode" in text
+    assert f"unit {int(np.argmax(weights))} ({100 * weights.max():.0f}%)" in text
     assert errors == []
     page.close()

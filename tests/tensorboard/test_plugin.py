@@ -253,6 +253,44 @@ def test_spectra_written_by_the_monitor_during_fit_are_served(tmp_path):
         newest = np.array(body["steps"][-1]["eigenvalues"])
         np.testing.assert_allclose(newest[:, 0] + 1j * newest[:, 1], records[-1].eigenvalues,
                                    rtol=1e-5, atol=1e-6)
+        modes = client.get(f"{ROUTE}/modes", query_string={
+            "run": "fit", "tag": f"koopman/{group}", "step": records[-1].epoch}).get_json()
+        units = model.get_layer(group).units
+        assert (modes["units"], modes["unit_size"]) == (units, 1)
+        assert modes["eigenvalues"] == body["steps"][-1]["eigenvalues"]
+        leading = min(records[-1].rank, 8)
+        assert [w is None for w in modes["weights"]] == (
+            [False] * leading + [True] * (records[-1].rank - leading))
+        np.testing.assert_allclose(np.array(modes["weights"][:leading]),
+                                   monitor.unit_weights[group], rtol=1e-5, atol=1e-7)
+        # The mode at 1 is the resting weights: its shares are the units' squared norms.
+        layer = model.get_layer(group)
+        power = (np.square(layer.kernel.numpy()).sum(axis=0) + np.square(layer.bias.numpy()))
+        if abs(records[-1].eigenvalues[0] - 1) < 1e-3:
+            np.testing.assert_allclose(modes["weights"][0], power / power.sum(), atol=2e-2)
+
+
+def test_modes_of_a_format_1_summary_have_no_unit_weights_and_bad_queries_get_400(tmp_path):
+    old = metadata.create_summary_metadata()
+    old.plugin_data.content = json.dumps({"version": 1,
+                                          "columns": list(metadata.COLUMNS)}).encode()
+    writer = tf.summary.create_file_writer(str(tmp_path / "run"))
+    with writer.as_default():
+        tf.summary.write("koopman/old", tf.constant([[0.9, 0.1, 1.0, 0.0]]), step=3,
+                         metadata=old)
+    writer.close()
+    client = client_for(tmp_path)
+    body = client.get(f"{ROUTE}/modes?run=run&tag=koopman/old&step=3").get_json()
+    assert body["units"] == 0 and body["weights"] == []
+    np.testing.assert_allclose(body["eigenvalues"], [[0.9, 0.1]], rtol=1e-6)
+    spectra = client.get(f"{ROUTE}/spectra?run=run&tag=koopman/old").get_json()
+    assert [s["step"] for s in spectra["steps"]] == [3] and spectra["warnings"] == []
+    for query, words in (("run=run&tag=koopman/old", "missing query parameter step"),
+                         ("run=run&tag=koopman/old&step=x", "step must be an integer"),
+                         ("run=run&tag=koopman/new&step=3", "unknown tag"),
+                         ("run=run&tag=koopman/old&step=4", "no spectrum of 'koopman/old'")):
+        response = client.get(f"{ROUTE}/modes?{query}")
+        assert response.status_code == 400 and words in response.get_json()["error"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -53,6 +53,11 @@ svg text { fill: var(--muted); font: 11px var(--font); }
 .kk-tile .name { display: block; max-width: 150px; overflow: hidden; text-overflow: ellipsis;
                  white-space: nowrap; }
 .kk-tile .sub { display: block; color: var(--muted); font-size: 11px; }
+.eig.selected { stroke: var(--accent); stroke-width: 2.5; }
+.bar { fill: #1976d2; }
+.bar.top { fill: var(--accent); }
+.bar:hover { fill-opacity: 0.7; }
+#modes-text { max-width: 640px; }
 .kk-tip { position: fixed; pointer-events: none; background: var(--panel); color: var(--fg);
           border: 1px solid var(--line); border-radius: 3px; padding: 4px 6px;
           white-space: pre; display: none; box-shadow: 0 1px 3px rgba(0,0,0,.3); }
@@ -128,7 +133,7 @@ function fmt(x) {
   return a !== 0 && (a < 1e-3 || a >= 1e4) ? x.toExponential(3) : x.toFixed(4);
 }
 
-function drawPlane(svg, entry, tip, small = false) {
+function drawPlane(svg, entry, tip, small = false, selection = null) {
   svg.replaceChildren();
   const size = Number(svg.getAttribute("width"));
   const pad = small ? 8 : 28;
@@ -161,13 +166,16 @@ function drawPlane(svg, entry, tip, small = false) {
     // Area proportional to |amplitude| (relative to the largest), from 3 to 10 px radius.
     let radius = amplitude === null ? 4 : 3 + 7 * Math.sqrt(Math.max(amplitude, 0) / largest);
     if (small) radius /= 2;
+    const chosen = selection && selection.index === i;
     const mark = svgEl("circle", {
-      class: "eig", cx: X(re), cy: Y(im), r: radius.toFixed(2), fill: residualColour(residual),
-      "data-index": i,
+      class: chosen ? "eig selected" : "eig", cx: X(re), cy: Y(im), r: radius.toFixed(2),
+      fill: residualColour(residual), "data-index": i,
     });
+    if (selection) mark.addEventListener("click", () => selection.onSelect(i));
     const modulus = Math.hypot(re, im);
     const text = `λ = ${fmt(re)} ${im < 0 ? "−" : "+"} ${fmt(Math.abs(im))}i\n` +
-      `|λ| = ${fmt(modulus)}\n|amplitude| = ${fmt(amplitude)}\nresidual = ${fmt(residual)}`;
+      `|λ| = ${fmt(modulus)}\n|amplitude| = ${fmt(amplitude)}\nresidual = ${fmt(residual)}` +
+      (selection ? "\n(click: its mode across units)" : "");
     mark.append(svgEl("title", {}, text));
     mark.addEventListener("mousemove", (event) => showTip(tip, text, event));
     mark.addEventListener("mouseleave", () => { tip.style.display = "none"; });
@@ -334,6 +342,85 @@ function entryAtOrBefore(steps, step) {
   return found;
 }
 
+// The smallest number of units that together carry at least half of a mode.
+function unitsForHalf(weights) {
+  const sorted = [...weights].sort((a, b) => b - a);
+  let total = 0;
+  for (let i = 0; i < sorted.length; i++) {
+    total += sorted[i];
+    if (total >= 0.5) return i + 1;
+  }
+  return sorted.length;
+}
+
+function percent(x) {
+  return `${(100 * x).toFixed(x >= 0.1 ? 0 : 1)}%`;
+}
+
+function unitName(column, size) {
+  return size > 1 ? `units ${column * size}–${(column + 1) * size - 1}` : `unit ${column}`;
+}
+
+// The modes view: for eigenvalue `index` of a /modes response, one bar per unit (column).
+// Returns the line of text that goes with it.
+function drawModes(svg, body, index, tip) {
+  svg.replaceChildren();
+  svg.setAttribute("data-index", String(index));
+  if (!body || !body.weights.length) {
+    svg.setAttribute("data-bars", "0");
+    return "This spectrum has no per-unit weights: it was written before keras-koopman's " +
+      "summary format 2, or the group's weights share no last (output) axis.";
+  }
+  const weights = body.weights[index];
+  if (!weights) {
+    svg.setAttribute("data-bars", "0");
+    return "Per-unit weights are kept for the 8 leading eigenvalues (largest |λ| first); " +
+      "click one of them.";
+  }
+  const width = Number(svg.getAttribute("width"));
+  const height = Number(svg.getAttribute("height"));
+  const pad = { left: 40, right: 10, top: 8, bottom: 22 };
+  const top = Math.max(...weights, 1e-12);
+  const barWidth = (width - pad.left - pad.right) / weights.length;
+  const Y = (v) => height - pad.bottom - (v / top) * (height - pad.top - pad.bottom);
+  svg.append(svgEl("line", { class: "axis", x1: pad.left, y1: Y(0), x2: width - pad.right,
+                             y2: Y(0) }));
+  svg.append(svgEl("line", { class: "axis", x1: pad.left, y1: Y(0), x2: pad.left, y2: Y(top) }));
+  svg.append(svgEl("text", { x: 2, y: Y(top) + 8 }, percent(top)));
+  svg.append(svgEl("text", { x: 2, y: Y(0) }, "0"));
+  svg.append(svgEl("text", { x: pad.left, y: height - 4 }, "0"));
+  svg.append(svgEl("text", { x: width - pad.right, y: height - 4, "text-anchor": "end" },
+                   String(body.units - 1)));
+  svg.append(svgEl("text", { x: (pad.left + width - pad.right) / 2, y: height - 4,
+                             "text-anchor": "middle" },
+                   body.unit_size > 1 ? `unit (bins of ${body.unit_size})` : "unit"));
+  const order = weights.map((w, i) => i).sort((a, b) => weights[b] - weights[a]);
+  const leaders = new Set(order.slice(0, 3));
+  weights.forEach((w, i) => {
+    const bar = svgEl("rect", {
+      class: leaders.has(i) ? "bar top" : "bar", "data-unit": i,
+      x: (pad.left + i * barWidth).toFixed(2), y: Y(w).toFixed(2),
+      width: Math.max(barWidth - (barWidth > 3 ? 1 : 0), 0.5).toFixed(2),
+      height: Math.max(Y(0) - Y(w), 0).toFixed(2),
+    });
+    const text = `${unitName(i, body.unit_size)}: ${percent(w)} of the mode`;
+    bar.append(svgEl("title", {}, text));
+    bar.addEventListener("mousemove", (event) => showTip(tip, text, event));
+    bar.addEventListener("mouseleave", () => { tip.style.display = "none"; });
+    svg.append(bar);
+  });
+  svg.setAttribute("data-bars", String(weights.length));
+  const [re, im] = body.eigenvalues[index];
+  const half = unitsForHalf(weights);
+  const named = order.slice(0, 3).map((i) => `${unitName(i, body.unit_size)} ` +
+                                               `(${percent(weights[i])})`).join(", ");
+  return `λ${index + 1} = ${fmt(re)} ${im < 0 ? "−" : "+"} ${fmt(Math.abs(im))}i, ` +
+    `|λ| = ${fmt(Math.hypot(re, im))}, at step ${body.step}: ${half} of ${weights.length} ` +
+    `${body.unit_size > 1 ? "bins" : "units"} carry half of this mode; most: ${named}. ` +
+    "A mode at 1 is where the weights rest; the units that carry a mode inside the circle " +
+    "are those still moving along it.";
+}
+
 export async function render() {
   document.documentElement.classList.toggle("dark", Boolean(isDark()));
   const style = document.createElement("style");
@@ -369,12 +456,18 @@ export async function render() {
   const description = el("div", { id: "description", class: "kk-note" });
   moduliCard.append(moduli, legend, eventDetail, description);
   plots.append(planeCard, moduliCard);
+  const modesCard = el("div", { class: "kk-card", id: "modes-card" });
+  modesCard.append(el("h3", {}, "Modes across units: the share of the selected eigenvalue's " +
+                                 "mode that each unit (output unit or channel) carries"));
+  const modesPlot = svgEl("svg", { id: "modes", width: 640, height: 160, role: "img" });
+  const modesText = el("div", { id: "modes-text", class: "kk-note" });
+  modesCard.append(modesPlot, modesText);
   const overviewCard = el("div", { class: "kk-card", id: "overview-card" });
   const overviewTitle = el("h3", { id: "overview-title" }, "Every group");
   const tiles = el("div", { id: "overview", class: "kk-tiles" });
   overviewCard.append(overviewTitle, tiles);
   const tip = el("div", { class: "kk-tip", id: "tooltip" });
-  root.append(controls, status, plots, overviewCard, tip);
+  root.append(controls, status, plots, modesCard, overviewCard, tip);
   document.body.append(root);
 
   let tags = {};
@@ -382,6 +475,41 @@ export async function render() {
   let events = [];
   const cache = new Map(); // run \u0000 tag -> spectra response
   const key = (run, tag) => `${run}\u0000${tag}`;
+  const modesCache = new Map(); // run \u0000 tag \u0000 step -> modes response
+  let selected = 0; // the eigenvalue whose mode the modes view shows
+
+  async function showModes(entry) {
+    const run = runSelect.value;
+    const tag = tagSelect.value;
+    if (!entry) {
+      modesPlot.replaceChildren();
+      modesText.textContent = "";
+      return;
+    }
+    const index = Math.min(selected, Math.max(entry.eigenvalues.length - 1, 0));
+    const k = `${key(run, tag)}\u0000${entry.step}`;
+    try {
+      if (!modesCache.has(k)) {
+        const params = new URLSearchParams({ run, tag, step: String(entry.step) });
+        modesCache.set(k, await getJson(`./modes?${params}`));
+      }
+    } catch (error) {
+      modesText.textContent = `Could not load the modes: ${error.message}`;
+      return;
+    }
+    const current = steps[Number(slider.value)];
+    if (run !== runSelect.value || tag !== tagSelect.value || !current ||
+        current.step !== entry.step) return; // another step or group is shown by now
+    modesText.textContent = drawModes(modesPlot, modesCache.get(k), index, tip);
+    modesCard.setAttribute("data-step", String(entry.step));
+  }
+
+  function selectMode(index) {
+    selected = index;
+    const entry = steps[Number(slider.value)];
+    drawPlane(plane, entry, tip, false, { index: selected, onSelect: selectMode });
+    showModes(entry);
+  }
 
   function onEvent(step, text) {
     eventDetail.textContent = text;
@@ -417,7 +545,8 @@ export async function render() {
   function showStep() {
     const entry = steps[Number(slider.value)];
     stepLabel.textContent = entry ? `${entry.step} (${Number(slider.value) + 1}/${steps.length})` : "";
-    drawPlane(plane, entry, tip);
+    drawPlane(plane, entry, tip, false, { index: selected, onSelect: selectMode });
+    showModes(entry);
     const drawn = drawModuli(moduli, steps, entry, events,
                              { tip, onEvent, run: runSelect.value }) || [];
     drawLegend(legend, drawn, events);
@@ -466,6 +595,7 @@ export async function render() {
 
   function openGroup(tag, step) {
     tagSelect.value = tag;
+    selected = 0;
     eventDetail.textContent = "";
     loadSpectra(step);
   }
