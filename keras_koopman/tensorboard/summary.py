@@ -58,7 +58,7 @@ def spectrum(name, eigenvalues, step=None, amplitudes=None, residuals=None, desc
             raise ValueError(
                 f"{label} must have one entry per eigenvalue ({count}); got {extra.shape[0]}"
             )
-        columns.append(tf.cast(tf.abs(extra), tf.float32) if label == "amplitudes" else tf.cast(extra, tf.float32))
+        columns.append(tf.cast(tf.abs(extra) if label == "amplitudes" else extra, tf.float32))
     tensor = tf.stack(columns, axis=1)
     units, unit_size = 0, 1
     if unit_weights is not None:
@@ -78,10 +78,8 @@ def spectrum(name, eigenvalues, step=None, amplitudes=None, residuals=None, desc
         rows[:weights.shape[0]] = weights
         tensor = tf.concat([tensor, tf.constant(rows)], axis=1)
     summary_metadata = metadata.create_summary_metadata(description, units, unit_size)
-    with tf.summary.experimental.summary_scope(name, "koopman_spectrum_summary", values=[tensor]) as (
-        tag,
-        _,
-    ):
+    with tf.summary.experimental.summary_scope(
+            name, "koopman_spectrum_summary", values=[tensor]) as (tag, _):
         return tf.summary.write(tag=tag, tensor=tensor, step=step, metadata=summary_metadata)
 
 
