@@ -75,14 +75,17 @@ class SummaryLogger:
 
     def spectrum(self, record, unit_weights=None):
         """A :class:`~keras_koopman.callbacks.SpectrumRecord` as the ``koopman/<group>``
-        spectrum summary (with the per-unit weights of its leading modes, ``[k, units]``, when
-        given) and the ``koopman/<group>/<metric>`` scalars, at its ``epoch`` (the step of
-        Keras's own ``epoch_loss``: see the README's "Epoch numbering")."""
+        spectrum summary (and ``koopman/<group>/modes``, the per-unit weights of its leading
+        modes ``[k, units]``, when given) and the ``koopman/<group>/<metric>`` scalars, at its
+        ``epoch`` (the step of Keras's own ``epoch_loss``: see the README's "Epoch
+        numbering")."""
 
         def write():
-            tb_summary.spectrum(f"koopman/{record.group}", record.eigenvalues,
-                                amplitudes=record.amplitudes, residuals=record.residuals,
-                                unit_weights=unit_weights)
+            tag = f"koopman/{record.group}"
+            tb_summary.spectrum(tag, record.eigenvalues, amplitudes=record.amplitudes,
+                                residuals=record.residuals)
+            if unit_weights is not None:
+                tb_summary.modes(tag, unit_weights)
             for key in LOGGED_SCALARS:
                 tf.summary.scalar(f"koopman/{record.group}/{key}", float(record.metrics[key]))
 

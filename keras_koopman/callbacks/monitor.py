@@ -30,10 +30,11 @@ class KoopmanMonitor(keras.callbacks.Callback):
     up to date at the end of each epoch). At the end of every ``analyze_every``
     epochs each group with at least 3 snapshots is analysed by DMD over the last ``window``; the
     result is appended to :attr:`history` as a :class:`SpectrumRecord` and, with ``log_dir``,
-    written to TensorBoard: a ``koopman/<group>`` spectrum (the "Koopman" dashboard; with the
-    share of each of the 8 leading modes that each unit of the layer carries, for its modes
-    view, the newest in :attr:`unit_weights`) and the scalars ``koopman/<group>/spectral_radius``, ``near_one_fraction``,
-    ``unstable_count``, ``max_residual``, at the record's ``epoch`` (the step at which Keras's
+    written to TensorBoard: a ``koopman/<group>`` spectrum (the "Koopman" dashboard), its
+    ``koopman/<group>/modes`` (the share of each of the 8 leading modes that each unit of the
+    layer carries, for the dashboard's modes view; the newest in :attr:`unit_weights`) and the
+    scalars ``koopman/<group>/spectral_radius``, ``near_one_fraction``, ``unstable_count``,
+    ``max_residual``, at the record's ``epoch`` (the step at which Keras's
     ``TensorBoard`` callback writes ``epoch_loss``: the spectrum after epoch ``e`` sits beside
     that epoch's loss).
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -54,10 +55,10 @@ class KoopmanTracker:
     also leaves in :attr:`unit_weights` ``{group: [k, units]}``: for each of the group's ``k``
     (at most ``UNIT_MODES``) leading modes, the share of its squared norm that each unit (index
     of the weights' last axis: a Dense layer's output unit, a Conv layer's output channel)
-    carries, each row summing to 1 (see :func:`mode_unit_weights`). Only the newest analysis's are
-    kept (the summaries hold the others), for groups whose variables share a last axis and are
-    stored in full. Each costs one ``[2 k, window]`` by ``[window, n]`` product on the group's
-    stored snapshots.
+    carries, each row summing to 1 (see :func:`mode_unit_weights`). Only the newest
+    analysis's are kept (the summaries hold the others), for groups that are one layer whose
+    variables share a last axis (:func:`unit_layout`) and are stored in full (not sketched).
+    Each costs one ``[2 k, window]`` by ``[window, n]`` product on the group's stored snapshots.
 
     Args:
       observables, window, rank, method, tolerance, sketch, storage_dtype, snapshot_memory: as
@@ -141,7 +142,9 @@ class KoopmanTracker:
         """
         self.groups = self._resolve(model)  # raises before anything changes
         self._model = model
-        self._units = {name: unit_layout(variables) for name, variables in self.groups.items()}
+        by_layer = not callable(self.observables) and self.observables != "model"
+        self._units = {name: unit_layout(model.get_layer(name) if by_layer else None, variables)
+                       for name, variables in self.groups.items()}
         self.disabled = not self.groups
         self.buffers, self._pack, self._gather, self._pack_grams = {}, None, None, None
         self._stored, self.nonfinite_groups, self._counters = {}, set(), None
@@ -383,7 +386,7 @@ class KoopmanTracker:
             return None
         try:
             return mode_unit_weights(buffer.state(), combination, *layout)
-        except DATA_FAILURES as error:
+        except (*DATA_FAILURES, tf.errors.ResourceExhaustedError) as error:
             self.report("per-unit mode weights", error, name)
             return None
 
@@ -621,10 +624,16 @@ def _host_pack(outputs, pack, code, value, tolerance):
     return values
 
 
-def unit_layout(variables):
-    """``(units, [(offset, size), ...])`` of a group whose variables all end in an axis of the
-    same length (a layer's output units or channels; the variables flattened one after the
-    other, as the buffers store them), or ``None``."""
+def unit_layout(layer, variables):
+    """``(units, [(offset, size), ...])`` of a layer whose variables all end in an axis of the
+    same length, its output units or channels (Dense, Conv, Embedding, normalization,
+    recurrent layers: there the gates' columns), the variables flattened one after the other
+    as the buffers store them; ``None`` for anything else: a group that is not one layer, a
+    nested model, a transposed convolution (its kernel ends in the input channels)."""
+    transposed = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
+                  keras.layers.Conv3DTranspose)
+    if layer is None or isinstance(layer, (keras.Model, *transposed)):
+        return None
     shapes = [tuple(v.shape) for v in variables]
     if not shapes or any(len(shape) == 0 or shape[-1] is None for shape in shapes):
         return None
@@ -639,14 +648,19 @@ def unit_layout(variables):
     return units, parts
 
 
-def mode_unit_weights(state, combination, units, parts):
+_UNIT_BLOCK = 2**20  # weights per block of the per-unit product (bounded temporary memory)
+
+
+def mode_unit_weights(state, combination, units, parts, block=_UNIT_BLOCK):
     """Per unit, the share of each leading mode's squared norm: ``[k, units]`` float64 with
     ``k = min(UNIT_MODES, modes)``, each row summing to 1 (NaN for a zero mode).
 
     ``state`` is a buffer's :meth:`~keras_koopman.SnapshotBuffer.state` (stored centred
     snapshots and their reference); ``combination`` ``[m, modes]`` gives the modes as
-    combinations of the window's ``m`` snapshots, oldest first (``X^T K``). One product of the
-    ``[window, 2 k]`` coefficients with the stored ``[window, n]`` snapshots, on their device.
+    combinations of the window's ``m`` snapshots, oldest first (``X^T K``); ``units, parts`` as
+    :func:`unit_layout` gives them. The ``[window, 2 k]`` coefficients multiply the stored
+    snapshots on their device, ``block`` weights at a time, in float32 (float64 for float64
+    buffers): a picture, not an analysis.
     """
     stored, reference, _, _, _, count = state
     window = int(stored.shape[0])
@@ -655,16 +669,22 @@ def mode_unit_weights(state, combination, units, parts):
     slots = order_slots(tf.cast(count, tf.int64), tf.constant(window, tf.int64)).numpy()
     if len(slots) != m:
         raise DataError(f"the window holds {len(slots)} snapshots, the modes combine {m}")
-    coefficients = np.zeros((window, 2 * k), np.float32)
+    dtype = np.float64 if stored.dtype == tf.float64 else np.float32
+    coefficients = np.zeros((window, 2 * k), dtype)
     coefficients[slots, :k] = combination.real
     coefficients[slots, k:] = combination.imag
     # The snapshots are stored minus the reference: x_j = stored_j + reference.
-    shift = np.concatenate([combination.real.sum(axis=0), combination.imag.sum(axis=0)])
-    projected = (tf.matmul(coefficients, tf.cast(stored, tf.float32), transpose_a=True)
-                 + shift.astype(np.float32)[:, np.newaxis] * tf.cast(reference, tf.float32))
-    power = tf.square(projected[:k]) + tf.square(projected[k:])
-    total = tf.add_n([tf.reduce_sum(tf.reshape(power[:, offset:offset + size], [k, -1, units]),
-                                    axis=1) for offset, size in parts])
-    total = total.numpy().astype(np.float64)
+    shift = np.concatenate([combination.real.sum(axis=0),
+                            combination.imag.sum(axis=0)]).astype(dtype)[:, np.newaxis]
+    total = np.zeros((k, units))
+    for offset, size in parts:
+        rows, chunk = size // units, max(1, block // units)
+        for first in range(0, rows, chunk):
+            start, stop = offset + first * units, offset + min(rows, first + chunk) * units
+            projected = (tf.matmul(coefficients, tf.cast(stored[:, start:stop], dtype),
+                                   transpose_a=True)
+                         + shift * tf.cast(reference[start:stop], dtype))
+            power = tf.square(projected[:k]) + tf.square(projected[k:])
+            total += tf.reduce_sum(tf.reshape(power, [k, -1, units]), axis=1).numpy()
     sums = total.sum(axis=1, keepdims=True)
     return np.divide(total, sums, out=np.full_like(total, np.nan), where=sums > 0)

@@ -15,15 +15,15 @@ Routes, under ``/data/plugin/koopman/``:
   [[re, im], ...], "amplitudes": [...], "residuals": [...]}, ...], "warnings": [...],
   "downsampled": bool}``, oldest step first, at most ``MAX_STEPS`` steps (evenly downsampled
   past that). Missing or unknown ``run``/``tag``: 400 with a message. A stored tensor that is
-  not ``[r, 4 + u]`` is skipped with a line in ``warnings``; NaN (unknown amplitude or
-  residual) comes back as ``null``. The per-unit mode weights are left out (see ``modes``).
-* ``modes?run=R&tag=T&step=S``: ``{"run", "tag", "step", "units", "unit_size", "eigenvalues":
-  [[re, im], ...], "weights": [[w_1, ..., w_u] or null, ...]}``: for each eigenvalue of that
-  step (in the order of ``spectra``), the share of its mode each unit of the layer carries
-  (``null`` past the leading modes; ``units`` 0 and ``weights`` ``[]`` for a summary without
-  them: format 1, or a group whose weights share no last axis). Each of the ``u`` columns sums
-  ``unit_size`` consecutive units. Missing parameter, unknown run or tag, a step without a
-  spectrum: 400 with a message.
+  not ``[r, 4]`` is skipped with a line in ``warnings``; NaN (unknown amplitude or residual)
+  comes back as ``null``.
+* ``modes?run=R&tag=T&step=S``: ``{"run", "tag", "step", "units", "unit_size", "weights":
+  [[w_1, ..., w_u] or null, ...]}``: for the leading eigenvalues of spectrum ``T`` at step
+  ``S`` (in the order of ``spectra``), the share of each one's mode that each unit of the layer
+  carries (from the ``T/modes`` summary; ``null`` where unknown). Each of the ``u`` columns sums
+  ``unit_size`` consecutive units of ``units``. ``units`` 0 and ``weights`` ``[]`` when that
+  step has none (logs of earlier versions, groups without units). Missing or non-integer
+  parameter, unknown run or tag: 400 with a message.
 * ``events?run=R``: ``{"run", "events": [{"kind", "step", "wall_time", "reason", "run"},
   ...]}``, the events of training (``koopman_events/<kind>`` summaries: early stop, restart, a
   jump kept or undone, a pruning update) of run ``R`` and of the runs in its subdirectories
@@ -59,21 +59,15 @@ def _finite_or_none(values):
     return [float(v) if math.isfinite(v) else None for v in values.tolist()]
 
 
-def _finite_rows(datum):
-    """A stored step's ``[r, 4 + u]`` float64 rows whose eigenvalue is a number (what is
-    drawn), or ``None`` when the tensor is malformed."""
-    array = np.asarray(datum.numpy)
-    if array.ndim != 2 or array.shape[1] < len(metadata.COLUMNS):
-        return None
-    array = array.astype(np.float64)
-    return array[np.all(np.isfinite(array[:, :2]), axis=1)]
-
-
 def _spectrum_json(datum):
     """One stored step as JSON-ready data, or ``None`` when the tensor is malformed."""
-    array = _finite_rows(datum)
-    if array is None:
+    array = np.asarray(datum.numpy)
+    if array.ndim != 2 or array.shape[1] != len(metadata.COLUMNS):
         return None
+    array = array.astype(np.float64)
+    pairs = array[:, :2]
+    keep = np.all(np.isfinite(pairs), axis=1)  # an eigenvalue must be a number to be drawn
+    array = array[keep]
     return {
         "step": int(datum.step),
         "wall_time": float(datum.wall_time),
@@ -238,8 +232,8 @@ class KoopmanPlugin(base_plugin.TBPlugin):
             entry = _spectrum_json(datum)
             if entry is None:
                 warnings.append(
-                    f"step {int(datum.step)}: expected a [r, {len(metadata.COLUMNS)} + u] "
-                    f"tensor, got shape {list(np.shape(datum.numpy))}; skipped"
+                    f"step {int(datum.step)}: expected a [r, {len(metadata.COLUMNS)}] tensor, "
+                    f"got shape {list(np.shape(datum.numpy))}; skipped"
                 )
                 continue
             steps.append(entry)
@@ -259,29 +253,26 @@ class KoopmanPlugin(base_plugin.TBPlugin):
             step = int(step)
         except ValueError:
             return self._bad_request(request, f"step must be an integer; got {step!r}")
-        listing = self._list(request)
-        series = listing.get(run, {}).get(tag)
-        if series is None or metadata.summary_kind(series.plugin_content) != metadata.SPECTRUM:
+        series = self._list(request).get(run, {})
+        if tag not in series or metadata.summary_kind(series[tag].plugin_content) != (
+                metadata.SPECTRUM):
             return self._bad_request(request, f"unknown tag {tag!r} in run {run!r}")
-        content = metadata.parse_plugin_metadata(series.plugin_content)
-        data = self._read(request, [run], [tag]).get(run, {}).get(tag, [])
-        found = [datum for datum in data if int(datum.step) == step]
-        if not found:
-            return self._bad_request(request, f"no spectrum of {tag!r} at step {step}")
-        rows = _finite_rows(found[-1])
-        if rows is None:
-            return self._bad_request(request, f"step {step}: the stored spectrum is malformed")
-        weights = rows[:, len(metadata.COLUMNS):]
-        stored_units = weights.shape[1]
-        body = {
-            "run": run, "tag": tag, "step": step,
-            "units": int(content.get("units", stored_units)) if stored_units else 0,
-            "unit_size": int(content.get("unit_size", 1)) if stored_units else 1,
-            "eigenvalues": rows[:, :2].tolist(),
-            # One list per eigenvalue (as /spectra orders them), null past the leading modes.
-            "weights": [_finite_or_none(row) if np.all(np.isfinite(row)) else None
-                        for row in weights] if stored_units else [],
-        }
+        body = {"run": run, "tag": tag, "step": step, "units": 0, "unit_size": 1, "weights": []}
+        modes_tag = tag + metadata.MODES_SUFFIX
+        info = series.get(modes_tag)
+        if info is None or metadata.summary_kind(info.plugin_content) != metadata.MODES:
+            return http_util.Respond(request, body, _JSON)  # logs without modes: none
+        # The data provider reads a tag's stored steps at once (no single-step read): at most
+        # STORED_STEPS tensors of [k, <= MAX_UNITS] floats.
+        found = [datum for datum in self._read(request, [run], [modes_tag]).get(run, {}).get(
+            modes_tag, []) if int(datum.step) == step]
+        array = np.asarray(found[-1].numpy, np.float64) if found else None
+        if array is not None and array.ndim == 2 and array.shape[1] > 0:
+            content = metadata.parse_plugin_metadata(info.plugin_content)
+            body.update(units=int(content.get("units", array.shape[1])),
+                        unit_size=int(content.get("unit_size", 1)),
+                        weights=[_finite_or_none(row) if np.all(np.isfinite(row)) else None
+                                 for row in array])
         return http_util.Respond(request, json.dumps(body, allow_nan=False), _JSON)
 
     @staticmethod

@@ -1,5 +1,6 @@
-"""The ``koopman`` summary ops: a Koopman spectrum as one ``[r, 4]`` float32 tensor, and an
-event of training (its reason as a string tensor)."""
+"""The ``koopman`` summary ops: a Koopman spectrum as one ``[r, 4]`` float32 tensor, the share
+of its leading modes per unit of the layer, and an event of training (its reason as a string
+tensor)."""
 
 import numpy as np
 import tensorflow as tf
@@ -7,15 +8,12 @@ import tensorflow as tf
 from keras_koopman.tensorboard import metadata
 
 
-def spectrum(name, eigenvalues, step=None, amplitudes=None, residuals=None, description=None,
-             unit_weights=None):
+def spectrum(name, eigenvalues, step=None, amplitudes=None, residuals=None, description=None):
     """Writes a Koopman spectrum summary for the "Koopman" TensorBoard dashboard.
 
-    Writes one tensor ``[r, 4 + u]`` (float32 columns: real part, imaginary part, |amplitude|,
-    residual, NaN where a column is not given; then the per-unit mode weights, ``u = 0``
-    without them) under the tag ``name`` with plugin name ``koopman`` (format 2, see
-    :mod:`keras_koopman.tensorboard.metadata`). Use it like any ``tf.summary`` op, inside a
-    default writer.
+    Writes one tensor ``[r, 4]`` (float32 columns: real part, imaginary part, |amplitude|,
+    residual; NaN where a column is not given) under the tag ``name`` with plugin name
+    ``koopman``. Use it like any ``tf.summary`` op, inside a default writer.
 
     Args:
       name: tag, e.g. ``"koopman/dense_1"``.
@@ -24,16 +22,12 @@ def spectrum(name, eigenvalues, step=None, amplitudes=None, residuals=None, desc
       amplitudes: optional ``[r]`` amplitudes (complex or real; their modulus is stored).
       residuals: optional ``[r]`` residuals.
       description: optional Markdown description of the summary.
-      unit_weights: optional ``[k, units]`` (``k <= r``): row ``i``, the share of mode ``i``
-        that each unit of the layer carries (``SpectrumRecord.unit_weights``; the Koopman
-        tab's modes view). Past ``MAX_UNITS`` units, consecutive units are summed in bins.
 
     Returns:
       True on success, False if no default writer is active (as ``tf.summary.write``).
 
     Raises:
-      ValueError: when ``amplitudes`` or ``residuals`` do not have one entry per eigenvalue,
-        or ``unit_weights`` is not ``[k, units]`` with ``k`` at most the eigenvalues.
+      ValueError: when ``amplitudes`` or ``residuals`` do not have one entry per eigenvalue.
 
     Example:
 
@@ -60,24 +54,7 @@ def spectrum(name, eigenvalues, step=None, amplitudes=None, residuals=None, desc
             )
         columns.append(tf.cast(tf.abs(extra) if label == "amplitudes" else extra, tf.float32))
     tensor = tf.stack(columns, axis=1)
-    units, unit_size = 0, 1
-    if unit_weights is not None:
-        weights = np.asarray(unit_weights, np.float64)
-        if count is None:
-            raise ValueError("unit_weights needs eigenvalues of a known length")
-        if weights.ndim != 2 or weights.shape[0] > count:
-            raise ValueError(f"unit_weights must be [k, units] with k <= {count} (one row per "
-                             f"leading eigenvalue); got shape {weights.shape}")
-        units = weights.shape[1]
-        unit_size = -(-units // metadata.MAX_UNITS)
-        if unit_size > 1:  # bins of unit_size consecutive units
-            padded = np.zeros((weights.shape[0], -(-units // unit_size) * unit_size))
-            padded[:, :units] = weights
-            weights = padded.reshape(weights.shape[0], -1, unit_size).sum(axis=2)
-        rows = np.full((count, weights.shape[1]), np.nan, np.float32)
-        rows[:weights.shape[0]] = weights
-        tensor = tf.concat([tensor, tf.constant(rows)], axis=1)
-    summary_metadata = metadata.create_summary_metadata(description, units, unit_size)
+    summary_metadata = metadata.create_summary_metadata(description)
     with tf.summary.experimental.summary_scope(
             name, "koopman_spectrum_summary", values=[tensor]) as (tag, _):
         return tf.summary.write(tag=tag, tensor=tensor, step=step, metadata=summary_metadata)
@@ -117,3 +94,50 @@ def event(kind, reason, step=None, description=None):
         tag=metadata.EVENT_TAG_PREFIX + kind, tensor=tf.constant(str(reason), tf.string),
         step=step, metadata=metadata.create_event_metadata(description),
     )
+
+
+def modes(name, unit_weights, step=None, description=None):
+    """Writes the per-unit weights of a spectrum's leading modes (the "Koopman" dashboard's
+    modes view).
+
+    Writes one float32 tensor ``[k, u]`` under the tag ``name + "/modes"`` (``name``: the
+    spectrum's tag, e.g. ``"koopman/dense"``) with plugin name ``koopman`` and its own plugin
+    content (``{"kind": "modes"}``, see :mod:`keras_koopman.tensorboard.metadata`). Row ``i``
+    belongs to the spectrum's ``i``-th eigenvalue (the order :func:`spectrum` was given). Past
+    ``MAX_UNITS`` units, consecutive units are summed in bins (recorded in the plugin content).
+
+    Args:
+      name: the spectrum's tag, e.g. ``"koopman/dense"``.
+      unit_weights: ``[k, units]``: row ``i``, the share of mode ``i`` that each unit of the
+        layer carries (``KoopmanTracker.unit_weights``; each row sums to 1).
+      step: int64 step; defaults to ``tf.summary.experimental.get_step()``.
+      description: optional Markdown description of the summary.
+
+    Returns:
+      True on success, False if no default writer is active.
+
+    Raises:
+      ValueError: ``unit_weights`` is not a ``[k, units]`` array with ``k, units >= 1``.
+
+    Example:
+
+    >>> import tempfile, numpy as np, tensorflow as tf, keras_koopman as kk
+    >>> writer = tf.summary.create_file_writer(tempfile.mkdtemp())
+    >>> with writer.as_default():
+    ...     ok = kk.tensorboard.modes("koopman/dense", np.array([[0.75, 0.25]]), step=3)
+    >>> bool(ok)
+    True
+    """
+    weights = np.asarray(unit_weights, np.float64)
+    if weights.ndim != 2 or 0 in weights.shape:
+        raise ValueError(f"unit_weights must be [k, units] with k, units >= 1; got shape "
+                         f"{weights.shape}")
+    units = weights.shape[1]
+    unit_size = -(-units // metadata.MAX_UNITS)
+    if unit_size > 1:  # bins of unit_size consecutive units (the last one may be shorter)
+        padded = np.zeros((weights.shape[0], -(-units // unit_size) * unit_size))
+        padded[:, :units] = weights
+        weights = padded.reshape(weights.shape[0], -1, unit_size).sum(axis=2)
+    return tf.summary.write(
+        tag=name + metadata.MODES_SUFFIX, tensor=tf.constant(weights, tf.float32), step=step,
+        metadata=metadata.create_modes_metadata(units, unit_size, description))

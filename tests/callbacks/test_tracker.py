@@ -228,16 +228,20 @@ def unit_shares(mode, shapes):
     return total / total.sum()
 
 
-def drive(model, names, steps, seed):
+def drive(model, names, steps, seed, slowest=0.6):
     """Assigns each named layer's (kernel, bias) a linear trajectory x_{k+1} = A x_k with
-    distinct eigenvalues; returns {name: [steps, n] float32 snapshots}."""
+    distinct eigenvalues from 1 down to ``slowest`` (``None``: random snapshots, as many
+    modes as snapshots allow): ``{name: [steps] snapshots}``."""
     rng = np.random.default_rng(seed)
     trajectories = {}
     for name in names:
         layer = model.get_layer(name)
         n = int(np.prod(layer.kernel.shape)) + int(np.prod(layer.bias.shape))
+        if slowest is None:
+            trajectories[name] = list(rng.normal(size=(steps, n)).astype(np.float32))
+            continue
         basis = np.linalg.qr(rng.normal(size=(n, n)))[0]
-        a = basis @ np.diag(np.linspace(1.0, 0.6, n)) @ basis.T
+        a = basis @ np.diag(np.linspace(1.0, slowest, n)) @ basis.T
         state = rng.normal(size=n)
         trajectories[name] = []
         for _ in range(steps):
@@ -246,52 +250,88 @@ def drive(model, names, steps, seed):
     return trajectories
 
 
-@pytest.mark.parametrize("groups", [1, PACK_MIN_GROUPS])  # a ring buffer; the pack
-def test_unit_weights_are_the_share_of_each_mode_per_output_unit(groups):
-    layers = [keras.layers.Dense(3, name=f"d{i}") for i in range(groups)]
-    model = keras.Sequential([keras.Input((3,)), *layers])
+def assign(layer, state):
+    size = int(np.prod(layer.kernel.shape))
+    layer.kernel.assign(state[:size].reshape(layer.kernel.shape))
+    layer.bias.assign(state[size:])
+
+
+CASES = {  # name: (layers, input shape, window, rank, storage dtype, slowest eigenvalue)
+    "dense": ([keras.layers.Dense(3, name="d0")], (3,), 6, 3, "float32", 0.3),
+    "pack": ([keras.layers.Dense(3, name=f"d{i}") for i in range(PACK_MIN_GROUPS)], (3,), 6,
+             3, "float32", 0.3),
+    "bfloat16": ([keras.layers.Dense(3, name="d0")], (3,), 6, 3, "bfloat16", 0.3),
+    "conv, 8 of 10 modes": ([keras.layers.Conv2D(4, 2, name="c0")], (3, 3, 2), 12, 10,
+                            "float32", None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_unit_weights_are_the_share_of_each_mode_per_output_unit(case):
+    layers, shape, window, rank, storage, slowest = CASES[case]
+    model = keras.Sequential([keras.Input(shape), *layers])
     names = [layer.name for layer in layers]
-    tracker = KoopmanTracker(window=6, rank=3)
+    tracker = KoopmanTracker(window=window, rank=rank, storage_dtype=storage)
     tracker.watch(model)
-    assert bool(tracker._pack) == (groups > 1)
+    assert bool(tracker._pack) == (case == "pack")
     tracker.unit_modes = True
-    trajectories = drive(model, names, 9, seed=groups)
-    for k in range(9):
+    steps = window + 3
+    trajectories = drive(model, names, steps, seed=len(names), slowest=slowest)
+    for k in range(steps):
         for name in names:
-            layer, state = model.get_layer(name), trajectories[name][k]
-            layer.kernel.assign(state[:9].reshape(3, 3))
-            layer.bias.assign(state[9:])
+            assign(model.get_layer(name), trajectories[name][k])
         tracker.gather()
     records = {r.group: r for r in tracker.analyse()}
     assert set(tracker.unit_weights) == set(names)
     for name in names[:3]:
         record, weights = records[name], tracker.unit_weights[name]
-        eigenvalues, modes = numpy_exact_modes(
-            np.array(trajectories[name][-6:], np.float64), record.rank)
-        np.testing.assert_allclose(record.eigenvalues, eigenvalues, atol=1e-3)
-        assert weights.shape == (record.rank, 3)
-        for i in range(record.rank):
-            np.testing.assert_allclose(weights[i], unit_shares(modes[:, i], [(3, 3), (3,)]),
-                                       atol=2e-3)
+        layer = model.get_layer(name)
+        units = layer.kernel.shape[-1]
+        # NumPy's exact DMD of the snapshots the buffer holds (bfloat16 rounds them).
+        stored = tracker.buffers[name].snapshots().numpy().astype(np.float64)
+        eigenvalues, modes = numpy_exact_modes(stored, record.rank)
+        np.testing.assert_allclose(record.eigenvalues, eigenvalues, atol=1e-4)
+        assert weights.shape == (min(record.rank, 8), units)
+        if case.startswith("conv"):  # 10 modes, the 8 leading with weights
+            assert (record.rank, len(weights)) == (10, 8)
+        for i in range(len(weights)):
+            np.testing.assert_allclose(
+                weights[i], unit_shares(modes[:, i], [layer.kernel.shape, layer.bias.shape]),
+                atol=1e-3)
 
 
-def test_unit_weights_only_while_asked_and_only_with_a_common_last_axis():
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="dense")])
-    tracker = KoopmanTracker(window=4, observables=lambda m: {
-        "dense": m.get_layer("dense").trainable_weights,
-        "mixed": [m.get_layer("dense").kernel, keras.Variable(np.ones((2, 5)))]})
+def test_unit_weights_only_while_asked_and_only_for_one_layers_output_axis():
+    inputs = keras.Input((4, 4, 2))
+    transposed = keras.layers.Conv2DTranspose(2, 2, name="transposed")(inputs)
+    outputs = keras.layers.Dense(3, name="dense")(keras.layers.Flatten()(transposed))
+    model = keras.Model(inputs, outputs)
+    tracker = KoopmanTracker(window=4)
     tracker.watch(model)
     for k in range(4):
-        model.get_layer("dense").kernel.assign(0.9 ** k * np.ones((4, 3)))
+        model.get_layer("dense").kernel.assign(0.9 ** k * np.ones((50, 3)))
+        model.get_layer("transposed").bias.assign(0.8 ** k * np.ones(2))
         tracker.gather()
     assert tracker.analyse() and tracker.unit_weights == {}  # not asked: not computed
     tracker.unit_modes = True
-    model.get_layer("dense").kernel.assign(0.9 ** 4 * np.ones((4, 3)))
+    model.get_layer("dense").kernel.assign(0.9 ** 4 * np.ones((50, 3)))
     tracker.gather()
-    assert len(tracker.analyse()) == 2
-    assert set(tracker.unit_weights) == {"dense"}  # "mixed": last axes 3 and 5, no units
+    assert {r.group for r in tracker.analyse()} == {"dense", "transposed"}
+    # A transposed convolution's kernel ends in its input channels: no units.
+    assert set(tracker.unit_weights) == {"dense"}
     np.testing.assert_allclose(tracker.unit_weights["dense"].sum(axis=1), 1.0)
     tracker.gather()
     tracker.unit_modes = False
     tracker.analyse()
     assert tracker.unit_weights == {}  # only the newest analysis's are kept
+
+
+@pytest.mark.parametrize("options", [{"observables": "model"}, {"sketch": 4}])
+def test_no_unit_weights_for_a_whole_model_or_a_sketch(options):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="dense")])
+    tracker = KoopmanTracker(window=4, **options)
+    tracker.watch(model)
+    tracker.unit_modes = True
+    for k in range(4):
+        model.get_layer("dense").kernel.assign(0.9 ** k * np.ones((4, 3)))
+        tracker.gather()
+    assert tracker.analyse() and tracker.unit_weights == {}

@@ -395,5 +395,34 @@ def test_clicking_an_eigenvalue_shows_its_mode_across_the_layers_units(tensorboa
     half = int(np.searchsorted(np.cumsum(np.sort(weights)[::-1]), 0.5 - 1e-12) + 1)
     assert f"{half} of 8 units carry half of this mode" in text
     assert f"unit {int(np.argmax(weights))} ({100 * weights.max():.0f}%)" in text
+
+    # A step not read yet, and two clicks before its modes arrive: the bars are those of the
+    # eigenvalue highlighted last.
+    first = monitor.records("hidden")[0]
+    frame.focus("#step")
+    page.keyboard.press("Home")
+    frame.wait_for_function(f"() => document.querySelector('#plane').dataset.step === "
+                            f"'{first.epoch}'")
+    last = min(first.rank, 8) - 1
+    frame.dispatch_event("#plane circle.eig[data-index='0']", "click")
+    frame.dispatch_event(f"#plane circle.eig[data-index='{last}']", "click")
+    frame.wait_for_function(
+        f"() => document.querySelector('#modes-card').dataset.step === '{first.epoch}' && "
+        f"document.querySelector('#modes').dataset.index === '{last}'")
+    served = get_json(f"{base}/data/plugin/koopman/modes?run=fit&tag=koopman/hidden&"
+                      f"step={first.epoch}")["weights"][last]
+    heights = np.array([h for _, h in sorted(frame.eval_on_selector_all(
+        "#modes rect.bar", "els => els.map(e => [Number(e.dataset.unit), "
+        "Number(e.getAttribute('height'))])"))])
+    np.testing.assert_allclose(heights / heights.max(), np.array(served) / max(served),
+                               atol=0.02)
+    assert frame.get_attribute(f"#plane circle.eig[data-index='{last}']", "class") == (
+        "eig selected")
+
+    # Spectra written without modes (kk.tensorboard.spectrum alone, or older logs): a note.
+    frame.select_option("#run", "gaps")
+    frame.wait_for_function("() => document.querySelector('#modes-text').textContent"
+                            ".includes('No per-unit weights at this step')")
+    assert frame.get_attribute("#modes", "data-bars") == "0"
     assert errors == []
     page.close()

@@ -240,7 +240,16 @@ def test_spectra_written_by_the_monitor_during_fit_are_served(tmp_path):
                               keras.layers.Dense(2, name="out")])
     model.compile(keras.optimizers.SGD(0.05), "mse")
     monitor = kk.callbacks.KoopmanMonitor(window=5, log_dir=str(tmp_path / "fit"))
-    model.fit(x, y, epochs=6, batch_size=16, verbose=0, callbacks=[monitor])
+    recorded = {"hidden": [], "out": []}
+
+    def record(*_):
+        for name, weights in recorded.items():
+            layer = model.get_layer(name)
+            weights.append(np.concatenate([layer.kernel.numpy().ravel(), layer.bias.numpy()]))
+
+    recorder = keras.callbacks.LambdaCallback(on_train_begin=record,
+                                              on_epoch_end=lambda epoch, logs: record())
+    model.fit(x, y, epochs=6, batch_size=16, verbose=0, callbacks=[monitor, recorder])
     client = client_for(tmp_path)
     tags = client.get(f"{ROUTE}/tags").get_json()
     assert set(tags["fit"]) == {"koopman/hidden", "koopman/out"}
@@ -257,38 +266,37 @@ def test_spectra_written_by_the_monitor_during_fit_are_served(tmp_path):
             "run": "fit", "tag": f"koopman/{group}", "step": records[-1].epoch}).get_json()
         units = model.get_layer(group).units
         assert (modes["units"], modes["unit_size"]) == (units, 1)
-        assert modes["eigenvalues"] == body["steps"][-1]["eigenvalues"]
-        leading = min(records[-1].rank, 8)
-        assert [w is None for w in modes["weights"]] == (
-            [False] * leading + [True] * (records[-1].rank - leading))
-        np.testing.assert_allclose(np.array(modes["weights"][:leading]),
-                                   monitor.unit_weights[group], rtol=1e-5, atol=1e-7)
-        # The mode at 1 is the resting weights: its shares are the units' squared norms.
+        np.testing.assert_allclose(np.array(modes["weights"]), monitor.unit_weights[group],
+                                   rtol=1e-5, atol=1e-7)  # the newest analysis's, read back
+        assert len(modes["weights"]) == min(records[-1].rank, 8)
+        # Against an independent recorder: exact DMD in NumPy of the weights after each epoch.
+        window = np.array(recorded[group][-5:], np.float64)
+        _, numpy_modes = numpy_exact_modes(window, records[-1].rank)
         layer = model.get_layer(group)
-        power = (np.square(layer.kernel.numpy()).sum(axis=0) + np.square(layer.bias.numpy()))
-        if abs(records[-1].eigenvalues[0] - 1) < 1e-3:
-            np.testing.assert_allclose(modes["weights"][0], power / power.sum(), atol=2e-2)
+        power, size = np.abs(numpy_modes[:, 0]) ** 2, int(np.prod(layer.kernel.shape))
+        shares = power[:size].reshape(-1, units).sum(axis=0) + power[size:]
+        np.testing.assert_allclose(modes["weights"][0], shares / shares.sum(), atol=1e-3)
+    assert "koopman/hidden/modes" not in tags["fit"]  # listed with the spectra it belongs to
 
 
-def test_modes_of_a_format_1_summary_have_no_unit_weights_and_bad_queries_get_400(tmp_path):
-    old = metadata.create_summary_metadata()
-    old.plugin_data.content = json.dumps({"version": 1,
-                                          "columns": list(metadata.COLUMNS)}).encode()
-    writer = tf.summary.create_file_writer(str(tmp_path / "run"))
-    with writer.as_default():
-        tf.summary.write("koopman/old", tf.constant([[0.9, 0.1, 1.0, 0.0]]), step=3,
-                         metadata=old)
-    writer.close()
-    client = client_for(tmp_path)
-    body = client.get(f"{ROUTE}/modes?run=run&tag=koopman/old&step=3").get_json()
-    assert body["units"] == 0 and body["weights"] == []
-    np.testing.assert_allclose(body["eigenvalues"], [[0.9, 0.1]], rtol=1e-6)
-    spectra = client.get(f"{ROUTE}/spectra?run=run&tag=koopman/old").get_json()
-    assert [s["step"] for s in spectra["steps"]] == [3] and spectra["warnings"] == []
-    for query, words in (("run=run&tag=koopman/old", "missing query parameter step"),
-                         ("run=run&tag=koopman/old&step=x", "step must be an integer"),
-                         ("run=run&tag=koopman/new&step=3", "unknown tag"),
-                         ("run=run&tag=koopman/old&step=4", "no spectrum of 'koopman/old'")):
+def numpy_exact_modes(snapshots, rank):
+    """Exact DMD of time-major snapshots (SVD of X0, rank ``rank``), largest |λ| first."""
+    u, s, vh = np.linalg.svd(snapshots[:-1].T, full_matrices=False)
+    u, s, v = u[:, :rank], s[:rank], vh[:rank].T
+    eigenvalues, w = np.linalg.eig(u.T @ snapshots[1:].T @ v / s)
+    order = np.argsort(-np.abs(eigenvalues), kind="stable")
+    return eigenvalues[order], (snapshots[1:].T @ v / s @ w)[:, order]
+
+
+def test_modes_of_logs_without_them_are_empty_and_bad_queries_get_400(logdir):
+    client = client_for(logdir)  # spectra written without modes (as earlier versions did)
+    body = client.get(f"{ROUTE}/modes?run=run_b&tag=koopman/dense&step=3").get_json()
+    assert body == {"run": "run_b", "tag": "koopman/dense", "step": 3, "units": 0,
+                    "unit_size": 1, "weights": []}
+    for query, words in (("run=run_b&tag=koopman/dense", "missing query parameter step"),
+                         ("run=run_b&tag=koopman/dense&step=x", "step must be an integer"),
+                         ("run=run_b&tag=koopman/out&step=3", "unknown tag"),
+                         ("run=nope&tag=koopman/dense&step=3", "unknown tag")):
         response = client.get(f"{ROUTE}/modes?{query}")
         assert response.status_code == 400 and words in response.get_json()["error"]
 

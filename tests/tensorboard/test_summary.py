@@ -44,37 +44,35 @@ def test_spectrum_summary_round_trips_through_the_event_file(tmp_path):
     assert summary_metadata.plugin_data.plugin_name == "koopman"
     content = json.loads(summary_metadata.plugin_data.content)
     assert content["version"] == metadata.FORMAT_VERSION
-    assert content == {"version": 2, "columns": list(metadata.COLUMNS), "units": 0,
-                       "unit_size": 1}
-    old = json.dumps({"version": 1, "columns": list(metadata.COLUMNS)}).encode()
-    assert metadata.summary_kind(old) == metadata.SPECTRUM  # format 1 is still read
+    assert metadata.parse_plugin_metadata(summary_metadata.plugin_data.content)["version"] == 1
 
 
-def test_unit_weights_follow_the_four_columns_and_bin_past_max_units(tmp_path, monkeypatch):
-    eigenvalues = np.array([1.0, 0.8, 0.5])
+def test_modes_summary_sits_beside_its_spectrum_and_bins_past_max_units(tmp_path, monkeypatch):
     weights = np.array([[0.1, 0.2, 0.3, 0.4, 0.0], [0.5, 0.0, 0.0, 0.25, 0.25]])
     writer = tf.summary.create_file_writer(str(tmp_path / "full"))
     with writer.as_default():
-        assert kk.tensorboard.spectrum("koopman/d", eigenvalues, 1, unit_weights=weights)
+        assert kk.tensorboard.modes("koopman/d", weights, 1, description="*d*")
     writer.close()
     monkeypatch.setattr(metadata, "MAX_UNITS", 2)  # 5 units in bins of 3: [0-2], [3-4]
     writer = tf.summary.create_file_writer(str(tmp_path / "binned"))
     with writer.as_default():
-        assert kk.tensorboard.spectrum("koopman/d", eigenvalues, 1, unit_weights=weights)
+        assert kk.tensorboard.modes("koopman/d", weights, 1)
     writer.close()
     for run, expected, size in (("full", weights, 1),
                                 ("binned", [[0.6, 0.4], [0.5, 0.5]], 3)):
         accumulator = read_tensors(tmp_path / run)
-        (event,) = accumulator.Tensors("koopman/d")
+        assert accumulator.Tags()["tensors"] == ["koopman/d/modes"]
+        (event,) = accumulator.Tensors("koopman/d/modes")
         stored = tf.make_ndarray(event.tensor_proto)
-        assert stored.shape == (3, 4 + np.shape(expected)[1])
-        np.testing.assert_allclose(stored[:, 0], eigenvalues)
-        np.testing.assert_allclose(stored[:2, 4:], expected, rtol=1e-6)
-        assert np.all(np.isnan(stored[2, 4:]))  # past the leading modes given
-        content = json.loads(accumulator.SummaryMetadata("koopman/d").plugin_data.content)
-        assert (content["units"], content["unit_size"]) == (5, size)
-    with pytest.raises(ValueError, match="unit_weights must be"):
-        kk.tensorboard.spectrum("koopman/d", eigenvalues[:1], 1, unit_weights=weights)
+        assert stored.dtype == np.float32 and event.step == 1
+        np.testing.assert_allclose(stored, expected, rtol=1e-6)
+        content = accumulator.SummaryMetadata("koopman/d/modes").plugin_data.content
+        assert json.loads(content) == {"version": 1, "kind": "modes", "units": 5,
+                                       "unit_size": size}
+        assert metadata.summary_kind(content) == metadata.MODES
+    for bad in (np.ones(3), np.ones((0, 3))):
+        with pytest.raises(ValueError, match="unit_weights must be"):
+            kk.tensorboard.modes("koopman/d", bad, 1)
 
 
 def test_spectrum_of_a_dmd_result(tmp_path):

@@ -357,26 +357,28 @@ function percent(x) {
   return `${(100 * x).toFixed(x >= 0.1 ? 0 : 1)}%`;
 }
 
-function unitName(column, size) {
-  return size > 1 ? `units ${column * size}–${(column + 1) * size - 1}` : `unit ${column}`;
+function unitName(column, size, units) {
+  return size > 1 ? `units ${column * size}–${Math.min((column + 1) * size, units) - 1}` :
+    `unit ${column}`;
 }
 
-// The modes view: for eigenvalue `index` of a /modes response, one bar per unit (column).
-// Returns the line of text that goes with it.
-function drawModes(svg, body, index, tip) {
+// The modes view: for eigenvalue `index` of a spectrum `entry`, one bar per unit (column) of
+// its /modes response `body`. Returns the line of text that goes with it.
+function drawModes(svg, entry, body, index, tip) {
   svg.replaceChildren();
   svg.setAttribute("data-index", String(index));
+  svg.setAttribute("data-bars", "0");
   if (!body || !body.weights.length) {
-    svg.setAttribute("data-bars", "0");
-    return "This spectrum has no per-unit weights: it was written before keras-koopman's " +
-      "summary format 2, or the group's weights share no last (output) axis.";
+    return "No per-unit weights at this step: the logs are of an earlier keras-koopman, or " +
+      "the group is not one layer with output units (a whole model, a transposed " +
+      "convolution), is sketched, or did not move.";
+  }
+  if (index >= body.weights.length) {
+    return `Per-unit weights are kept for the ${body.weights.length} leading eigenvalues ` +
+      "(largest |λ| first); click one of them.";
   }
   const weights = body.weights[index];
-  if (!weights) {
-    svg.setAttribute("data-bars", "0");
-    return "Per-unit weights are kept for the 8 leading eigenvalues (largest |λ| first); " +
-      "click one of them.";
-  }
+  if (!weights) return "This mode's per-unit weights are unknown (a mode of zero norm).";
   const width = Number(svg.getAttribute("width"));
   const height = Number(svg.getAttribute("height"));
   const pad = { left: 40, right: 10, top: 8, bottom: 22 };
@@ -403,16 +405,16 @@ function drawModes(svg, body, index, tip) {
       width: Math.max(barWidth - (barWidth > 3 ? 1 : 0), 0.5).toFixed(2),
       height: Math.max(Y(0) - Y(w), 0).toFixed(2),
     });
-    const text = `${unitName(i, body.unit_size)}: ${percent(w)} of the mode`;
+    const text = `${unitName(i, body.unit_size, body.units)}: ${percent(w)} of the mode`;
     bar.append(svgEl("title", {}, text));
     bar.addEventListener("mousemove", (event) => showTip(tip, text, event));
     bar.addEventListener("mouseleave", () => { tip.style.display = "none"; });
     svg.append(bar);
   });
   svg.setAttribute("data-bars", String(weights.length));
-  const [re, im] = body.eigenvalues[index];
+  const [re, im] = entry.eigenvalues[index];
   const half = unitsForHalf(weights);
-  const named = order.slice(0, 3).map((i) => `${unitName(i, body.unit_size)} ` +
+  const named = order.slice(0, 3).map((i) => `${unitName(i, body.unit_size, body.units)} ` +
                                                `(${percent(weights[i])})`).join(", ");
   return `λ${index + 1} = ${fmt(re)} ${im < 0 ? "−" : "+"} ${fmt(Math.abs(im))}i, ` +
     `|λ| = ${fmt(Math.hypot(re, im))}, at step ${body.step}: ${half} of ${weights.length} ` +
@@ -475,39 +477,61 @@ export async function render() {
   let events = [];
   const cache = new Map(); // run \u0000 tag -> spectra response
   const key = (run, tag) => `${run}\u0000${tag}`;
-  const modesCache = new Map(); // run \u0000 tag \u0000 step -> modes response
+  const modesCache = new Map(); // run \u0000 tag \u0000 step -> promise of a modes response
   let selected = 0; // the eigenvalue whose mode the modes view shows
+  let latestModes = 0;
+  let modesTimer = null;
+
+  // The selected eigenvalue of `entry`, clamped to the ones it has.
+  function selectedIndex(entry) {
+    return entry ? Math.min(selected, Math.max(entry.eigenvalues.length - 1, 0)) : 0;
+  }
 
   async function showModes(entry) {
-    const run = runSelect.value;
-    const tag = tagSelect.value;
+    const load = ++latestModes;
     if (!entry) {
       modesPlot.replaceChildren();
       modesText.textContent = "";
       return;
     }
-    const index = Math.min(selected, Math.max(entry.eigenvalues.length - 1, 0));
+    const run = runSelect.value;
+    const tag = tagSelect.value;
     const k = `${key(run, tag)}\u0000${entry.step}`;
+    if (!modesCache.has(k)) {
+      const params = new URLSearchParams({ run, tag, step: String(entry.step) });
+      const request = getJson(`./modes?${params}`);
+      modesCache.set(k, request);
+      request.catch(() => modesCache.delete(k)); // a failed read is tried again next time
+    }
+    let body;
     try {
-      if (!modesCache.has(k)) {
-        const params = new URLSearchParams({ run, tag, step: String(entry.step) });
-        modesCache.set(k, await getJson(`./modes?${params}`));
-      }
+      body = await modesCache.get(k);
     } catch (error) {
+      if (load !== latestModes) return;
+      modesPlot.replaceChildren();
       modesText.textContent = `Could not load the modes: ${error.message}`;
       return;
     }
-    const current = steps[Number(slider.value)];
-    if (run !== runSelect.value || tag !== tagSelect.value || !current ||
-        current.step !== entry.step) return; // another step or group is shown by now
-    modesText.textContent = drawModes(modesPlot, modesCache.get(k), index, tip);
+    if (load !== latestModes) return; // a later step, group or eigenvalue is shown by now
+    modesText.textContent = drawModes(modesPlot, entry, body, selectedIndex(entry), tip);
     modesCard.setAttribute("data-step", String(entry.step));
+  }
+
+  // While the slider moves, the modes of the step it rests on (one read, not one per step).
+  function showModesSoon(entry) {
+    clearTimeout(modesTimer);
+    modesTimer = setTimeout(() => showModes(entry), 150);
+  }
+
+  function drawSelectedPlane(entry) {
+    drawPlane(plane, entry, tip, false, { index: selectedIndex(entry), onSelect: selectMode });
   }
 
   function selectMode(index) {
     selected = index;
     const entry = steps[Number(slider.value)];
-    drawPlane(plane, entry, tip, false, { index: selected, onSelect: selectMode });
+    drawSelectedPlane(entry);
+    clearTimeout(modesTimer);
     showModes(entry);
   }
 
@@ -545,8 +569,8 @@ export async function render() {
   function showStep() {
     const entry = steps[Number(slider.value)];
     stepLabel.textContent = entry ? `${entry.step} (${Number(slider.value) + 1}/${steps.length})` : "";
-    drawPlane(plane, entry, tip, false, { index: selected, onSelect: selectMode });
-    showModes(entry);
+    drawSelectedPlane(entry);
+    showModesSoon(entry);
     const drawn = drawModuli(moduli, steps, entry, events,
                              { tip, onEvent, run: runSelect.value }) || [];
     drawLegend(legend, drawn, events);
@@ -631,6 +655,7 @@ export async function render() {
 
   runSelect.addEventListener("change", () => {
     overviewCard.removeAttribute("data-loaded");
+    selected = 0;
     steps = []; // no step carries over from another run: its newest is shown first
     fillTags();
     loadRun();
