@@ -21,7 +21,9 @@ monitored fits of the same model instance (separate instances differed by up to 
 than the monitor costs) of ``--epochs`` epochs alternate ``--repeats`` times. Whole-fit
 differences on this 2-core machine swing by +-10%, so the per-epoch rows also time one snapshot
 (the compiled gather) and one analysis on their own, each the median of 20 calls; ``estimated``
-is their cost per epoch over the plain epoch time.
+is their cost per epoch over the plain epoch time. ``analysis ms with unit weights`` times the
+same analysis with the per-unit mode weights that a monitor writing summaries (``log_dir``)
+adds for the Koopman tab's modes view.
 
 Goals (issue 15): fresh <= 1.15x plain (also with ES/R); per epoch <= 2%; every batch <= 10%.
 
