@@ -75,19 +75,14 @@ def part_costs(monitor, calls=20):
         tracker.gather()
         tracker.sync()  # the host read that waits for the gather
         gather_times.append(time.perf_counter() - start)
-    for _ in range(calls):
-        tracker.gather()
-        tracker.sync()
-        start = time.perf_counter()
-        tracker.analyse()
-        analysis_times.append(time.perf_counter() - start)
-    tracker.unit_modes = True
-    for _ in range(calls):
-        tracker.gather()
-        tracker.sync()
-        start = time.perf_counter()
-        tracker.analyse()
-        unit_times.append(time.perf_counter() - start)
+    for unit_modes, times in ((False, analysis_times), (True, unit_times)):
+        tracker.unit_modes = unit_modes
+        for _ in range(calls):
+            tracker.gather()
+            tracker.sync()
+            start = time.perf_counter()
+            tracker.analyse()
+            times.append(time.perf_counter() - start)
     tracker.unit_modes = False
     assert tracker.unit_weights, "no per-unit weights were computed"
     return (statistics.median(gather_times), statistics.median(analysis_times),

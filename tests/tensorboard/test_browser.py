@@ -173,6 +173,16 @@ def koopman_frame(page):
     raise AssertionError(f"no Koopman iframe; frames: {[f.url for f in page.frames]}")
 
 
+def open_group(browser, base, run, tag):
+    """A page on the Koopman tab showing ``tag`` of ``run``: (page, its error list, frame)."""
+    page, errors = open_page(browser)
+    page.goto(f"{base}/#koopman")
+    frame = koopman_frame(page)
+    frame.select_option("#run", run)
+    frame.select_option("#tag", tag)
+    return page, errors, frame
+
+
 def marks(frame):
     return frame.eval_on_selector_all(
         "#plane circle.eig", "els => els.map(e => [e.getAttribute('cx'), e.getAttribute('cy')])"
@@ -181,11 +191,7 @@ def marks(frame):
 
 def test_the_koopman_tab_draws_each_steps_eigenvalues(tensorboard_server, browser, tmp_path):
     base, monitor = tensorboard_server
-    page, errors = open_page(browser)
-    page.goto(f"{base}/#koopman")
-    frame = koopman_frame(page)
-    frame.select_option("#run", "fit")
-    frame.select_option("#tag", "koopman/hidden")
+    page, errors, frame = open_group(browser, base, "fit", "koopman/hidden")
     frame.wait_for_function(
         "() => document.querySelector('#status').textContent.includes('steps')"
     )
@@ -332,11 +338,7 @@ def test_events_of_training_are_marked_with_their_reasons(tensorboard_server, br
 
 def test_the_overview_shows_every_group_and_a_click_opens_one(tensorboard_server, browser):
     base, monitor = tensorboard_server
-    page, errors = open_page(browser)
-    page.goto(f"{base}/#koopman")
-    frame = koopman_frame(page)
-    frame.select_option("#run", "fit")
-    frame.select_option("#tag", "koopman/hidden")
+    page, errors, frame = open_group(browser, base, "fit", "koopman/hidden")
     frame.wait_for_selector("#overview-card[data-loaded=true]")
     frame.focus("#step")
     page.keyboard.press("Home")
@@ -366,11 +368,7 @@ def test_the_overview_shows_every_group_and_a_click_opens_one(tensorboard_server
 def test_clicking_an_eigenvalue_shows_its_mode_across_the_layers_units(tensorboard_server,
                                                                        browser):
     base, monitor = tensorboard_server
-    page, errors = open_page(browser)
-    page.goto(f"{base}/#koopman")
-    frame = koopman_frame(page)
-    frame.select_option("#run", "fit")
-    frame.select_option("#tag", "koopman/hidden")
+    page, errors, frame = open_group(browser, base, "fit", "koopman/hidden")
     record = monitor.records("hidden")[-1]
     frame.wait_for_function(
         f"() => document.querySelector('#modes-card').dataset.step === '{record.epoch}'")
