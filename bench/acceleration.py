@@ -66,7 +66,7 @@ SGD_RATE = {"digits_mlp": 0.05, "diabetes": 0.02, "digits_cnn": 0.05, "cancer_ml
 BATCH = {"diabetes": 32, "cancer_mlp": 32}
 SEEDS = {"tune": list(range(5)), "report": list(range(100, 110))}
 # One argument changed from the defaults (the variants compared when choosing them).
-VARIANTS = {"default": {}, "nodes": {"observables": "nodes"},
+VARIANTS = {"default": {}, "nodes": {"observables": "nodes"}, "auto": {"observables": "auto"},
             "keep": {"optimizer_state": "keep"}, "every10": {"every": 10},
             "horizon5": {"horizon": 5}}
 

@@ -12,14 +12,14 @@ from keras import ops
 from keras_koopman._tf import compiled_loss
 from keras_koopman._validation import check_choice, check_int
 from keras_koopman.callbacks.base import KoopmanCallback
-from keras_koopman.callbacks.tracker import DATA_FAILURES
-from keras_koopman.dmd import dmd_batch, parse_rank
+from keras_koopman.callbacks.tracker import DATA_FAILURES, shared_last_axis
+from keras_koopman.dmd import dmd, dmd_batch, parse_rank
 
 __all__ = ["KoopmanAccelerator"]
 
 _OPTIMIZER_STATES = ("keep", "reset")
 _GUARDS = ("auto", "next_epoch", "loss", None)
-_OBSERVABLES = ("layers", "nodes")
+_OBSERVABLES = ("layers", "nodes", "auto")
 
 
 def _finite_loss(logs):
@@ -36,10 +36,8 @@ def node_index(variables):
     """``[units, fan_in + 1]`` column indices of each output unit's weights in a group's flat
     snapshot (variables concatenated, each flattened row-major), or ``None`` when the variables
     do not share their last axis (the output units of Dense and Conv kernels and biases)."""
-    if not variables or any(len(v.shape) == 0 for v in variables):
-        return None
-    units = int(variables[0].shape[-1])
-    if units < 1 or any(int(v.shape[-1]) != units for v in variables):
+    units = shared_last_axis(variables)
+    if units is None:
         return None
     columns, offset = [], 0
     for variable in variables:
@@ -75,6 +73,10 @@ class KoopmanAccelerator(KoopmanCallback):
     over its incoming weights and bias (Dense and Conv kernels and biases share their last axis:
     the units), all units of a layer in one batched call (:func:`keras_koopman.dmd_batch`).
     Groups whose variables do not share their last axis fall back to one DMD per group.
+    ``observables="auto"`` chooses per group and jump: both are fitted to the window without its
+    newest snapshot, and the one that predicts that snapshot more closely makes the jump (two
+    more small DMDs per group and jump; the choices in :attr:`choices` and in each jump's
+    record). It is not the default until it is measured against layer-wise jumps.
 
     Guards. A kept jump doubles the horizon (up to ``max_horizon``); an undone one puts every
     weight back exactly as it was and halves it (down to ``min_horizon``). A jump to weights
@@ -122,7 +124,7 @@ class KoopmanAccelerator(KoopmanCallback):
         warning); give the monitor ``sketch=None`` to extrapolate every group.
       every: epochs between jump attempts.
       horizon: initial number of snapshot steps to jump ahead.
-      observables: ``"layers"`` or ``"nodes"`` (see above).
+      observables: ``"layers"``, ``"nodes"`` or ``"auto"`` (see above).
       guard: ``"auto"``, ``"next_epoch"``, ``"loss"`` or ``None`` (see above).
       probe: ``(x, y)`` evaluated by ``guard="loss"`` (required there).
       optimizer_state: ``"reset"`` or ``"keep"``.
@@ -134,9 +136,11 @@ class KoopmanAccelerator(KoopmanCallback):
     Attributes:
       jumps: one dict per attempt: ``epoch`` (of the jump), ``horizon``, ``guard``,
         ``loss_before``, ``loss_after`` (probe losses, or with ``"next_epoch"`` the training
-        losses of the epochs before and after the jump), ``accepted`` and ``reason``; an
-        attempt on trial under ``"next_epoch"`` is listed once it is judged.
+        losses of the epochs before and after the jump), ``accepted``, ``reason`` and, once the
+        prediction was made, ``observables`` (``{group: "layers" or "nodes"}``); an attempt on
+        trial under ``"next_epoch"`` is listed once it is judged.
       horizon: the current horizon.
+      choices: ``{group: "layers" or "nodes"}``: the observables of the latest prediction.
 
     Example:
 
@@ -184,6 +188,7 @@ class KoopmanAccelerator(KoopmanCallback):
         self.optimizer_state = optimizer_state
         self.verbose = verbose
         self.jumps = []
+        self.choices = {}  # group -> "layers" or "nodes": the observables of the latest jump
         self._probe_function = None
         self._trial = None  # a jump on trial under guard="next_epoch"
         self._warned_no_loss = False
@@ -218,8 +223,9 @@ class KoopmanAccelerator(KoopmanCallback):
         return float(result["loss"])
 
     def _targets(self):
-        """``[(variables, new values)]`` for every group with enough snapshots."""
-        targets = []
+        """``[(variables, new values)]`` for every group with enough snapshots (the
+        observables each one used in :attr:`choices`)."""
+        targets, self.choices = [], {}
         for name, buffer in self.monitor.buffers.items():
             if len(buffer) < 3 or name in self.monitor.nonfinite_groups:
                 continue
@@ -233,17 +239,20 @@ class KoopmanAccelerator(KoopmanCallback):
                 continue
             variables = self.monitor.groups[name]
             steps = len(buffer) - 1 + self.horizon  # amplitudes belong to the oldest snapshot
-            index = node_index(variables) if self.observables == "nodes" else None
+            index = None if self.observables == "layers" else node_index(variables)
             if index is None:
+                self.choices[name] = "layers"
                 result = buffer.dmd(rank=self.rank, method=self.monitor.method)
                 state = self._predict(result, steps)[0]
             else:
                 snapshots = buffer.snapshots()  # [m, n]
-                nodes = ops.transpose(ops.take(snapshots, index, axis=1), [1, 0, 2])
-                result = dmd_batch(nodes, rank=self.rank)
-                predicted = self._predict(result, steps)[:, 0]  # [units, fan_in + 1]
-                state = ops.scatter(index.reshape(-1, 1), ops.reshape(predicted, [-1]),
-                                    (index.size,))
+                if self.observables == "auto":
+                    self.choices[name] = self._held_out_choice(snapshots, index)
+                else:
+                    self.choices[name] = "nodes"
+                state = (self._layer_state(snapshots, steps)
+                         if self.choices[name] == "layers"
+                         else self._node_state(snapshots, index, steps))
             # On the device: the predicted weights never pass through the host.
             values, offset = [], 0
             for variable in variables:  # a cast that overflows gives inf: checked below
@@ -253,6 +262,28 @@ class KoopmanAccelerator(KoopmanCallback):
                 offset += size
             targets.append((variables, values))
         return targets
+
+    def _layer_state(self, snapshots, steps):
+        """The layer-wise DMD's state ``steps`` snapshots after the oldest of ``snapshots``."""
+        return self._predict(dmd(snapshots, rank=self.rank, method=self.monitor.method),
+                             steps)[0]
+
+    def _node_state(self, snapshots, index, steps):
+        """The node-wise DMDs' state ``steps`` snapshots after the oldest, as one flat vector."""
+        nodes = ops.transpose(ops.take(snapshots, index, axis=1), [1, 0, 2])
+        predicted = self._predict(dmd_batch(nodes, rank=self.rank), steps)[:, 0]
+        return ops.scatter(index.reshape(-1, 1), ops.reshape(predicted, [-1]), (index.size,))
+
+    def _held_out_choice(self, snapshots, index):
+        """``"layers"`` or ``"nodes"``: whichever, fitted to the window without its newest
+        snapshot, predicts that snapshot more closely (``"layers"`` with fewer than 4)."""
+        m = int(snapshots.shape[0])
+        if m < 4:
+            return "layers"
+        older, newest = snapshots[:-1], ops.cast(snapshots[-1], "float64")
+        errors = [float(ops.norm(state - newest)) for state in (
+            self._layer_state(older, m - 1), self._node_state(older, index, m - 1))]
+        return "nodes" if errors[1] < errors[0] else "layers"
 
     def _predict(self, result, steps):
         """The DMD's state ``steps`` snapshots after the oldest.
@@ -292,6 +323,7 @@ class KoopmanAccelerator(KoopmanCallback):
             targets = self._targets()
             if not targets:
                 return
+            attempt["observables"] = dict(self.choices)
             finite = ops.stack([ops.all(ops.isfinite(v)) for _, values in targets
                                 for v in values])
             if not bool(ops.all(finite)):  # one host read for every group

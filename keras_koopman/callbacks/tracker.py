@@ -632,20 +632,25 @@ def unit_layout(layer, variables):
     nested model, a transposed convolution (its kernel ends in the input channels)."""
     transposed = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
                   keras.layers.Conv3DTranspose)
-    if layer is None or isinstance(layer, (keras.Model, *transposed)):
+    units = shared_last_axis(variables)
+    if layer is None or isinstance(layer, (keras.Model, *transposed)) or units is None:
         return None
+    parts, offset = [], 0
+    for variable in variables:
+        size = int(np.prod(variable.shape))
+        parts.append((offset, size))
+        offset += size
+    return units, parts
+
+
+def shared_last_axis(variables):
+    """The length of the last axis every one of ``variables`` ends in (the output units of
+    Dense and Conv kernels and biases), or ``None`` when they do not share one."""
     shapes = [tuple(v.shape) for v in variables]
     if not shapes or any(len(shape) == 0 or shape[-1] is None for shape in shapes):
         return None
     units = int(shapes[0][-1])
-    if any(int(shape[-1]) != units for shape in shapes):
-        return None
-    parts, offset = [], 0
-    for shape in shapes:
-        size = int(np.prod(shape))
-        parts.append((offset, size))
-        offset += size
-    return units, parts
+    return units if units >= 1 and all(int(shape[-1]) == units for shape in shapes) else None
 
 
 _UNIT_BLOCK = 2**20  # weights per block of the per-unit product (bounded temporary memory)

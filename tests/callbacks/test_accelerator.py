@@ -414,3 +414,74 @@ def test_optimizer_state_reset_zeroes_the_moments_but_not_the_rate_or_the_step(o
     before = model.evaluate(x, y, verbose=0)
     model.fit(x, y, epochs=3, batch_size=16, verbose=0)
     assert model.evaluate(x, y, verbose=0) < before
+
+
+def numpy_prediction(snapshots, rank, steps, tolerance):
+    """Exact DMD in NumPy (SVD of X0 at ``rank``), eigenvalues within ``tolerance`` of 1 taken
+    as 1: the state ``steps`` snapshots after the oldest."""
+    x0, x1 = snapshots[:-1].T, snapshots[1:].T
+    u, s, vh = np.linalg.svd(x0, full_matrices=False)
+    rank = min(rank, int(np.sum(s > s[0] * 1e-10)))
+    u, s, v = u[:, :rank], s[:rank], vh[:rank].T
+    eigenvalues, w = np.linalg.eig(u.T @ x1 @ v / s)
+    modes = x1 @ v / s @ w
+    amplitudes = np.linalg.lstsq(modes, snapshots[0], rcond=None)[0]
+    eigenvalues = np.where(np.abs(eigenvalues - 1) <= tolerance, 1.0, eigenvalues)
+    return np.real(modes @ (amplitudes * eigenvalues ** steps))
+
+
+def unit_columns(kernel_shape, units):
+    fan_in = kernel_shape[0]
+    return [[i * units + unit for i in range(fan_in)] + [fan_in * units + unit]
+            for unit in range(units)]
+
+
+class Trajectory(keras.callbacks.Callback):
+    """Sets a Dense layer's (kernel, bias) to ``states[k + 1]`` at the end of epoch k, before
+    the monitor (listed after it) takes its snapshot."""
+
+    def __init__(self, layer, states):
+        super().__init__()
+        self.layer, self.states = layer, states
+
+    def on_epoch_end(self, epoch, logs=None):
+        size = int(np.prod(self.layer.kernel.shape))
+        self.layer.kernel.assign(self.states[epoch + 1][:size].reshape(self.layer.kernel.shape))
+        self.layer.bias.assign(self.states[epoch + 1][size:])
+
+
+def test_auto_observables_pick_what_predicts_the_held_out_snapshot_better():
+    # Unit 0 decays at 0.5, unit 1 at 0.9, each towards its own constant: node-wise DMDs of
+    # rank 2 are exact, one layer-wise DMD of rank 2 is not (it needs 3 modes).
+    rng = np.random.default_rng(0)
+    ends, starts = rng.normal(size=(2, 4)), rng.normal(size=(2, 4))
+    states = []
+    for k in range(12):
+        units = [ends[u] + rates * starts[u] for u, rates in ((0, 0.5 ** k), (1, 0.9 ** k))]
+        kernel = np.stack([units[0][:3], units[1][:3]], axis=1)  # [fan_in 3, units 2]
+        states.append(np.concatenate([kernel.ravel(), [units[0][3], units[1][3]]]))
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="dense")])
+    model.compile(keras.optimizers.SGD(0.0), "mse")  # no training: only the trajectory moves
+    layer = model.get_layer("dense")
+    layer.kernel.assign(states[0][:6].reshape(3, 2))
+    layer.bias.assign(states[0][6:])
+    monitor = kk.callbacks.KoopmanMonitor(window=8, rank=2, tolerance=1e-6)
+    jump = kk.callbacks.KoopmanAccelerator(monitor, every=8, horizon=2, observables="auto",
+                                           guard=None)
+    seen = {}
+    capture = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.update(
+        window=monitor.buffers["dense"].snapshots().numpy()))  # what the jump is fitted to
+    model.fit(np.zeros((4, 3)), np.zeros((4, 2)), epochs=8, verbose=0,
+              callbacks=[Trajectory(layer, states), monitor, capture, jump])
+    (attempt,) = jump.jumps
+    assert jump.choices == attempt["observables"] == {"dense": "nodes"}
+    window = seen["window"].astype(np.float64)  # states 1-8
+    np.testing.assert_allclose(window, np.array(states[1:9]), rtol=1e-6, atol=1e-6)
+    held_out = {"layers": numpy_prediction(window[:-1], 2, 7, 1e-6)}
+    held_out["nodes"] = np.zeros(8)
+    for columns in unit_columns((3, 2), 2):
+        held_out["nodes"][columns] = numpy_prediction(window[:-1, columns], 2, 7, 1e-6)
+    errors = {key: np.linalg.norm(value - window[-1]) for key, value in held_out.items()}
+    assert errors["nodes"] < 1e-4 < errors["layers"]
+    jumped = np.concatenate([layer.kernel.numpy().ravel(), layer.bias.numpy()])
+    np.testing.assert_allclose(jumped, states[8 + 2], atol=1e-3)  # 2 past the newest
