@@ -34,9 +34,12 @@ and ``adam`` (1e-3); the learning rates were chosen on seeds 0-4.
 **Tuning and reporting are separate**: ``--seeds tune`` runs seeds 0-4 (what the defaults were
 chosen on), ``--seeds report`` seeds 100-109 (nothing was chosen on them).
 
-Run:  python bench/acceleration.py --seeds report          (about 40 minutes here)
-      python bench/acceleration.py --seeds tune --variants default nodes keep --output /tmp/t.md
-      python bench/acceleration.py --seeds tune --tasks digits_mlp --optimizers adam --output /tmp/q.md
+Run:  python bench/acceleration.py --seeds report --save /tmp/report.json
+          (about 100 minutes here, alone; --save keeps every run's losses and times)
+      python bench/acceleration.py --seeds tune --count 3 --variants default auto \
+          --output /tmp/t.md
+      python bench/acceleration.py --seeds tune --tasks digits_mlp --optimizers adam \
+          --output /tmp/q.md
 """
 
 import argparse
