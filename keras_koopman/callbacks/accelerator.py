@@ -107,12 +107,13 @@ class KoopmanAccelerator(KoopmanCallback):
     with keep) and mixed with SGD + momentum; plain SGD has no state.
 
     Measured with the defaults (``bench/acceleration.py --seeds report``, seeds nothing was
-    tuned on; ``bench/RESULTS.md``): with Adam 1.35-1.90x less wall time to the plain run's
-    best training loss on a digits MLP, a small CNN, a breast-cancer MLP and a GRU (1.28x on a
-    diabetes regression); with SGD 1.74-3.00x fewer epochs but 1.26-1.95x less time (1.5x or
-    more on the digits MLP and CNN only); with SGD + momentum 1.20-1.66x, and 0.85x on the
-    diabetes regression. The final loss was below plain's in every row. ``observables="nodes"``
-    won 4 of 15 rows on the tuning seeds (none with Adam): layer-wise is the default.
+    tuned on; ``bench/RESULTS.md``): with Adam 1.42-2.00x less wall time to the plain run's
+    best training loss on a digits MLP, a small CNN, a breast-cancer MLP and a GRU (1.02x on a
+    diabetes regression, whose epochs are short next to the fixed costs); with SGD 1.74-3.00x
+    fewer epochs and 1.39-2.10x less time (1.5x or more on the MLPs and the CNN); with SGD +
+    momentum 1.29-2.01x, and 1.03x on the diabetes regression. The median final loss was below
+    plain's in every row. ``observables="nodes"`` won 4 of 15 rows on the tuning seeds (none
+    with Adam): layer-wise is the default.
 
     Fixed cost: the first jump of a new model traces the DMD functions (a few tenths of a
     second here); each jump after that costs a DMD per group (plus two probe evaluations with
