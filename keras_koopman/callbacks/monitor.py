@@ -78,6 +78,11 @@ class KoopmanMonitor(keras.callbacks.Callback):
         after every epoch (two newest states kept), resumed at the epoch ``BackupAndRestore``
         resumes from, so history and TensorBoard steps continue as in an uninterrupted run;
         removed when ``fit`` ends normally.
+      unit_modes: with ``log_dir``, also write ``koopman/<group>/modes`` (the share of each of
+        the 8 leading modes that each unit of the layer carries: the tab's modes view). It costs
+        one ``[16, window]`` by ``[window, weights]`` product per group and analysis (measured
+        in ``bench/monitor_overhead.py``: ~20 ms per analysis for an 85k-weight MLP, ~60 ms for
+        1.1M weights on 2 CPU cores); ``False`` leaves it out.
 
     Example:
 
@@ -94,7 +99,7 @@ class KoopmanMonitor(keras.callbacks.Callback):
     def __init__(self, observables="layers", every="epoch", window=20, rank=None,
                  method="exact", analyze_every=1, log_dir=None, tolerance=0.01, verbose=0,
                  sketch="auto", storage_dtype="float32", snapshot_memory=512 * 2**20,
-                 backup_dir=None):
+                 backup_dir=None, unit_modes=True):
         super().__init__()
         self.every = check_int_or(every, "every", ("epoch",))
         if every != "epoch":
@@ -109,6 +114,9 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self.backup_dir = check_log_dir(backup_dir, "backup_dir")
         self.backup = Backup(self.backup_dir) if self.backup_dir else None
         self.verbose = verbose
+        if not isinstance(unit_modes, bool):
+            raise TypeError(f"unit_modes must be True or False; got {unit_modes!r}")
+        self.unit_modes = unit_modes
         self._in_fit = False
         self._fit_token = None  # which fit on_train_begin last started
         self._last_event = {}  # per hook, the newest event it ran for: each runs once per event
@@ -185,7 +193,7 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self._calls_seen = 0 if self._step_gather is None else self._step_gather.calls
         self.logger.open(self.model, None if self._resume_pending else tracker.epoch)
         # The tab's modes view: per-unit weights of the leading modes, only for summaries.
-        tracker.unit_modes = self.logger.active
+        tracker.unit_modes = self.unit_modes and self.logger.active
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._once("epoch_begin", epoch):

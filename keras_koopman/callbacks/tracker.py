@@ -13,7 +13,7 @@ from keras_koopman._tf import cached_function, pack_outputs, unpack_outputs, val
 from keras_koopman._validation import (DataError, check_choice, check_int, check_int_or,
                                        check_names, check_number)
 from keras_koopman.buffers import PackedBuffers, SnapshotBuffer
-from keras_koopman.buffers.ring import (chronological_gram, order_slots, refresh_function,
+from keras_koopman.buffers.ring import (chronological_gram, refresh_function,
                                         ring_append)
 from keras_koopman.callbacks.plan import plan_storage
 from keras_koopman.dmd import check_method, floor_epsilon, parse_rank
@@ -663,33 +663,49 @@ def mode_unit_weights(state, combination, units, parts, block=_UNIT_BLOCK):
     ``state`` is a buffer's :meth:`~keras_koopman.SnapshotBuffer.state` (stored centred
     snapshots and their reference); ``combination`` ``[m, modes]`` gives the modes as
     combinations of the window's ``m`` snapshots, oldest first (``X^T K``); ``units, parts`` as
-    :func:`unit_layout` gives them. The ``[window, 2 k]`` coefficients multiply the stored
-    snapshots on their device, ``block`` weights at a time, in float32 (float64 for float64
-    buffers): a picture, not an analysis.
+    :func:`unit_layout` gives them. The ``[window, 2 UNIT_MODES]`` coefficients multiply the
+    stored snapshots on their device, ``block`` weights at a time, in float32 (float64 for
+    float64 buffers: a picture, not an analysis), in one compiled function per layer shape
+    (traced once per process).
     """
     stored, reference, _, _, _, count = state
     window = int(stored.shape[0])
     combination = np.asarray(combination)[:, :UNIT_MODES]
     m, k = combination.shape
-    slots = order_slots(tf.cast(count, tf.int64), tf.constant(window, tf.int64)).numpy()
-    if len(slots) != m:
-        raise DataError(f"the window holds {len(slots)} snapshots, the modes combine {m}")
+    count = int(count)
+    held = min(count, window)
+    if held != m:
+        raise DataError(f"the window holds {held} snapshots, the modes combine {m}")
+    slots = (count - held + np.arange(held)) % window  # oldest first
     dtype = np.float64 if stored.dtype == tf.float64 else np.float32
-    coefficients = np.zeros((window, 2 * k), dtype)
+    # Padded to UNIT_MODES columns: one trace serves every analysis of this layer shape.
+    coefficients = np.zeros((window, 2 * UNIT_MODES), dtype)
     coefficients[slots, :k] = combination.real
-    coefficients[slots, k:] = combination.imag
+    coefficients[slots, UNIT_MODES:UNIT_MODES + k] = combination.imag
     # The snapshots are stored minus the reference: x_j = stored_j + reference.
-    shift = np.concatenate([combination.real.sum(axis=0),
-                            combination.imag.sum(axis=0)]).astype(dtype)[:, np.newaxis]
-    total = np.zeros((k, units))
+    shift = coefficients.astype(np.float64).sum(axis=0).astype(dtype)
+    key = ("unit_weights", units, tuple(parts), block, stored.dtype.name, np.dtype(dtype).name)
+    function = cached_function(key, lambda: tf.function(
+        lambda stored, reference, coefficients, shift: _unit_power(
+            stored, reference, coefficients, shift, units, parts, block),
+        autograph=False))
+    total = function(stored, reference, coefficients, shift).numpy().astype(np.float64)[:k]
+    sums = total.sum(axis=1, keepdims=True)
+    return np.divide(total, sums, out=np.full_like(total, np.nan), where=sums > 0)
+
+
+def _unit_power(stored, reference, coefficients, shift, units, parts, block):
+    """Graph mode: ``[UNIT_MODES, units]`` squared norms of the modes ``stored^T coefficients
+    + reference shift`` summed per unit, ``block`` weights at a time."""
+    dtype = coefficients.dtype
+    total = tf.zeros([UNIT_MODES, units], dtype)
     for offset, size in parts:
         rows, chunk = size // units, max(1, block // units)
         for first in range(0, rows, chunk):
             start, stop = offset + first * units, offset + min(rows, first + chunk) * units
             projected = (tf.matmul(coefficients, tf.cast(stored[:, start:stop], dtype),
                                    transpose_a=True)
-                         + shift * tf.cast(reference[start:stop], dtype))
-            power = tf.square(projected[:k]) + tf.square(projected[k:])
-            total += tf.reduce_sum(tf.reshape(power, [k, -1, units]), axis=1).numpy()
-    sums = total.sum(axis=1, keepdims=True)
-    return np.divide(total, sums, out=np.full_like(total, np.nan), where=sums > 0)
+                         + shift[:, tf.newaxis] * tf.cast(reference[start:stop], dtype))
+            power = (tf.square(projected[:UNIT_MODES]) + tf.square(projected[UNIT_MODES:]))
+            total += tf.reduce_sum(tf.reshape(power, [UNIT_MODES, -1, units]), axis=1)
+    return total

@@ -355,3 +355,21 @@ def test_events_of_runs_in_subdirectories_come_with_the_run(logdir):
     assert [(e["run"], e["kind"], e["step"]) for e in body["events"]] == [
         ("run_a/pruning", "pruning", 3)]
     assert "run_a/pruning" not in client.get(f"{ROUTE}/tags").get_json()
+
+
+def test_a_monitor_without_unit_modes_writes_spectra_only(tmp_path):
+    import keras
+
+    with pytest.raises(TypeError, match="unit_modes must be True or False"):
+        kk.callbacks.KoopmanMonitor(unit_modes="yes")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="dense")])
+    model.compile(keras.optimizers.SGD(0.05), "mse")
+    monitor = kk.callbacks.KoopmanMonitor(window=4, log_dir=str(tmp_path / "fit"),
+                                          unit_modes=False)
+    model.fit(np.ones((16, 4)), np.zeros((16, 3)), epochs=4, verbose=0, callbacks=[monitor])
+    assert monitor.history and monitor.unit_weights == {}
+    client = client_for(tmp_path)
+    assert list(client.get(f"{ROUTE}/tags").get_json()["fit"]) == ["koopman/dense"]
+    step = monitor.history[-1].epoch
+    body = client.get(f"{ROUTE}/modes?run=fit&tag=koopman/dense&step={step}").get_json()
+    assert body["units"] == 0 and body["weights"] == []
