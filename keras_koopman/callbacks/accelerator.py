@@ -142,6 +142,8 @@ class KoopmanAccelerator(KoopmanCallback):
         trial under ``"next_epoch"`` is listed once it is judged.
       horizon: the current horizon.
       choices: ``{group: "layers" or "nodes"}``: the observables of the latest prediction.
+      held_out_errors: with ``observables="auto"``, ``{group: {"layers": e, "nodes": e}}``:
+        each fit's error on the held-out newest snapshot at the latest prediction.
 
     Example:
 
@@ -190,6 +192,7 @@ class KoopmanAccelerator(KoopmanCallback):
         self.verbose = verbose
         self.jumps = []
         self.choices = {}  # group -> "layers" or "nodes": the observables of the latest jump
+        self.held_out_errors = {}  # group -> {"layers": e, "nodes": e} of the latest auto choice
         self._probe_function = None
         self._trial = None  # a jump on trial under guard="next_epoch"
         self._warned_no_loss = False
@@ -226,7 +229,7 @@ class KoopmanAccelerator(KoopmanCallback):
     def _targets(self):
         """``[(variables, new values)]`` for every group with enough snapshots (the
         observables each one used in :attr:`choices`)."""
-        targets, self.choices = [], {}
+        targets, self.choices, self.held_out_errors = [], {}, {}
         for name, buffer in self.monitor.buffers.items():
             if len(buffer) < 3 or name in self.monitor.nonfinite_groups:
                 continue
@@ -247,13 +250,14 @@ class KoopmanAccelerator(KoopmanCallback):
                 state = self._predict(result, steps)[0]
             else:
                 snapshots = buffer.snapshots()  # [m, n]
+                self.choices[name] = "nodes"
                 if self.observables == "auto":
-                    self.choices[name] = self._held_out_choice(snapshots, index)
+                    self.choices[name] = self._held_out_choice(name, snapshots, index)
+                if self.choices[name] == "layers":  # the same computation as the default's
+                    result = buffer.dmd(rank=self.rank, method=self.monitor.method)
+                    state = self._predict(result, steps)[0]
                 else:
-                    self.choices[name] = "nodes"
-                state = (self._layer_state(snapshots, steps)
-                         if self.choices[name] == "layers"
-                         else self._node_state(snapshots, index, steps))
+                    state = self._node_state(snapshots, index, steps)
             # On the device: the predicted weights never pass through the host.
             values, offset = [], 0
             for variable in variables:  # a cast that overflows gives inf: checked below
@@ -275,16 +279,18 @@ class KoopmanAccelerator(KoopmanCallback):
         predicted = self._predict(dmd_batch(nodes, rank=self.rank), steps)[:, 0]
         return ops.scatter(index.reshape(-1, 1), ops.reshape(predicted, [-1]), (index.size,))
 
-    def _held_out_choice(self, snapshots, index):
+    def _held_out_choice(self, name, snapshots, index):
         """``"layers"`` or ``"nodes"``: whichever, fitted to the window without its newest
-        snapshot, predicts that snapshot more closely (``"layers"`` with fewer than 4)."""
+        snapshot, predicts that snapshot more closely (``"layers"`` with fewer than 4; the
+        errors in :attr:`held_out_errors`)."""
         m = int(snapshots.shape[0])
         if m < 4:
             return "layers"
         older, newest = snapshots[:-1], ops.cast(snapshots[-1], "float64")
-        errors = [float(ops.norm(state - newest)) for state in (
-            self._layer_state(older, m - 1), self._node_state(older, index, m - 1))]
-        return "nodes" if errors[1] < errors[0] else "layers"
+        layers, nodes = (float(ops.norm(state - newest)) for state in (
+            self._layer_state(older, m - 1), self._node_state(older, index, m - 1)))
+        self.held_out_errors[name] = {"layers": layers, "nodes": nodes}
+        return "nodes" if np.isfinite(nodes) and not nodes >= layers else "layers"
 
     def _predict(self, result, steps):
         """The DMD's state ``steps`` snapshots after the oldest.

@@ -82,7 +82,7 @@ class KoopmanMonitor(keras.callbacks.Callback):
         the 8 leading modes that each unit of the layer carries: the tab's modes view). It costs
         one ``[16, window]`` by ``[window, weights]`` product per group and analysis (measured
         in ``bench/monitor_overhead.py``: ~20 ms per analysis for an 85k-weight MLP, ~60 ms for
-        1.1M weights on 2 CPU cores); ``False`` leaves it out.
+        1.1M weights on 2 CPU cores); ``False`` leaves it out. Read when ``fit`` starts.
 
     Example:
 

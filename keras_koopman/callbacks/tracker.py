@@ -58,7 +58,7 @@ class KoopmanTracker:
     carries, each row summing to 1 (see :func:`mode_unit_weights`). Only the newest
     analysis's are kept (the summaries hold the others), for groups that are one layer whose
     variables share a last axis (:func:`unit_layout`) and are stored in full (not sketched).
-    Each costs one ``[2 k, window]`` by ``[window, n]`` product on the group's stored snapshots.
+    Each costs one ``[16, window]`` by ``[window, n]`` product on the group's stored snapshots.
 
     Args:
       observables, window, rank, method, tolerance, sketch, storage_dtype, snapshot_memory: as
@@ -666,7 +666,7 @@ def mode_unit_weights(state, combination, units, parts, block=_UNIT_BLOCK):
     :func:`unit_layout` gives them. The ``[window, 2 UNIT_MODES]`` coefficients multiply the
     stored snapshots on their device, ``block`` weights at a time, in float32 (float64 for
     float64 buffers: a picture, not an analysis), in one compiled function per layer shape
-    (traced once per process).
+    (traced once per process, whatever the window).
     """
     stored, reference, _, _, _, count = state
     window = int(stored.shape[0])
@@ -684,11 +684,17 @@ def mode_unit_weights(state, combination, units, parts, block=_UNIT_BLOCK):
     coefficients[slots, UNIT_MODES:UNIT_MODES + k] = combination.imag
     # The snapshots are stored minus the reference: x_j = stored_j + reference.
     shift = coefficients.astype(np.float64).sum(axis=0).astype(dtype)
-    key = ("unit_weights", units, tuple(parts), block, stored.dtype.name, np.dtype(dtype).name)
+    width = int(stored.shape[1])
+    key = ("unit_weights", units, tuple(parts), block, stored.dtype.name, reference.dtype.name,
+           np.dtype(dtype).name)
+    signature = [tf.TensorSpec([None, width], stored.dtype),
+                 tf.TensorSpec([width], reference.dtype),
+                 tf.TensorSpec([None, 2 * UNIT_MODES], dtype),
+                 tf.TensorSpec([2 * UNIT_MODES], dtype)]
     function = cached_function(key, lambda: tf.function(
         lambda stored, reference, coefficients, shift: _unit_power(
             stored, reference, coefficients, shift, units, parts, block),
-        autograph=False))
+        input_signature=signature, autograph=False))
     total = function(stored, reference, coefficients, shift).numpy().astype(np.float64)[:k]
     sums = total.sum(axis=1, keepdims=True)
     return np.divide(total, sums, out=np.full_like(total, np.nan), where=sums > 0)
@@ -703,9 +709,10 @@ def _unit_power(stored, reference, coefficients, shift, units, parts, block):
         rows, chunk = size // units, max(1, block // units)
         for first in range(0, rows, chunk):
             start, stop = offset + first * units, offset + min(rows, first + chunk) * units
-            projected = (tf.matmul(coefficients, tf.cast(stored[:, start:stop], dtype),
-                                   transpose_a=True)
-                         + shift[:, tf.newaxis] * tf.cast(reference[start:stop], dtype))
+            with tf.control_dependencies([total]):  # one block at a time: bounded memory
+                projected = (tf.matmul(coefficients, tf.cast(stored[:, start:stop], dtype),
+                                       transpose_a=True)
+                             + shift[:, tf.newaxis] * tf.cast(reference[start:stop], dtype))
             power = (tf.square(projected[:UNIT_MODES]) + tf.square(projected[UNIT_MODES:]))
             total += tf.reduce_sum(tf.reshape(power, [UNIT_MODES, -1, units]), axis=1)
     return total

@@ -483,5 +483,8 @@ def test_auto_observables_pick_what_predicts_the_held_out_snapshot_better():
         held_out["nodes"][columns] = numpy_prediction(window[:-1, columns], 2, 7, 1e-6)
     errors = {key: np.linalg.norm(value - window[-1]) for key, value in held_out.items()}
     assert errors["nodes"] < 1e-4 < errors["layers"]
+    # The callback's own held-out errors: the same fits, the same step (m - 1).
+    got = jump.held_out_errors["dense"]
+    assert got["nodes"] < 1e-4 and got["layers"] == pytest.approx(errors["layers"], rel=1e-3)
     jumped = np.concatenate([layer.kernel.numpy().ravel(), layer.bias.numpy()])
     np.testing.assert_allclose(jumped, states[8 + 2], atol=1e-3)  # 2 past the newest
