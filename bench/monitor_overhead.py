@@ -21,9 +21,7 @@ monitored fits of the same model instance (separate instances differed by up to 
 than the monitor costs) of ``--epochs`` epochs alternate ``--repeats`` times. Whole-fit
 differences on this 2-core machine swing by +-10%, so the per-epoch rows also time one snapshot
 (the compiled gather) and one analysis on their own, each the median of 20 calls; ``estimated``
-is their cost per epoch over the plain epoch time. ``analysis ms with unit weights`` times the
-same analysis with the per-unit mode weights that a monitor writing summaries (``log_dir``)
-adds for the Koopman tab's modes view.
+is their cost per epoch over the plain epoch time.
 
 Goals (issue 15): fresh <= 1.15x plain (also with ES/R); per epoch <= 2%; every batch <= 10%.
 
@@ -66,27 +64,21 @@ def timed_fit(model, x, y, epochs, callbacks):
 
 
 def part_costs(monitor, calls=20):
-    """Median seconds of one gather, of one analysis (with its deferred Gram row) and of one
-    analysis with the per-unit mode weights that a monitor writing summaries adds."""
+    """Median seconds of one gather and of one analysis (with its deferred Gram row)."""
     tracker = monitor.tracker
-    gather_times, analysis_times, unit_times = [], [], []
+    gather_times, analysis_times = [], []
     for _ in range(calls):
         start = time.perf_counter()
         tracker.gather()
         tracker.sync()  # the host read that waits for the gather
         gather_times.append(time.perf_counter() - start)
-    for unit_modes, times in ((False, analysis_times), (True, unit_times)):
-        tracker.unit_modes = unit_modes
-        for _ in range(calls):
-            tracker.gather()
-            tracker.sync()
-            start = time.perf_counter()
-            tracker.analyse()
-            times.append(time.perf_counter() - start)
-    tracker.unit_modes = False
-    assert tracker.unit_weights, "no per-unit weights were computed"
-    return (statistics.median(gather_times), statistics.median(analysis_times),
-            statistics.median(unit_times))
+    for _ in range(calls):
+        tracker.gather()
+        tracker.sync()
+        start = time.perf_counter()
+        tracker.analyse()
+        analysis_times.append(time.perf_counter() - start)
+    return statistics.median(gather_times), statistics.median(analysis_times)
 
 
 def verdict(ratio, goal):
@@ -147,7 +139,7 @@ def warm_rows(x, y, epochs, repeats):
                 watched_times.append(timed_fit(model, x, y, epochs, [monitor]))
             base = statistics.median(plain_times)
             overhead = statistics.median(watched_times) / base - 1
-            gather_s, analysis_s, units_s = part_costs(monitor)
+            gather_s, analysis_s = part_costs(monitor)
             if config == "epoch":
                 estimated = (gather_s + analysis_s) / (base / epochs)
                 shown = f"{estimated:+.1%}"
@@ -160,7 +152,7 @@ def warm_rows(x, y, epochs, repeats):
             rows.append(
                 f"| {label} | {model.count_params():,} | {config} | {jit} | "
                 f"{base / epochs:.3f} | {base / epochs * (1 + overhead):.3f} | {overhead:+.1%} | "
-                f"{gather_s * 1e3:.2f} | {analysis_s * 1e3:.1f} | {units_s * 1e3:.1f} | {shown} | "
+                f"{gather_s * 1e3:.2f} | {analysis_s * 1e3:.1f} | {shown} | "
                 f"<= {GOALS[config]:.0%} | {verdict(worst, GOALS[config])} |")
             print(rows[-1], flush=True)
             assert monitor.step > 0 and monitor.history, "the monitor did not run"
@@ -201,15 +193,9 @@ def main():
         "- goal verdict of the per-epoch rows: met only when both the measured and the "
         "estimated overhead are within the goal",
         "",
-        "- analysis ms with unit weights: the same analysis while the monitor writes summaries"
-        " (log_dir): it also computes each leading mode's share per unit for the tab's modes "
-        "view",
-        "",
         "| model | weights | snapshots | jit_compile | s/epoch plain | s/epoch monitored "
-        "| overhead measured | gather ms | analysis ms | analysis ms with unit weights "
-        "| overhead estimated | goal | |",
-        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| --- |",
+        "| overhead measured | gather ms | analysis ms | overhead estimated | goal | |",
+        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         *warm,
     ])
     report("Monitor overhead (`bench/monitor_overhead.py`)", body, args.output)
