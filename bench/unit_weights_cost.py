@@ -64,10 +64,10 @@ def main():
             for unit_modes, times in ((False, plain), (True, with_units)):
                 tracker.unit_modes = unit_modes
                 measured = analyses(tracker, args.calls)
+                assert bool(tracker.unit_weights) == unit_modes, "unit weights not as asked"
                 if round_:  # round 0 warms up (and traces the product once)
                     times.extend(measured)
         tracker.unit_modes = False
-        assert tracker.unit_weights == {} and monitor.history
         base, units = statistics.median(plain), statistics.median(with_units)
         rows.append(f"| {label} | {model.count_params():,} | {base * 1e3:.1f} | "
                     f"{units * 1e3:.1f} | {(units - base) * 1e3:+.1f} |")
