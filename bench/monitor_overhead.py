@@ -66,19 +66,26 @@ def timed_fit(model, x, y, epochs, callbacks):
 def part_costs(monitor, calls=20):
     """Median seconds of one gather and of one analysis (with its deferred Gram row)."""
     tracker = monitor.tracker
-    gather_times, analysis_times = [], []
+    gather_times = []
     for _ in range(calls):
         start = time.perf_counter()
         tracker.gather()
         tracker.sync()  # the host read that waits for the gather
         gather_times.append(time.perf_counter() - start)
+    analysis_times = analysis_seconds(tracker, calls)
+    return statistics.median(gather_times), statistics.median(analysis_times)
+
+
+def analysis_seconds(tracker, calls):
+    """Seconds of each of ``calls`` analyses, each after one new snapshot."""
+    times = []
     for _ in range(calls):
         tracker.gather()
         tracker.sync()
         start = time.perf_counter()
         tracker.analyse()
-        analysis_times.append(time.perf_counter() - start)
-    return statistics.median(gather_times), statistics.median(analysis_times)
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def verdict(ratio, goal):

@@ -13,7 +13,6 @@ Run:  python bench/unit_weights_cost.py      (about 2 minutes here; writes bench
 import argparse
 import os
 import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -21,21 +20,11 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 
 from _results import header, report  # noqa: E402
+from monitor_overhead import analysis_seconds  # noqa: E402
 
 import keras_koopman as kk  # noqa: E402
 
 WIDTHS = {"digits MLP 85k": 256, "MLP 1.1M": 1024}
-
-
-def analyses(tracker, calls):
-    times = []
-    for _ in range(calls):
-        tracker.gather()
-        tracker.sync()
-        start = time.perf_counter()
-        tracker.analyse()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def main():
@@ -63,7 +52,7 @@ def main():
         for round_ in range(args.rounds + 1):
             for unit_modes, times in ((False, plain), (True, with_units)):
                 tracker.unit_modes = unit_modes
-                measured = analyses(tracker, args.calls)
+                measured = analysis_seconds(tracker, args.calls)
                 assert bool(tracker.unit_weights) == unit_modes, "unit weights not as asked"
                 if round_:  # round 0 warms up (and traces the product once)
                     times.extend(measured)
