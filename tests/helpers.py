@@ -61,6 +61,18 @@ def linear_system(eigenvalues, n, m, rng, orthonormal=False):
     return x, values, vectors
 
 
+def numpy_exact_modes(snapshots, rank):
+    """Exact DMD of time-major ``snapshots`` in NumPy (SVD of X0, rank ``rank``): eigenvalues
+    largest modulus first and the modes as columns (independent of the package's Gram path)."""
+    x0, x1 = snapshots[:-1].T, snapshots[1:].T
+    u, s, vh = np.linalg.svd(x0, full_matrices=False)
+    u, s, v = u[:, :rank], s[:rank], vh[:rank].conj().T
+    eigenvalues, w = np.linalg.eig(u.conj().T @ x1 @ v / s)
+    modes = x1 @ v / s @ w
+    order = np.argsort(-np.abs(eigenvalues), kind="stable")
+    return eigenvalues[order], modes[:, order]
+
+
 def match(reference, values):
     """Permutation of ``values`` closest to ``reference`` (greedy; fine for separated values)."""
     reference = np.asarray(reference)

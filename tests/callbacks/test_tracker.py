@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import keras_koopman as kk
+from helpers import numpy_exact_modes
 from keras_koopman.callbacks import KoopmanTracker
 from keras_koopman.callbacks._backup import Backup
 from keras_koopman.callbacks.plan import AUTO_SKETCH, PACK_MIN_GROUPS, plan_storage
@@ -204,18 +205,6 @@ def test_a_second_model_of_the_same_shapes_reuses_the_compiled_gather():
         np.testing.assert_allclose(tracker.buffers["a"].snapshots().numpy()[-1],
                                    np.concatenate([layer.kernel.numpy().ravel(),
                                                    layer.bias.numpy().ravel()]), rtol=1e-6)
-
-
-def numpy_exact_modes(snapshots, rank):
-    """Exact DMD of time-major ``snapshots`` in NumPy (SVD of X0, rank ``rank``): eigenvalues
-    largest modulus first and the modes as columns (independent of the tracker's Gram path)."""
-    x0, x1 = snapshots[:-1].T, snapshots[1:].T
-    u, s, vh = np.linalg.svd(x0, full_matrices=False)
-    u, s, v = u[:, :rank], s[:rank], vh[:rank].conj().T
-    eigenvalues, w = np.linalg.eig(u.conj().T @ x1 @ v / s)
-    modes = x1 @ v / s @ w
-    order = np.argsort(-np.abs(eigenvalues), kind="stable")
-    return eigenvalues[order], modes[:, order]
 
 
 def unit_shares(mode, shapes):

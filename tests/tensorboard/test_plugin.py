@@ -13,6 +13,7 @@ from tensorboard.plugins import base_plugin
 from werkzeug import test as werkzeug_test
 
 import keras_koopman as kk
+from helpers import numpy_exact_modes
 from keras_koopman.tensorboard import metadata
 from keras_koopman.tensorboard.plugin import STORED_STEPS, KoopmanLoader, KoopmanPlugin
 
@@ -277,15 +278,6 @@ def test_spectra_written_by_the_monitor_during_fit_are_served(tmp_path):
         shares = power[:size].reshape(-1, units).sum(axis=0) + power[size:]
         np.testing.assert_allclose(modes["weights"][0], shares / shares.sum(), atol=1e-3)
     assert "koopman/hidden/modes" not in tags["fit"]  # listed with the spectra it belongs to
-
-
-def numpy_exact_modes(snapshots, rank):
-    """Exact DMD of time-major snapshots (SVD of X0, rank ``rank``), largest |λ| first."""
-    u, s, vh = np.linalg.svd(snapshots[:-1].T, full_matrices=False)
-    u, s, v = u[:, :rank], s[:rank], vh[:rank].T
-    eigenvalues, w = np.linalg.eig(u.T @ snapshots[1:].T @ v / s)
-    order = np.argsort(-np.abs(eigenvalues), kind="stable")
-    return eigenvalues[order], (snapshots[1:].T @ v / s @ w)[:, order]
 
 
 def test_modes_of_logs_without_them_are_empty_and_bad_queries_get_400(logdir):
