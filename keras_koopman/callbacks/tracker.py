@@ -663,10 +663,13 @@ def mode_unit_weights(state, combination, units, parts, block=_UNIT_BLOCK):
     ``state`` is a buffer's :meth:`~keras_koopman.SnapshotBuffer.state` (stored centred
     snapshots and their reference); ``combination`` ``[m, modes]`` gives the modes as
     combinations of the window's ``m`` snapshots, oldest first (``X^T K``); ``units, parts`` as
-    :func:`unit_layout` gives them. The ``[window, 2 UNIT_MODES]`` coefficients multiply the
-    stored snapshots on their device, ``block`` weights at a time, in float32 (float64 for
-    float64 buffers: a picture, not an analysis), in one compiled function per layer shape
-    (traced once per process, whatever the window).
+    :func:`unit_layout` gives them. Only the columns that differ are multiplied: a mode and its
+    complex conjugate have the same share per unit (one product serves both), and a real mode
+    needs no imaginary column, so a spectrum of conjugate pairs costs half of ``2 k`` columns.
+    Those ``[window, c]`` coefficients multiply the stored snapshots on their device, ``block``
+    weights at a time, in float32 (float64 for float64 buffers: a picture, not an analysis),
+    in one compiled function per layer shape (traced once per process, whatever the window and
+    the number of columns).
     """
     stored, reference, _, _, _, count = state
     window = int(stored.shape[0])
@@ -678,10 +681,9 @@ def mode_unit_weights(state, combination, units, parts, block=_UNIT_BLOCK):
         raise DataError(f"the window holds {held} snapshots, the modes combine {m}")
     slots = (count - held + np.arange(held)) % window  # oldest first
     dtype = np.float64 if stored.dtype == tf.float64 else np.float32
-    # Padded to UNIT_MODES columns: one trace serves every analysis of this layer shape.
-    coefficients = np.zeros((window, 2 * UNIT_MODES), dtype)
-    coefficients[slots, :k] = combination.real
-    coefficients[slots, UNIT_MODES:UNIT_MODES + k] = combination.imag
+    source, columns = _distinct_columns(combination)
+    coefficients = np.zeros((window, len(columns)), dtype)
+    coefficients[slots] = np.stack(columns, axis=1)
     # The snapshots are stored minus the reference: x_j = stored_j + reference.
     shift = coefficients.astype(np.float64).sum(axis=0).astype(dtype)
     width = int(stored.shape[1])
@@ -689,22 +691,56 @@ def mode_unit_weights(state, combination, units, parts, block=_UNIT_BLOCK):
            np.dtype(dtype).name)
     signature = [tf.TensorSpec([None, width], stored.dtype),
                  tf.TensorSpec([width], reference.dtype),
-                 tf.TensorSpec([None, 2 * UNIT_MODES], dtype),
-                 tf.TensorSpec([2 * UNIT_MODES], dtype)]
+                 tf.TensorSpec([None, None], dtype),
+                 tf.TensorSpec([None], dtype)]
     function = cached_function(key, lambda: tf.function(
         lambda stored, reference, coefficients, shift: _unit_power(
             stored, reference, coefficients, shift, units, parts, block),
         input_signature=signature, autograph=False))
-    total = function(stored, reference, coefficients, shift).numpy().astype(np.float64)[:k]
+    power = function(stored, reference, coefficients, shift).numpy().astype(np.float64)
+    total = np.zeros((k, units))
+    np.add.at(total, source, power)  # a mode's share: its real and imaginary columns summed
+    total = total[_representative(combination)]
     sums = total.sum(axis=1, keepdims=True)
     return np.divide(total, sums, out=np.full_like(total, np.nan), where=sums > 0)
 
 
+def _representative(combination):
+    """Per mode (column of ``combination``), the first column that is it or its conjugate."""
+    k = combination.shape[1]
+    scale = np.max(np.abs(combination)) if combination.size else 0.0
+    first = np.arange(k)
+    for j in range(k):
+        for i in range(j):
+            if first[i] == i and np.allclose(combination[:, j], np.conj(combination[:, i]),
+                                             rtol=1e-9, atol=1e-12 * scale):
+                first[j] = i
+                break
+    return first
+
+
+def _distinct_columns(combination):
+    """``(source, columns)``: the real and (where not zero) imaginary parts of the modes that
+    are not the conjugate of an earlier one, and for each column the mode it belongs to."""
+    first = _representative(combination)
+    source, columns = [], []
+    for j in range(combination.shape[1]):
+        if first[j] != j:
+            continue
+        for part in (combination[:, j].real, combination[:, j].imag):
+            if np.any(part != 0):
+                source.append(j)
+                columns.append(part)
+    if not columns:  # every mode zero: one zero column keeps the shapes valid
+        source, columns = [0], [np.zeros(combination.shape[0])]
+    return np.asarray(source), columns
+
+
 def _unit_power(stored, reference, coefficients, shift, units, parts, block):
-    """Graph mode: ``[UNIT_MODES, units]`` squared norms of the modes ``stored^T coefficients
+    """Graph mode: ``[c, units]`` squared norms of the columns ``stored^T coefficients
     + reference shift`` summed per unit, ``block`` weights at a time."""
     dtype = coefficients.dtype
-    total = tf.zeros([UNIT_MODES, units], dtype)
+    total = tf.zeros(tf.stack([tf.shape(coefficients)[1], units]), dtype)
     for offset, size in parts:
         rows, chunk = size // units, max(1, block // units)
         for first in range(0, rows, chunk):
@@ -713,6 +749,6 @@ def _unit_power(stored, reference, coefficients, shift, units, parts, block):
                 projected = (tf.matmul(coefficients, tf.cast(stored[:, start:stop], dtype),
                                        transpose_a=True)
                              + shift[:, tf.newaxis] * tf.cast(reference[start:stop], dtype))
-            power = (tf.square(projected[:UNIT_MODES]) + tf.square(projected[UNIT_MODES:]))
-            total += tf.reduce_sum(tf.reshape(power, [UNIT_MODES, -1, units]), axis=1)
+            power = tf.reshape(tf.square(projected), [tf.shape(coefficients)[1], -1, units])
+            total += tf.reduce_sum(power, axis=1)
     return total

@@ -12,6 +12,7 @@ from helpers import numpy_exact_modes
 from keras_koopman.callbacks import KoopmanTracker
 from keras_koopman.callbacks._backup import Backup
 from keras_koopman.callbacks.plan import AUTO_SKETCH, PACK_MIN_GROUPS, plan_storage
+from keras_koopman.callbacks.tracker import _distinct_columns
 from keras_koopman.records import History, SpectrumRecord
 
 
@@ -220,7 +221,8 @@ def unit_shares(mode, shapes):
 def drive(model, names, steps, seed, slowest=0.6):
     """Assigns each named layer's (kernel, bias) a linear trajectory x_{k+1} = A x_k with
     distinct eigenvalues from 1 down to ``slowest`` (``None``: random snapshots, as many
-    modes as snapshots allow): ``{name: [steps] snapshots}``."""
+    modes as snapshots allow; ``"rotations"``: complex conjugate pairs ``r e^{+-i theta}``,
+    ``r`` from 0.99 down, distinct angles): ``{name: [steps] snapshots}``."""
     rng = np.random.default_rng(seed)
     trajectories = {}
     for name in names:
@@ -230,7 +232,15 @@ def drive(model, names, steps, seed, slowest=0.6):
             trajectories[name] = list(rng.normal(size=(steps, n)).astype(np.float32))
             continue
         basis = np.linalg.qr(rng.normal(size=(n, n)))[0]
-        a = basis @ np.diag(np.linspace(1.0, slowest, n)) @ basis.T
+        if slowest == "rotations":
+            blocks = np.zeros((n, n))
+            for i, (r, theta) in enumerate(zip(np.linspace(0.99, 0.6, n // 2),
+                                               np.linspace(0.2, 1.4, n // 2))):
+                blocks[2 * i:2 * i + 2, 2 * i:2 * i + 2] = r * np.array(
+                    [[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+            a = basis @ blocks @ basis.T
+        else:
+            a = basis @ np.diag(np.linspace(1.0, slowest, n)) @ basis.T
         state = rng.normal(size=n)
         trajectories[name] = []
         for _ in range(steps):
@@ -252,6 +262,8 @@ CASES = {  # name: (layers, input shape, window, rank, storage dtype, slowest ei
     "bfloat16": ([keras.layers.Dense(3, name="d0")], (3,), 6, 3, "bfloat16", 0.3),
     "conv, 8 of 10 modes": ([keras.layers.Conv2D(4, 2, name="c0")], (3, 3, 2), 12, 10,
                             "float32", None),
+    "conjugate pairs": ([keras.layers.Dense(3, name="d0")], (3,), 14, 12, "float32",
+                        "rotations"),
 }
 
 
@@ -283,10 +295,24 @@ def test_unit_weights_are_the_share_of_each_mode_per_output_unit(case):
         assert weights.shape == (min(record.rank, 8), units)
         if case.startswith("conv"):  # 10 modes, the 8 leading with weights
             assert (record.rank, len(weights)) == (10, 8)
+        if case == "conjugate pairs":  # 4 pairs: each mode's shares are its partner's
+            assert np.all(np.abs(record.eigenvalues.imag) > 0.1)
+            np.testing.assert_allclose(weights[0::2], weights[1::2], rtol=1e-9)
         for i in range(len(weights)):
             np.testing.assert_allclose(
                 weights[i], unit_shares(modes[:, i], [layer.kernel.shape, layer.bias.shape]),
                 atol=1e-3)
+
+
+def test_unit_weights_multiply_one_column_per_real_mode_and_two_per_conjugate_pair():
+    real = np.array([1.0, 2.0, 3.0]) + 0j
+    pair = np.array([1 + 1j, 2 - 1j, 0.5j])
+    other = np.array([0.5 + 2j, -1 + 1j, 1.0])  # complex, not a conjugate of another column
+    combination = np.stack([real, pair, pair.conj(), other, np.zeros(3)], axis=1)
+    source, columns = _distinct_columns(combination)
+    np.testing.assert_array_equal(source, [0, 1, 1, 3, 3])  # the zero mode adds nothing
+    np.testing.assert_allclose(np.stack(columns), [real.real, pair.real, pair.imag,
+                                                   other.real, other.imag])
 
 
 def test_unit_weights_only_while_asked_and_only_for_one_layers_output_axis():
