@@ -80,10 +80,11 @@ class KoopmanMonitor(keras.callbacks.Callback):
         removed when ``fit`` ends normally.
       unit_modes: with ``log_dir``, also write ``koopman/<group>/modes`` (the share of each of
         the 8 leading modes that each unit of the layer carries: the tab's modes view). It costs
-        one ``[16, window]`` by ``[window, weights]`` product per group and analysis
-        (``bench/unit_weights_cost.py``, 2 CPU cores: +18 ms per analysis for an 85k-weight
-        MLP, about 5% of its epoch; +87 ms for 1.1M weights, about 15%); ``False`` leaves it
-        out. Read when ``fit`` starts.
+        one ``[c, window]`` by ``[window, weights]`` product per group and analysis, ``c`` the
+        distinct real and imaginary parts of those modes (at most 16; a conjugate pair shares
+        one product); ``bench/unit_weights_cost.py``, 2 CPU cores: +8 ms per analysis for an
+        85k-weight MLP, +20 ms for 1.1M weights (half of what a 16-column product cost in the
+        same run). ``False`` leaves it out. Read when ``fit`` starts.
 
     Example:
 
