@@ -681,7 +681,9 @@ def mode_unit_weights(state, combination, units, parts, block=_UNIT_BLOCK):
         raise DataError(f"the window holds {held} snapshots, the modes combine {m}")
     slots = (count - held + np.arange(held)) % window  # oldest first
     dtype = np.float64 if stored.dtype == tf.float64 else np.float32
-    source, columns = _distinct_columns(combination)
+    if k == 0:
+        return np.zeros((0, units))
+    first, source, columns = _distinct_columns(combination)
     coefficients = np.zeros((window, len(columns)), dtype)
     coefficients[slots] = np.stack(columns, axis=1)
     # The snapshots are stored minus the reference: x_j = stored_j + reference.
@@ -700,28 +702,29 @@ def mode_unit_weights(state, combination, units, parts, block=_UNIT_BLOCK):
     power = function(stored, reference, coefficients, shift).numpy().astype(np.float64)
     total = np.zeros((k, units))
     np.add.at(total, source, power)  # a mode's share: its real and imaginary columns summed
-    total = total[_representative(combination)]
+    total = total[first]
     sums = total.sum(axis=1, keepdims=True)
     return np.divide(total, sums, out=np.full_like(total, np.nan), where=sums > 0)
 
 
 def _representative(combination):
-    """Per mode (column of ``combination``), the first column that is it or its conjugate."""
+    """Per mode (column of ``combination``), the first column that is it or its exact complex
+    conjugate (an eigensolver of a real matrix returns conjugate pairs exactly; near misses are
+    distinct modes and get products of their own)."""
     k = combination.shape[1]
-    scale = np.max(np.abs(combination)) if combination.size else 0.0
     first = np.arange(k)
     for j in range(k):
         for i in range(j):
-            if first[i] == i and np.allclose(combination[:, j], np.conj(combination[:, i]),
-                                             rtol=1e-9, atol=1e-12 * scale):
+            if first[i] == i and np.array_equal(combination[:, j], np.conj(combination[:, i])):
                 first[j] = i
                 break
     return first
 
 
 def _distinct_columns(combination):
-    """``(source, columns)``: the real and (where not zero) imaginary parts of the modes that
-    are not the conjugate of an earlier one, and for each column the mode it belongs to."""
+    """``(first, source, columns)``: :func:`_representative`'s ``first``, then the real and
+    (where not zero) imaginary parts of the modes that are their own representative, and for
+    each column the mode it belongs to."""
     first = _representative(combination)
     source, columns = [], []
     for j in range(combination.shape[1]):
@@ -733,7 +736,7 @@ def _distinct_columns(combination):
                 columns.append(part)
     if not columns:  # every mode zero: one zero column keeps the shapes valid
         source, columns = [0], [np.zeros(combination.shape[0])]
-    return np.asarray(source), columns
+    return first, np.asarray(source), columns
 
 
 def _unit_power(stored, reference, coefficients, shift, units, parts, block):

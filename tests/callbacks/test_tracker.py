@@ -309,10 +309,16 @@ def test_unit_weights_multiply_one_column_per_real_mode_and_two_per_conjugate_pa
     pair = np.array([1 + 1j, 2 - 1j, 0.5j])
     other = np.array([0.5 + 2j, -1 + 1j, 1.0])  # complex, not a conjugate of another column
     combination = np.stack([real, pair, pair.conj(), other, np.zeros(3)], axis=1)
-    source, columns = _distinct_columns(combination)
+    first, source, columns = _distinct_columns(combination)
+    np.testing.assert_array_equal(first, [0, 1, 1, 3, 4])
     np.testing.assert_array_equal(source, [0, 1, 1, 3, 3])  # the zero mode adds nothing
     np.testing.assert_allclose(np.stack(columns), [real.real, pair.real, pair.imag,
                                                    other.real, other.imag])
+    # The conjugate may come first; a column that is nearly a conjugate is a mode of its own.
+    near = pair.conj() * (1 + 1e-12)
+    first, source, _ = _distinct_columns(np.stack([pair.conj(), pair, near], axis=1))
+    np.testing.assert_array_equal(first, [0, 0, 2])
+    np.testing.assert_array_equal(source, [0, 0, 2, 2])
 
 
 def test_unit_weights_only_while_asked_and_only_for_one_layers_output_axis():
