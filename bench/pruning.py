@@ -130,6 +130,18 @@ def run(model_name, seed, sparsity=None, timing=None, name=None, size=False):
     return out
 
 
+def paired(koopman, magnitude, higher_better=True):
+    """``(mean, standard error, verdict)`` of the per-seed differences ``koopman - magnitude``:
+    a win or a loss only when the mean is at least 2 standard errors from 0, a tie otherwise."""
+    diff = np.asarray(koopman) - np.asarray(magnitude)
+    se = float(np.std(diff, ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else np.nan
+    mean = float(np.mean(diff))
+    better = mean > 0 if higher_better else mean < 0
+    # Identical on every seed (mean and error 0) is a tie, not a loss.
+    verdict = "tie" if mean == 0 or not abs(mean) >= 2 * se else "win" if better else "loss"
+    return mean, se, verdict
+
+
 def plot(results, path, koopman="koopman"):
     import matplotlib
 
@@ -217,11 +229,8 @@ def main():
                 m = np.array(results[(model_name, sparsity, timing, "magnitude")])
                 for name in args.variants:
                     k = np.array(results[(model_name, sparsity, timing, name)])
-                    diff = k - m  # paired: same seed, same split, same initial weights
-                    se = (float(np.std(diff, ddof=1) / np.sqrt(len(diff))) if len(diff) > 1
-                          else np.nan)
-                    mean = float(np.mean(diff))
-                    verdict = "tie" if not abs(mean) >= 2 * se else "win" if mean > 0 else "loss"
+                    # Paired: same seed, same split, same initial weights.
+                    mean, se, verdict = paired(k, m)
                     tally[name][verdict] += 1
                     size = sizes.get((model_name, sparsity))
                     size_text = ("" if size is None or name != args.variants[0]

@@ -45,9 +45,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 import keras_koopman as kk  # noqa: E402
-from pruning import EPOCHS, SEEDS, SPARSITIES, TIMINGS, build, compile_, split  # noqa: E402
+from keras_koopman.pruning.masks import on_weight_scale  # noqa: E402
+from pruning import (EPOCHS, SEEDS, SPARSITIES, TIMINGS, build, compile_, paired,  # noqa: E402
+                     split)
 
 WINDOW = 5
 
@@ -75,17 +78,13 @@ def trajectory(model_name, seed):
     return snapshots
 
 
-def on_weight_scale(scores, values):
-    """``scores`` scaled to the root mean square of ``values`` (as the mask update does)."""
-    size = np.sqrt(np.mean(scores ** 2))
-    return scores * (np.sqrt(np.mean(values ** 2)) / size) if size > 0 else scores
-
-
 def koopman(window):
     """The library's default Koopman scores of one kernel's ``[5, n]`` window."""
     result = kk.dmd(window, rank=None)
-    return on_weight_scale(kk.pruning.koopman_scores(result, newest=len(window) - 1),
-                           window[-1])
+    scores = kk.pruning.koopman_scores(result, newest=len(window) - 1)
+    # Put on the kernel's weight scale by the mask update's own function (every entry kept).
+    return on_weight_scale(tf.constant(scores), tf.constant(window[-1]),
+                           tf.ones(scores.size, tf.float64)).numpy()
 
 
 def lowest(scores, fraction):
@@ -112,15 +111,6 @@ def measure(snapshots, epoch):
             out[(name, sparsity)] = (float(np.mean(pruned[truth])),
                                      float(np.sum(final[pruned] ** 2) / np.sum(final ** 2)))
     return out
-
-
-def paired(k, m, higher_better):
-    diff = np.asarray(k) - np.asarray(m)
-    se = float(np.std(diff, ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else np.nan
-    mean = float(np.mean(diff))
-    better = mean > 0 if higher_better else mean < 0
-    verdict = "tie" if not abs(mean) >= 2 * se else "win" if better else "loss"
-    return mean, se, verdict
 
 
 def main():
