@@ -28,8 +28,17 @@ __version__ = "0.1.0"
 # (`keras-koopman --help`) do not wait for TensorFlow; the first use checks that Keras runs
 # on TensorFlow.
 _SUBMODULES = ("buffers", "callbacks", "depth", "losses", "pruning", "spectrum", "tensorboard")
-_NAMES = {"DMDResult": "keras_koopman.dmd", "dmd_batch": "keras_koopman.dmd",
-          "SnapshotBuffer": "keras_koopman.buffers"}
+_NAMES = {"DMDResult": "keras_koopman.result", "dmd_batch": "keras_koopman.dmd"}
+# On JAX and PyTorch these come from the backend-neutral path (keras_koopman.portable).
+_ENGINE = {"dmd": ("keras_koopman.dmd", "keras_koopman.portable.engine"),
+           "SnapshotBuffer": ("keras_koopman.buffers", "keras_koopman.portable.buffer")}
+
+
+def _engine(name):
+    from keras_koopman._backend import is_tensorflow
+
+    tensorflow, portable = _ENGINE[name]
+    return getattr(importlib.import_module(tensorflow if is_tensorflow() else portable), name)
 
 __all__ = [
     "DMDResult",
@@ -55,7 +64,7 @@ class _Package(types.ModuleType):
 
     @property
     def dmd(self):
-        return importlib.import_module("keras_koopman.dmd").dmd
+        return _engine("dmd")
 
     @dmd.setter
     def dmd(self, module):
@@ -68,6 +77,8 @@ sys.modules[__name__].__class__ = _Package
 def __getattr__(name):
     if name in _SUBMODULES:
         value = importlib.import_module(f"keras_koopman.{name}")
+    elif name in _ENGINE:
+        value = _engine(name)
     elif name in _NAMES:
         value = getattr(importlib.import_module(_NAMES[name]), name)
     else:

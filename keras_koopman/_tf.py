@@ -21,15 +21,12 @@ import threading
 import numpy as np
 import tensorflow as tf
 
+from keras_koopman._backend import io_failures, is_chief
+
 __all__ = ["IO_FAILURES", "cached_function", "compiled_loss", "pack_outputs", "read_variables",
            "trace_count", "unpack_outputs", "value_of", "write_variables", "writes_summaries"]
 
-# Failures of writing or reading files (a full disk, a remote file system that went away):
-# environment failures, which the callbacks survive. Not tf.errors.OpError as a whole: that
-# is also the base of InvalidArgumentError and the like, which are bugs here.
-IO_FAILURES = (OSError, tf.errors.NotFoundError, tf.errors.PermissionDeniedError,
-               tf.errors.ResourceExhaustedError, tf.errors.UnavailableError,
-               tf.errors.DataLossError)
+IO_FAILURES = io_failures()  # OSError and TensorFlow's file errors
 
 _FUNCTIONS = {}
 
@@ -124,12 +121,7 @@ def value_of(variable):
     return getattr(variable, "value", variable)
 
 
-def writes_summaries(model=None):
-    """False on the workers of a multi-worker strategy other than the chief: only the chief
-    writes TensorBoard events (every worker gathers and analyses the same, all-reduced
-    weights, so every worker takes the same decisions)."""
-    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
-    return bool(getattr(strategy.extended, "should_save_summary", True))
+writes_summaries = is_chief  # the chief check of keras_koopman._backend
 
 
 def compiled_loss(model, x, y):

@@ -36,79 +36,23 @@ import keras_koopman._requires_tensorflow  # noqa: F401  (Keras on TensorFlow, c
 
 import dataclasses
 import math
-import numbers
 
 import numpy as np
 import tensorflow as tf
 
+from keras_koopman import result
 from keras_koopman._tf import cached_function
 from keras_koopman.host_dmd import (RANK_ENERGY, RANK_FIXED,  # noqa: F401  (re-exported)
-                                    RANK_OPTIMAL, gavish_donoho_omega)
-from keras_koopman._validation import DataError, check_choice, check_int, check_number
+                                    RANK_OPTIMAL, check_dt, check_method, check_solver,
+                                    floor_epsilon, gavish_donoho_omega, parse_rank)
+from keras_koopman._validation import DataError
 
 __all__ = ["DMDResult", "dmd", "dmd_batch"]
 
-_METHODS = ("exact", "rrr")
-_SOLVERS = ("auto", "svd", "gram")
 _AUTO_GRAM_ELEMENTS = 2**20
 
 # How a rank request travels into the graph: (code, value) so that changing the rank never
 # retraces.
-
-
-def parse_rank(rank):
-    """Validates ``rank`` and encodes it as ``(code, value)`` for the graph functions.
-
-    Args:
-      rank: ``None`` (Gavish-Donoho optimal hard threshold), an int ``>= 1`` (fixed rank) or a
-        float in (0, 1) (fraction of the singular-value energy).
-
-    Returns:
-      ``(code, value)``: ``RANK_OPTIMAL``, ``RANK_FIXED`` or ``RANK_ENERGY`` and a float.
-
-    Raises:
-      TypeError: ``rank`` is not ``None``, an int or a float (a string, a bool, a list...).
-      ValueError: an int below 1, or a float outside (0, 1).
-    """
-    if rank is None:
-        return RANK_OPTIMAL, 0.0
-    if isinstance(rank, (bool, np.bool_)) or not isinstance(rank, numbers.Real):
-        raise TypeError(
-            f"rank must be None (optimal hard threshold), a positive int or a float in (0, 1); "
-            f"got {rank!r} of type {type(rank).__name__}"
-        )
-    if isinstance(rank, numbers.Integral):
-        return RANK_FIXED, float(check_int(rank, "rank as an int (a fixed rank)", minimum=1))
-    energy = check_number(rank, "rank as a float (a fraction of singular-value energy)", 0.0, 1.0,
-                          open_low=True, open_high=True)
-    return RANK_ENERGY, energy
-
-
-def check_method(method):
-    """``method`` if it is ``"exact"`` or ``"rrr"``, else ``ValueError``."""
-    return check_choice(method, "method", _METHODS)
-
-
-def check_solver(solver):
-    """``solver`` if it is ``"auto"``, ``"svd"`` or ``"gram"``, else ``ValueError``."""
-    return check_choice(solver, "solver", _SOLVERS)
-
-
-def check_dt(dt):
-    """``dt`` as a positive finite float: ``TypeError`` for a non-number, ``ValueError`` else."""
-    dt = check_number(dt, "dt", 0.0, open_low=True)
-    if not math.isfinite(dt):
-        raise ValueError(f"dt must be a positive finite number; got {dt!r}")
-    return dt
-
-
-def floor_epsilon(data_dtype, solver):
-    """Relative singular-value floor below which a direction is numerically zero."""
-    data_eps = float(np.finfo(np.dtype(data_dtype.as_numpy_dtype)).eps)
-    solver_eps = float(np.finfo(np.float64).eps)
-    if solver == "gram":
-        solver_eps = math.sqrt(solver_eps)
-    return 10.0 * max(data_eps, solver_eps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,69 +334,23 @@ form_modes = tf.function(modes_from, jit_compile=True, autograph=False)
 
 
 @dataclasses.dataclass(frozen=True)
-class DMDResult:
-    """The result of a DMD: the Koopman spectrum and modes of a snapshot sequence.
-
-    Attributes:
-      eigenvalues: ``[r]`` complex128, discrete-time eigenvalues ``lambda`` (one step = ``dt``),
-        sorted by modulus, largest first.
-      modes: ``[n, r]`` complex128, DMD modes with unit-norm columns (``None`` when computed with
-        ``modes=False``).
-      amplitudes: ``[r]`` complex128, least-squares coefficients of the first snapshot in the
-        modes: ``snapshots[0] ~= modes @ amplitudes``.
-      residuals: ``[r]`` float64, data-driven residual ``||A z - lambda z||`` of each unit Ritz
-        vector ``z`` (the refined Ritz vector for ``method="rrr"``).
-      singular_values: float64, every singular value of ``snapshots[:-1]`` (descending).
-      rank: number of modes kept (an int32 tensor ``[batch]`` for :func:`dmd_batch`).
-      dt: time between snapshots.
-      method: ``"exact"`` or ``"rrr"``.
-
-    Example:
-
-    >>> import numpy as np, keras_koopman as kk
-    >>> x = np.outer(0.5 ** np.arange(6), [1.0, 2.0])
-    >>> result = kk.dmd(x, rank=1)
-    >>> np.round(result.numpy().eigenvalues.real, 6)
-    array([0.5])
-    >>> np.round(result.predict([6]).numpy(), 6)   # 0.5**6 * [1, 2]
-    array([[0.015625, 0.03125 ]])
-    """
-
-    eigenvalues: tf.Tensor
-    modes: tf.Tensor
-    amplitudes: tf.Tensor
-    residuals: tf.Tensor
-    singular_values: tf.Tensor
-    rank: int
-    dt: float = 1.0
-    method: str = "exact"
+class DMDResult(result.DMDResult):
+    """:class:`keras_koopman.result.DMDResult` of the TensorFlow engine: its fields are
+    TensorFlow tensors, and :meth:`predict` (which the accelerator's jumps use),
+    :attr:`frequencies` and :attr:`growth_rates` run as TensorFlow ops where the tensors are."""
 
     @property
     def frequencies(self):
-        """Oscillation frequencies ``angle(lambda) / (2 pi dt)`` in cycles per unit time."""
         return tf.math.angle(tf.convert_to_tensor(self.eigenvalues)) / (2.0 * math.pi * self.dt)
 
     @property
     def growth_rates(self):
-        """Continuous-time growth rates ``log|lambda| / dt`` (negative: decaying)."""
         return tf.math.log(tf.abs(tf.convert_to_tensor(self.eigenvalues))) / self.dt
 
     def predict(self, steps):
-        """States at the given step indices, ``Re(modes diag(lambda^t) amplitudes)``.
-
-        Args:
-          steps: an int or a sequence of step indices (floats allowed), counted from the first
-            snapshot (step 0). Step ``m`` is the first step after the data.
-
-        Returns:
-          float64 tensor ``[len(steps), n]``, time-major like the snapshots (``[batch,
-          len(steps), n]`` for a :func:`dmd_batch` result).
-        """
         if self.modes is None:
             raise ValueError("predict needs the modes: compute the DMD with modes=True")
-        t = np.atleast_1d(np.asarray(steps, dtype=np.float64))
-        if t.ndim != 1 or not np.all(np.isfinite(t)):
-            raise ValueError(f"steps must be a finite number or 1-D sequence; got {steps!r}")
+        t = result.check_steps(steps)
         eigenvalues = tf.convert_to_tensor(self.eigenvalues)[..., tf.newaxis, :]  # [..., 1, r]
         powers = tf.exp(tf.cast(t, tf.complex128)[:, tf.newaxis] * tf.math.log(eigenvalues))
         powers = tf.where(
@@ -462,15 +360,6 @@ class DMDResult:
         )
         weights = powers * tf.convert_to_tensor(self.amplitudes)[..., tf.newaxis, :]
         return tf.math.real(tf.matmul(weights, tf.convert_to_tensor(self.modes), transpose_b=True))
-
-    def numpy(self):
-        """A copy whose tensor fields are NumPy arrays."""
-        convert = {
-            f.name: np.asarray(getattr(self, f.name))
-            for f in dataclasses.fields(self)
-            if isinstance(getattr(self, f.name), (tf.Tensor, tf.Variable))
-        }
-        return dataclasses.replace(self, **convert)
 
 
 _LAYOUTS = {

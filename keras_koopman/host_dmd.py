@@ -25,14 +25,76 @@ array([0.9+0.j])
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 
-__all__ = ["batch_gram_solve", "gram_solve", "select_rank_batch", "summary", "summary_batch",
+from keras_koopman._validation import check_choice, check_int, check_number
+
+__all__ = ["batch_gram_solve", "gram_solve", "svd_solve", "select_rank_batch", "summary", "summary_batch",
            "window_motion"]
 
 # The rank encoding of keras_koopman.dmd.parse_rank, defined here (this module needs no
 # TensorFlow) and imported by dmd.py.
 RANK_OPTIMAL, RANK_FIXED, RANK_ENERGY = 0, 1, 2
+_METHODS = ("exact", "rrr")
+_SOLVERS = ("auto", "svd", "gram")
+
+
+def parse_rank(rank):
+    """Validates ``rank`` and encodes it as ``(code, value)`` for the graph functions.
+
+    Args:
+      rank: ``None`` (Gavish-Donoho optimal hard threshold), an int ``>= 1`` (fixed rank) or a
+        float in (0, 1) (fraction of the singular-value energy).
+
+    Returns:
+      ``(code, value)``: ``RANK_OPTIMAL``, ``RANK_FIXED`` or ``RANK_ENERGY`` and a float.
+
+    Raises:
+      TypeError: ``rank`` is not ``None``, an int or a float (a string, a bool, a list...).
+      ValueError: an int below 1, or a float outside (0, 1).
+    """
+    if rank is None:
+        return RANK_OPTIMAL, 0.0
+    if isinstance(rank, (bool, np.bool_)) or not isinstance(rank, numbers.Real):
+        raise TypeError(
+            f"rank must be None (optimal hard threshold), a positive int or a float in (0, 1); "
+            f"got {rank!r} of type {type(rank).__name__}"
+        )
+    if isinstance(rank, numbers.Integral):
+        return RANK_FIXED, float(check_int(rank, "rank as an int (a fixed rank)", minimum=1))
+    energy = check_number(rank, "rank as a float (a fraction of singular-value energy)", 0.0, 1.0,
+                          open_low=True, open_high=True)
+    return RANK_ENERGY, energy
+
+
+def check_method(method):
+    """``method`` if it is ``"exact"`` or ``"rrr"``, else ``ValueError``."""
+    return check_choice(method, "method", _METHODS)
+
+
+def check_solver(solver):
+    """``solver`` if it is ``"auto"``, ``"svd"`` or ``"gram"``, else ``ValueError``."""
+    return check_choice(solver, "solver", _SOLVERS)
+
+
+def check_dt(dt):
+    """``dt`` as a positive finite float: ``TypeError`` for a non-number, ``ValueError`` else."""
+    dt = check_number(dt, "dt", 0.0, open_low=True)
+    if not math.isfinite(dt):
+        raise ValueError(f"dt must be a positive finite number; got {dt!r}")
+    return dt
+
+
+def floor_epsilon(data_dtype, solver):
+    """Relative singular-value floor below which a direction is numerically zero."""
+    data_eps = float(np.finfo(np.dtype(getattr(data_dtype, "as_numpy_dtype", data_dtype))).eps)
+    solver_eps = float(np.finfo(np.float64).eps)
+    if solver == "gram":
+        solver_eps = math.sqrt(solver_eps)
+    return 10.0 * max(data_eps, solver_eps)
 
 
 def gavish_donoho_omega(beta):
@@ -147,6 +209,24 @@ def gram_solve(gram, n_cols, code, value, floor, method):
     eigenvalues, coefficients, residuals, amplitudes = small_space(
         basis_gram[:k, k:2 * k], _square_root_factor(basis_gram), method)
     return eigenvalues, basis @ coefficients, residuals, amplitudes, singular, k
+
+
+def svd_solve(x64, code, value, floor, method):
+    """DMD through the thin SVD of ``X0`` (float64 ``[m, n]`` on the host), as
+    :func:`keras_koopman.dmd.svd_solve`: the same outputs as :func:`gram_solve`."""
+    x64 = np.asarray(x64, np.float64)
+    m, n = x64.shape
+    left, singular, right_h = np.linalg.svd(x64[:-1], full_matrices=False)
+    k = int(select_rank_batch(singular[np.newaxis], n, code, value, floor)[0])
+    s_k = singular[:k]
+    inverse_s = 1.0 / np.where(s_k > 0, s_k, 1.0)
+    v_k, u_k = left[:, :k], right_h[:k].T
+    image = x64[1:].T @ (v_k * inverse_s[np.newaxis, :])  # A U, [n, k]
+    basis = np.concatenate([u_k, image, x64[0][:, np.newaxis]], axis=1)
+    factor = np.linalg.qr(basis, mode="r")
+    eigenvalues, coefficients, residuals, amplitudes = small_space(u_k.T @ image, factor, method)
+    combination = _basis_coefficients(v_k, inverse_s, m) @ coefficients
+    return eigenvalues, combination, residuals, amplitudes, singular, k
 
 
 def unit_modes(combination, amplitudes, gram):

@@ -28,10 +28,20 @@ Example:
 
 from __future__ import annotations
 
-import keras_koopman._requires_tensorflow  # noqa: F401  (Keras on TensorFlow, checked first)
+import importlib
 
 import numpy as np
-import tensorflow as tf
+
+
+class _TensorFlow:
+    """TensorFlow, imported at the first metric (``mode_share`` needs none, so that this
+    module loads on every Keras backend; the metrics need TensorFlow installed)."""
+
+    def __getattr__(self, name):
+        return getattr(importlib.import_module("tensorflow"), name)
+
+
+tf = _TensorFlow()
 
 from keras_koopman._validation import check_number
 __all__ = [

@@ -4,20 +4,37 @@
 decision callbacks are built on :class:`KoopmanCallback` and read the monitor's records.
 """
 
-import keras_koopman._requires_tensorflow  # noqa: F401  (Keras on TensorFlow, checked first)
+import importlib
 
-from keras_koopman.callbacks.tracker import KoopmanTracker
-from keras_koopman.callbacks.monitor import KoopmanMonitor, SpectrumRecord
-from keras_koopman.callbacks.base import KoopmanCallback
-from keras_koopman.callbacks.activity import layer_activity
-from keras_koopman.callbacks.accelerator import KoopmanAccelerator
-from keras_koopman.callbacks.early_stopping import (
-    KoopmanEarlyStopping,
-    convergence,
-    forecast_gain,
-    progress_gain,
-)
-from keras_koopman.callbacks.restart import KoopmanRestart, diagnose
+# Loaded on first use: the monitor and the callbacks that only decide run on every Keras
+# backend; the tracker, the accelerator... import TensorFlow (and say so on another backend).
+_WHERE = {
+    "KoopmanTracker": "tracker",
+    "KoopmanMonitor": "monitor",
+    "SpectrumRecord": "monitor",
+    "KoopmanCallback": "base",
+    "layer_activity": "activity",
+    "KoopmanAccelerator": "accelerator",
+    "KoopmanEarlyStopping": "early_stopping",
+    "convergence": "early_stopping",
+    "forecast_gain": "early_stopping",
+    "progress_gain": "early_stopping",
+    "KoopmanRestart": "restart",
+    "diagnose": "restart",
+}
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'keras_koopman.callbacks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"keras_koopman.callbacks.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "KoopmanAccelerator",

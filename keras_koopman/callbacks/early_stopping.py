@@ -8,7 +8,7 @@ import numpy as np
 
 from keras_koopman._validation import check_choice, check_int, check_names, check_number
 from keras_koopman.callbacks.base import KoopmanCallback
-from keras_koopman.callbacks.tracker import DATA_FAILURES
+from keras_koopman.callbacks._tracking import DATA_FAILURES
 from keras_koopman.spectrum import mode_share
 
 __all__ = ["KoopmanEarlyStopping", "convergence", "forecast_gain", "progress_gain"]

@@ -6,7 +6,7 @@ import time
 
 import tensorflow as tf
 
-from keras_koopman._tf import IO_FAILURES, writes_summaries
+from keras_koopman._backend import io_failures, is_chief
 from keras_koopman.tensorboard import summary as tb_summary
 
 __all__ = ["SummaryLogger", "LOGGED_SCALARS"]
@@ -50,7 +50,7 @@ class SummaryLogger:
     def open(self, model=None, start_step=None):
         """Creates the writer (once, on the chief); with ``start_step`` also writes a session
         start there. Returns :attr:`active`."""
-        if self.log_dir and self._writer is None and writes_summaries(model):
+        if self.log_dir and self._writer is None and is_chief(model):
             self._writer = tf.summary.create_file_writer(self.log_dir)
             if start_step is not None:
                 # TensorBoard takes a run's first session start as its beginning and any later
@@ -127,7 +127,7 @@ class SummaryLogger:
             else:
                 with self._writer.as_default(step=int(step)):
                     write()
-        except IO_FAILURES as error:  # warned about and survived, never fatal to fit
+        except io_failures() as error:  # warned about and survived, never fatal to fit
             if self._on_error is None:
                 raise
             self._on_error(where, error, group)

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import keras
 
-from keras_koopman._tf import IO_FAILURES
+from keras_koopman._backend import backend, io_failures
 from keras_koopman._validation import DataError, check_int, check_int_or, check_log_dir
-from keras_koopman.callbacks._backup import Backup
-from keras_koopman.callbacks.logger import SummaryLogger
 from keras_koopman.callbacks.step_gather import StepGather, supported
-from keras_koopman.callbacks.tracker import KoopmanTracker
 from keras_koopman.records import SpectrumRecord
 
 __all__ = ["KoopmanMonitor", "SpectrumRecord"]
 
-# Failures of the backup that fit survives: the disk (full, gone), a damaged or foreign state.
-_BACKUP_FAILURES = (*IO_FAILURES, DataError)
 
 
 class KoopmanMonitor(keras.callbacks.Callback):
@@ -108,13 +103,20 @@ class KoopmanMonitor(keras.callbacks.Callback):
             # Only then a batch hook: any callback with one makes Keras run every callback
             # synchronously after each batch, which costs a host sync per batch.
             self.on_train_batch_end = self._on_train_batch_end
-        self.tracker = KoopmanTracker(observables, window, rank, method, tolerance, sketch,
-                                      storage_dtype, snapshot_memory)
+        self.tracker = _tracker_class()(observables, window, rank, method, tolerance, sketch,
+                                        storage_dtype, snapshot_memory)
         self.analyze_every = (None if analyze_every is None
                               else check_int(analyze_every, "analyze_every", 1))
-        self.logger = SummaryLogger(check_log_dir(log_dir), on_error=self.tracker.report)
+        self.logger = _summary_logger()(check_log_dir(log_dir), on_error=self.tracker.report)
+        if backup_dir is not None and backend() != "tensorflow":
+            raise ValueError(f"backup_dir needs the TensorFlow backend for now (Keras runs on "
+                             f"{backend()}); got backup_dir={backup_dir!r}")
         self.backup_dir = check_log_dir(backup_dir, "backup_dir")
-        self.backup = Backup(self.backup_dir) if self.backup_dir else None
+        self.backup = None
+        if self.backup_dir:
+            from keras_koopman.callbacks._backup import Backup
+
+            self.backup = Backup(self.backup_dir)
         self.verbose = verbose
         if not isinstance(unit_modes, bool):
             raise TypeError(f"unit_modes must be True or False; got {unit_modes!r}")
@@ -240,7 +242,7 @@ class KoopmanMonitor(keras.callbacks.Callback):
             state = self.state_dict()  # outside the try: a bug here is not a disk failure
             try:
                 self.backup.save(epoch + 1, state, self.tracker.variables, self.tracker.history)
-            except IO_FAILURES as error:
+            except io_failures() as error:
                 self.tracker.report("saving to backup_dir", error)
 
     def on_train_end(self, logs=None):
@@ -281,7 +283,7 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self._resume_pending = False
         try:
             restored = self._restore(epoch)
-        except _BACKUP_FAILURES as error:
+        except (*io_failures(), DataError) as error:
             self.tracker.report("resuming from backup_dir", error)
             restored = None
         if not restored:
@@ -318,3 +320,45 @@ for _name in ("observables", "window", "rank", "method", "tolerance", "sketch", 
               "nonfinite_groups", "disabled", "unit_weights"):
     setattr(KoopmanMonitor, _name, property(lambda self, name=_name: getattr(self.tracker, name),
                                             doc=f"The tracker's ``{_name}``."))
+
+
+def _tracker_class():
+    """The tracker of the Keras backend: TensorFlow's compiled one, or the backend-neutral
+    path's (JAX, torch)."""
+    if backend() == "tensorflow":
+        from keras_koopman.callbacks.tracker import KoopmanTracker
+
+        return KoopmanTracker
+    from keras_koopman.portable.tracker import PortableTracker
+
+    return PortableTracker
+
+
+def _summary_logger():
+    """SummaryLogger (TensorBoard events are written with ``tf.summary`` on every backend, as
+    Keras's own TensorBoard callback does); a stand-in without TensorFlow, which refuses a
+    ``log_dir`` with a clear ImportError."""
+    try:
+        from keras_koopman.callbacks.logger import SummaryLogger
+    except ModuleNotFoundError as error:
+        if error.name != "tensorflow":
+            raise
+        return _NoSummaries
+    return SummaryLogger
+
+
+class _NoSummaries:
+    """The logger where TensorFlow is not installed: no ``log_dir``."""
+
+    active = False
+    log_dir = None
+
+    def __init__(self, log_dir, on_error=None):
+        if log_dir is not None:
+            raise ImportError("log_dir needs TensorFlow installed: TensorBoard events are "
+                              "written with tf.summary on every Keras backend (as Keras's own "
+                              "TensorBoard callback does); `pip install tensorflow-cpu`, or "
+                              "leave log_dir=None")
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None

@@ -26,7 +26,7 @@ and skipping snapshots that would leave the window before the end of the epoch).
 
 from __future__ import annotations
 
-import tensorflow as tf
+from keras_koopman._backend import is_tensorflow
 
 __all__ = ["StepGather", "supported"]
 
@@ -34,6 +34,10 @@ __all__ = ["StepGather", "supported"]
 def supported(model):
     """Whether the gather can run inside ``model``'s train step: not under a distribution
     strategy (the step runs once per replica there) nor eagerly."""
+    if not is_tensorflow():
+        return False  # JAX, torch: the monitor gathers from its batch hook
+    import tensorflow as tf
+
     strategy = getattr(model, "distribute_strategy", None)
     default = tf.distribute.get_strategy()
     if strategy is not None and type(strategy) is not type(default):
@@ -119,6 +123,8 @@ class StepGather:
     def _build(self, model):
         """Keras's train function made again around a train step that gathers after the
         update; with ``steps_per_execution > 1`` and ``every > 1`` a device counter decides."""
+        import tensorflow as tf
+
         gather = self.tracker.step_gather_function()
         every = self.every
         step_function = model.train_step

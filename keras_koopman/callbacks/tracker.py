@@ -2,38 +2,30 @@
 
 from __future__ import annotations
 
-import warnings
-
-import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_koopman import host_dmd
 from keras_koopman._tf import cached_function, pack_outputs, unpack_outputs, value_of
-from keras_koopman._validation import (DataError, check_choice, check_int, check_int_or,
-                                       check_names, check_number)
+from keras_koopman._validation import DataError
 from keras_koopman.buffers import PackedBuffers, SnapshotBuffer
 from keras_koopman.buffers.ring import (chronological_gram, refresh_function,
                                         ring_append)
+from keras_koopman.callbacks._tracking import (DATA_FAILURES, UNIT_MODES, TrackerCore,
+                                               _distinct_columns, host_ring, unit_layout)
+from keras_koopman.callbacks._tracking import _representative, shared_last_axis  # noqa: F401
 from keras_koopman.callbacks.plan import plan_storage
-from keras_koopman.dmd import check_method, floor_epsilon, parse_rank
-from keras_koopman.records import History, SpectrumRecord
+from keras_koopman.dmd import floor_epsilon, parse_rank
+from keras_koopman.records import History
 
 __all__ = ["KoopmanTracker", "DATA_FAILURES"]
 
-# What a Koopman callback survives inside fit (one warning, a record in ``errors``): data it
-# cannot use (NaN/Inf, all zero: DataError), a decomposition that fails at run time (an
-# eigensolver that does not converge), numbers that overflow. Anything else is a programming
-# or configuration error and propagates.
-DATA_FAILURES = (DataError, ArithmeticError, np.linalg.LinAlgError,
-                 tf.errors.InvalidArgumentError)
+# XLA cannot compile the gather here (a device or dtype without XLA support).
 _XLA_FAILURES = (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError)
-_METRICS = ("spectral_radius", "near_one_fraction", "unstable_count", "max_residual", "motion")
 _PACKED = "\x00packed"  # key of the packed groups' outputs (no group can be named so)
-UNIT_MODES = 8  # leading modes whose per-unit weights a record carries (the tab's modes view)
 
 
-class KoopmanTracker:
+class KoopmanTracker(TrackerCore):
     """Plans the observable groups of a model, owns their buffers, gathers and analyses them.
 
     The tracker is what :class:`~keras_koopman.callbacks.KoopmanMonitor` runs on each Keras hook;
@@ -85,31 +77,8 @@ class KoopmanTracker:
     def __init__(self, observables="layers", window=20, rank=None, method="exact",
                  tolerance=0.01, sketch="auto", storage_dtype="float32",
                  snapshot_memory=512 * 2**20, name="KoopmanMonitor"):
-        if isinstance(observables, str):
-            check_choice(observables, "observables", ("layers", "model"))
-        elif not callable(observables):
-            observables = check_names(observables, "observables (a list of layer names, "
-                                      "'layers', 'model' or a callable)", allow_none=False)
-        self.observables = observables
-        self.window = check_int(window, "window", 3)
-        parse_rank(rank)
-        self.rank = rank
-        self.method = check_method(method)
-        self.tolerance = check_number(tolerance, "tolerance")
-        self.sketch = check_int_or(sketch, "sketch", ("auto", None))
-        self.storage_dtype = check_choice(storage_dtype, "storage_dtype",
-                                          ("float32", "bfloat16"))
-        self.snapshot_memory = check_int(snapshot_memory, "snapshot_memory", 1)
-        self.name = name
-        self.history = History()
-        self.errors = []
-        self.groups = {}
-        self.buffers = {}
-        self.step = -1  # index of the newest snapshot
-        self.epoch = 0
-        self.disabled = False  # nothing to watch in the model
-        self.nonfinite_groups = set()
-        self._model = None
+        super().__init__(observables, window, rank, method, tolerance, sketch, storage_dtype,
+                         snapshot_memory, name)
         self._pack = None
         self._gather = None
         self._stored = {}
@@ -117,19 +86,10 @@ class KoopmanTracker:
         self._jit = True  # XLA for the gather (False once XLA failed here)
         self._synced_gathers = 0
         self._synced_bad = None
-        self._warned = set()
-        self._last_analysed = None
         self._pack_grams = None
-        self.unit_modes = False  # per-unit weights of the leading modes, in unit_weights
-        self.unit_weights = {}
-        self._units = {}
 
     # ----------------------------------------------------------------------------------------
     # set-up
-    def watching(self, model):
-        """Whether the buffers are those of ``model`` (a rebuilt model needs :meth:`watch`)."""
-        return self._model is model
-
     def watch(self, model):
         """Resolves and plans the groups of ``model`` and builds their buffers and the gather.
 
@@ -171,23 +131,6 @@ class KoopmanTracker:
         self._synced_gathers, self._synced_bad = 0, np.zeros(len(self.buffers), np.int64)
         self._gather = self._compile_gather(jit_compile=True)
         return True
-
-    def _resolve(self, model):
-        observables = self.observables
-        if callable(observables):
-            groups = dict(observables(model))
-        elif observables == "model":
-            groups = {"model": list(model.trainable_weights)}
-        elif observables == "layers":
-            groups = {layer.name: list(layer.trainable_weights) for layer in model.layers}
-        else:
-            names = [layer.name for layer in model.layers]
-            unknown = [name for name in observables if name not in names]
-            if unknown:
-                raise ValueError(f"observables names layers {unknown} that the model does not "
-                                 f"have; its layers are {names}")
-            groups = {name: list(model.get_layer(name).trainable_weights) for name in observables}
-        return {name: variables for name, variables in groups.items() if variables}
 
     @property
     def storages(self):
@@ -342,7 +285,7 @@ class KoopmanTracker:
                 grams = unpack_outputs(_rings_grams_function()(rings))
                 for name, gram in zip(single, grams):
                     buffer = self.buffers[name]
-                    outputs[name] = _host_ring(
+                    outputs[name] = host_ring(
                         gram, int(buffer.variables[0].shape[1]), code, value,
                         floor_epsilon(tf.as_dtype(buffer.dtype), "gram"), self.method,
                         self.tolerance)
@@ -350,33 +293,7 @@ class KoopmanTracker:
             self.report("analysis", error)
             return []
         outputs.update(_unpack(outputs.pop(_PACKED, None), self._pack))
-        records = []
-        for name in eligible:
-            if name not in outputs:  # a packed group behind the others (a skipped snapshot)
-                continue
-            values = outputs[name]
-            if not values["finite"]:
-                self.report("analysis", DataError("the Gram matrix holds NaN or Inf"), name)
-                continue
-            metrics = {key: np.asarray(values[key]).item() for key in _METRICS}
-            still = values["top_singular"] == 0  # weights exactly zero: no spectrum, no motion
-            if still:
-                metrics.update(spectral_radius=0.0, near_one_fraction=0.0, unstable_count=0,
-                               max_residual=float("nan"))
-            empty = np.zeros(0, np.complex128)
-            if self.unit_modes and not still:
-                weights = self._unit_weights(name, values["combination"])
-                if weights is not None:
-                    self.unit_weights[name] = weights
-            records.append(SpectrumRecord(
-                epoch=self.epoch, step=self.step, group=name,
-                eigenvalues=empty if still else values["eigenvalues"],
-                amplitudes=empty if still else values["amplitudes"],
-                residuals=np.zeros(0) if still else values["residuals"],
-                rank=0 if still else int(values["rank"]),
-                snapshots=min(self._stored[name], self.window), metrics=metrics))
-        self.history.extend(records)
-        return records
+        return self._record(eligible, outputs)
 
     def _unit_weights(self, name, combination):
         """The per-unit weights of group ``name``'s leading modes (``None`` for a group without
@@ -416,18 +333,6 @@ class KoopmanTracker:
         self.nonfinite_groups = set()
         return self.gather()
 
-    def report(self, where, error, group=None):
-        """Records a failure in :attr:`errors` and warns once per (where, group, kind)."""
-        message = f"{type(error).__name__}: {error}"
-        self.errors.append({"epoch": self.epoch, "step": self.step, "group": group,
-                            "where": where, "error": message})
-        key = (where, group, type(error).__name__)
-        if key not in self._warned:
-            self._warned.add(key)
-            target = f" for group {group!r}" if group else ""
-            warnings.warn(f"{self.name}: {where} failed{target} ({message}); training goes on "
-                          "(see .errors)", RuntimeWarning, stacklevel=3)
-
     def layout(self):
         """``{group: [n_features, window, sketch, storage dtype]}``: what a saved state must
         match."""
@@ -465,35 +370,6 @@ class KoopmanTracker:
         if layout != self.layout():
             raise DataError(f"the saved state is of other observable groups ({layout}) than "
                              f"this model's ({self.layout()})")
-
-    # ----------------------------------------------------------------------------------------
-    # queries
-    def _check_group(self, group):
-        known = set(self.buffers) | {record.group for record in self.history}
-        if group not in known:
-            raise KeyError(f"no observable group {group!r}; the groups are {sorted(known)}")
-
-    def latest(self, group=None):
-        """The newest record of ``group`` (of any group if ``None``), or ``None``.
-
-        Raises:
-          KeyError: ``group`` is not a group of the watched model or of the history.
-        """
-        if group is not None and (self.buffers or self.history):
-            self._check_group(group)
-        return self.history.latest(group)
-
-    def current(self):
-        """The records of the newest snapshot's analysis (one per group analysed), or []."""
-        return self.history.current(self.step) if self.history else []
-
-    def records(self, group):
-        """Every record of ``group``, oldest first (``KeyError`` for an unknown group once a
-        model is watched)."""
-        if self.buffers or self.history:
-            self._check_group(group)
-        return self.history.records(group)
-
 
 class _Counters:
     """Device-side counts of the gathering, read by the host once per :meth:`read`: gathers
@@ -591,22 +467,6 @@ def _rings_grams_function():
     return cached_function(("ring_grams",), build)
 
 
-def _host_ring(gram, n_cols, code, value, floor, method, tolerance):
-    """One buffer's spectrum, metrics and motion from its Gram matrix, on the host."""
-    finite = bool(np.all(np.isfinite(gram)))
-    if not finite:
-        return {"finite": False}
-    eigenvalues, combination, residuals, amplitudes, singular, rank = host_dmd.gram_solve(
-        gram, n_cols, code, value, floor, method)
-    combination, amplitudes = host_dmd.unit_modes(combination, amplitudes, gram)
-    values = dict(finite=True, eigenvalues=eigenvalues, amplitudes=amplitudes,
-                  combination=combination,
-                  residuals=residuals, rank=rank, top_singular=singular[0],
-                  motion=host_dmd.window_motion(gram))
-    values.update(host_dmd.summary(eigenvalues, amplitudes, residuals, tolerance))
-    return values
-
-
 def _host_pack(outputs, pack, code, value, tolerance):
     """Every packed group's spectrum, metrics and motion (``[groups, ...]`` arrays, as
     :func:`_unpack` reads them) from the pack's Gram matrices, on the host."""
@@ -622,35 +482,6 @@ def _host_pack(outputs, pack, code, value, tolerance):
                   top_singular=singular[:, 0], motion=host_dmd.window_motion(gram))
     values.update(host_dmd.summary_batch(eigenvalues, amplitudes, residuals, rank, tolerance))
     return values
-
-
-def unit_layout(layer, variables):
-    """``(units, [(offset, size), ...])`` of a layer whose variables all end in an axis of the
-    same length, its output units or channels (Dense, Conv, Embedding, normalization,
-    recurrent layers: there the gates' columns), the variables flattened one after the other
-    as the buffers store them; ``None`` for anything else: a group that is not one layer, a
-    nested model, a transposed convolution (its kernel ends in the input channels)."""
-    transposed = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
-                  keras.layers.Conv3DTranspose)
-    units = shared_last_axis(variables)
-    if layer is None or isinstance(layer, (keras.Model, *transposed)) or units is None:
-        return None
-    parts, offset = [], 0
-    for variable in variables:
-        size = int(np.prod(variable.shape))
-        parts.append((offset, size))
-        offset += size
-    return units, parts
-
-
-def shared_last_axis(variables):
-    """The length of the last axis every one of ``variables`` ends in (the output units of
-    Dense and Conv kernels and biases), or ``None`` when they do not share one."""
-    shapes = [tuple(v.shape) for v in variables]
-    if not shapes or any(len(shape) == 0 or shape[-1] is None for shape in shapes):
-        return None
-    units = int(shapes[0][-1])
-    return units if units >= 1 and all(int(shape[-1]) == units for shape in shapes) else None
 
 
 _UNIT_BLOCK = 2**20  # weights per block of the per-unit product (bounded temporary memory)
@@ -705,38 +536,6 @@ def mode_unit_weights(state, combination, units, parts, block=_UNIT_BLOCK):
     total = total[first]
     sums = total.sum(axis=1, keepdims=True)
     return np.divide(total, sums, out=np.full_like(total, np.nan), where=sums > 0)
-
-
-def _representative(combination):
-    """Per mode (column of ``combination``), the first column that is it or its exact complex
-    conjugate (an eigensolver of a real matrix returns conjugate pairs exactly; near misses are
-    distinct modes and get products of their own)."""
-    k = combination.shape[1]
-    first = np.arange(k)
-    for j in range(k):
-        for i in range(j):
-            if first[i] == i and np.array_equal(combination[:, j], np.conj(combination[:, i])):
-                first[j] = i
-                break
-    return first
-
-
-def _distinct_columns(combination):
-    """``(first, source, columns)``: :func:`_representative`'s ``first``, then the real and
-    (where not zero) imaginary parts of the modes that are their own representative, and for
-    each column the mode it belongs to."""
-    first = _representative(combination)
-    source, columns = [], []
-    for j in range(combination.shape[1]):
-        if first[j] != j:
-            continue
-        for part in (combination[:, j].real, combination[:, j].imag):
-            if np.any(part != 0):
-                source.append(j)
-                columns.append(part)
-    if not columns:  # every mode zero: one zero column keeps the shapes valid
-        source, columns = [0], [np.zeros(combination.shape[0])]
-    return first, np.asarray(source), columns
 
 
 def _unit_power(stored, reference, coefficients, shift, units, parts, block):

@@ -7,7 +7,6 @@ registered with TensorBoard through the ``tensorboard_plugins`` entry point; it 
 here, so writing summaries never loads TensorBoard's server code.
 """
 
-import keras_koopman._requires_tensorflow  # noqa: F401  (Keras on TensorFlow, checked first)
 
 from keras_koopman.tensorboard.metadata import PLUGIN_NAME
 from keras_koopman.tensorboard.summary import event, modes, spectrum

@@ -1,0 +1,192 @@
+"""SnapshotBuffer on the JAX and PyTorch backends (see :class:`keras_koopman.SnapshotBuffer`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from keras_koopman import host_dmd
+from keras_koopman._validation import DataError, check_int
+from keras_koopman.portable import device as dev
+from keras_koopman.portable import ring
+from keras_koopman.result import DMDResult
+
+__all__ = ["SnapshotBuffer", "chronological"]
+
+_DTYPES = ("float32", "float64")
+
+
+def chronological(count, window):
+    """The slots of the stored snapshots, oldest first (``count``: snapshots ever written)."""
+    held = min(count, window)
+    return (count - held + np.arange(held)) % window
+
+
+class SnapshotBuffer:
+    """A ring buffer of the last ``window`` snapshots of ``n_features`` numbers, on the device
+    of the JAX or PyTorch backend, with its float64 Gram matrix.
+
+    :meth:`append` writes one snapshot in place (O(n_features); on JAX a jitted update whose
+    buffer is donated, on torch ``copy_``) and marks its Gram row stale; :meth:`gram` and
+    :meth:`dmd` compute the stale rows in one float64 product with the buffer, then the
+    ``[window, window]`` eigenproblems run on the host. Same results as the TensorFlow buffer
+    (:class:`keras_koopman.buffers.SnapshotBuffer`); its ``sketch`` and
+    ``storage_dtype="bfloat16"`` are TensorFlow-only for now.
+
+    Snapshots are time-major: :meth:`snapshots` returns ``[len(self), n_features]``, oldest
+    first.
+
+    Args:
+      n_features: length of one snapshot vector.
+      window: how many of the latest snapshots are kept (at least 2).
+      dtype: ``"float32"`` (default) or ``"float64"``.
+      name: a name for the buffer (its ``repr``).
+
+    Example (with ``KERAS_BACKEND=jax`` or ``torch``):
+
+    >>> import numpy as np, keras_koopman as kk
+    >>> buffer = kk.SnapshotBuffer(n_features=3, window=8)
+    >>> for k in range(12):                       # x_k = 0.8**k * [1, 2, 3]
+    ...     buffer.append(0.8 ** k * np.array([1.0, 2.0, 3.0], np.float32))
+    >>> buffer.count, tuple(buffer.snapshots().shape)    # the 8 newest are kept
+    (12, (8, 3))
+    >>> round(float(np.asarray(buffer.dmd(rank=1).eigenvalues)[0].real), 4)
+    0.8
+    """
+
+    def __init__(self, n_features, window, dtype="float32", name="snapshot_buffer", *,
+                 sketch=None, storage_dtype=None, **tensorflow_only):
+        import keras
+
+        self._n = check_int(n_features, "n_features", 1)
+        self._window = check_int(window, "window", 2)
+        try:
+            dtype = keras.backend.standardize_dtype(dtype)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"dtype must be 'float32' or 'float64'; got {dtype!r}") from error
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be 'float32' or 'float64'; got {dtype!r}")
+        self._dtype = dtype
+        unsupported = dict(tensorflow_only, **({"sketch": sketch} if sketch is not None else {}))
+        if storage_dtype not in (None, dtype):
+            unsupported["storage_dtype"] = storage_dtype
+        if unsupported:
+            raise ValueError(f"{', '.join(sorted(unsupported))} of SnapshotBuffer need the "
+                             f"TensorFlow backend for now (Keras runs on "
+                             f"{keras.backend.backend()}); got {unsupported}")
+        self.name = name
+        self._rings = ring.Rings([self._n], self._window, dtype)
+        self._count = 0
+        self._stale = set()
+
+    n_features = property(lambda self: self._n)
+    window = property(lambda self: self._window)
+    dtype = property(lambda self: self._dtype)
+    storage_dtype = property(lambda self: self._dtype)
+    sketch = property(lambda self: None, doc="Always ``None`` here (no sketching yet).")
+    has_modes = property(lambda self: True)
+    count = property(lambda self: self._count,
+                     doc="How many snapshots were appended in total (not capped at window).")
+    nbytes = property(lambda self: self._rings.nbytes)
+
+    @property
+    def variables(self):
+        """The buffer's device arrays: the snapshots and the Gram matrix."""
+        return [self._rings.buffers[0], self._rings.grams[0]]
+
+    def __len__(self):
+        return min(self._count, self._window)
+
+    def __repr__(self):
+        return (f"SnapshotBuffer(n_features={self._n}, window={self._window}, "
+                f"dtype={self._dtype!r}, count={self._count})")
+
+    def append(self, x):
+        """Appends one snapshot ``x`` ``[n_features]``; the oldest drops out when full.
+
+        Raises:
+          ValueError: wrong shape, or ``x`` holds NaN or Inf (the buffer is left unchanged).
+          TypeError: ``x`` is not real numbers.
+        """
+        import keras
+
+        ops = keras.ops
+        if isinstance(x, keras.Variable):
+            x = x.value
+        if not ops.is_tensor(x):
+            array = np.asarray(x)
+            if array.dtype.kind not in "fiub":
+                raise TypeError(f"x must hold real numbers; got dtype {array.dtype}")
+            x = dev.to_tensor(array.astype(self._dtype))
+        elif not keras.backend.standardize_dtype(x.dtype).startswith(("float", "int", "uint")):
+            raise TypeError(f"x must hold real numbers; got dtype {x.dtype}")
+        shape = tuple(x.shape)
+        if shape == (1, self._n):
+            x = ops.reshape(x, (self._n,))
+        elif shape != (self._n,):
+            raise ValueError(f"x must be a vector of shape [n_features] = [{self._n}]; got "
+                             f"{shape}")
+        x = ops.cast(x, self._dtype)
+        if not bool(ops.all(ops.isfinite(x))):
+            raise ValueError("x holds NaN or Inf; the buffer is left unchanged")
+        slot = self._count % self._window
+        ring.write(self._rings, [[x]], slot)
+        self._stale.add(slot)
+        self._count += 1
+
+    def reset(self):
+        """Forgets every snapshot."""
+        self._rings.reset()
+        self._count, self._stale = 0, set()
+
+    def refresh(self):
+        """Computes the Gram rows of the snapshots appended since the last read."""
+        ring.gram_rows(self._rings, 0, self._stale)
+        self._stale = set()
+
+    def snapshots(self):
+        """The stored snapshots ``[len(self), n_features]``, oldest first (a backend tensor)."""
+        import keras
+
+        order = dev.to_tensor(chronological(self._count, self._window).astype(np.int32))
+        return keras.ops.take(self._rings.buffers[0], order, axis=0)
+
+    def gram(self):
+        """Float64 Gram matrix ``S S^T`` of ``S = snapshots()`` (NumPy, on the host)."""
+        self.refresh()
+        matrices, _ = ring.grams(self._rings, [0])
+        order = chronological(self._count, self._window)
+        return matrices[0][np.ix_(order, order)]
+
+    def dmd(self, rank=None, method="exact", dt=1.0, modes=True):
+        """DMD of the stored snapshots through the Gram matrix (as the TensorFlow buffer's:
+        the same result as ``kk.dmd(self.snapshots(), rank, method, dt, solver="gram")``).
+
+        Raises:
+          ValueError: fewer than 2 snapshots stored, or bad arguments.
+        """
+        code, value = host_dmd.parse_rank(rank)
+        host_dmd.check_method(method)
+        dt = host_dmd.check_dt(dt)
+        if len(self) < 2:
+            raise ValueError(f"SnapshotBuffer.dmd needs at least 2 snapshots; {len(self)} "
+                             "stored so far")
+        gram = self.gram()
+        if not np.all(np.isfinite(gram)):
+            raise DataError("the stored snapshots hold values whose squares overflow")
+        floor = host_dmd.floor_epsilon(np.dtype(self._dtype), "gram")
+        eigenvalues, combination, residuals, amplitudes, singular, k = host_dmd.gram_solve(
+            gram, self._n, code, value, floor, method)
+        if float(singular[0]) == 0.0:
+            raise DataError("the stored snapshots before the last are all zero; DMD is "
+                            "undefined")
+        combination, amplitudes = host_dmd.unit_modes(combination, amplitudes, gram)
+        mode_tensor = None
+        if modes:
+            mode_tensor, norms = dev.modes(self.snapshots(), combination)
+            amplitudes = amplitudes * norms
+        return DMDResult(
+            eigenvalues=dev.to_tensor(eigenvalues.astype(np.complex128)), modes=mode_tensor,
+            amplitudes=dev.to_tensor(np.asarray(amplitudes, np.complex128)),
+            residuals=dev.to_tensor(np.asarray(residuals, np.float64)),
+            singular_values=dev.to_tensor(np.asarray(singular, np.float64)),
+            rank=int(k), dt=dt, method=method)

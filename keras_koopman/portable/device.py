@@ -1,0 +1,88 @@
+"""Device operations of the backend-neutral path (JAX, PyTorch; TensorFlow for its tests).
+
+Everything O(n) (n: weights in a group) runs here, on the backend's device, in as few
+dispatches as the backend allows; the host only ever receives small ``[m, m]`` matrices, the
+flags and counts of the gathers, and ``[n, r]`` modes when a user asks for them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from keras_koopman._backend import backend
+
+__all__ = ["complex_from", "gram", "matmul", "modes", "to_host", "to_tensor"]
+
+# Columns of a float64 product computed at once on torch (bounds the float64 copy of a slice
+# of a float32 buffer to window * 2**16 * 8 bytes).
+_TORCH_CHUNK = 2**16
+
+
+def to_tensor(x, dtype=None):
+    """``x`` (NumPy, a list or a backend tensor) as a tensor of the Keras backend."""
+    import keras
+
+    if dtype is None and isinstance(x, np.ndarray):
+        dtype = x.dtype.name  # keep float64 and complex128 (torch would take floatx)
+    return keras.ops.convert_to_tensor(x, dtype=dtype)
+
+
+def to_host(x):
+    """A backend tensor as a NumPy array (one device-to-host copy)."""
+    import keras
+
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def complex_from(real, imag):
+    """``real + i imag`` as a complex tensor of the backend (``keras.ops`` has no such op)."""
+    name = backend()
+    if name == "jax":
+        import jax
+
+        return jax.lax.complex(real, imag)
+    if name == "torch":
+        import torch
+
+        return torch.complex(real, imag)
+    import tensorflow as tf
+
+    return tf.complex(real, imag)
+
+
+def matmul(a, b):
+    """``a @ b`` in the inputs' dtype (``keras.ops.matmul`` on torch 2.13 returns float32 for
+    float64 inputs, so torch's own product is used there)."""
+    if backend() == "torch":
+        import torch
+
+        return torch.matmul(a, b)
+    import keras
+
+    return keras.ops.matmul(a, b)
+
+
+def gram(x):
+    """The float64 Gram matrix ``X X^T`` ``[m, m]`` of time-major snapshots ``x [m, n]``
+    (a backend tensor), on the device; products accumulate in float64."""
+    import keras
+
+    x64 = keras.ops.cast(x, "float64")
+    return matmul(x64, keras.ops.transpose(x64))
+
+
+def modes(x, combination):
+    """Unit-norm modes ``X^T K`` ``[n, r]`` complex128 (a backend tensor) and the norms the
+    columns were divided by (NumPy), from snapshots ``x [m, n]`` on the device and the host's
+    complex coefficients ``combination [m, r]``: one float64 product that reads ``x`` once."""
+    import keras
+
+    ops = keras.ops
+    combination = np.asarray(combination, np.complex128)
+    r = combination.shape[1]
+    stacked = to_tensor(np.concatenate([combination.real, combination.imag], axis=1), "float64")
+    product = matmul(ops.transpose(ops.cast(x, "float64")), stacked)  # [n, 2r]
+    real, imag = product[:, :r], product[:, r:]
+    norms = ops.sqrt(ops.sum(real * real + imag * imag, axis=0))
+    safe = ops.where(norms > 0, norms, ops.ones_like(norms))
+    return complex_from(real / safe, imag / safe), to_host(safe)

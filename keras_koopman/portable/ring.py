@@ -1,0 +1,142 @@
+"""Ring buffers of snapshots on the device of the JAX or PyTorch backend.
+
+A set of rings (one per observable group) is ``[window, n_g]`` arrays in the storage dtype,
+each with a ``[window, window]`` float64 Gram matrix, and one ``[groups]`` int64 count of the
+snapshots that held NaN or Inf. Three operations, each one dispatch per set on JAX:
+
+* :func:`write` puts one snapshot of every group into slot ``slot`` (in place: on JAX a jitted
+  function whose buffers are donated, on torch ``copy_``) and counts the non-finite ones on
+  the device: no host read;
+* :func:`gram_rows` computes the Gram rows of the slots written since the last read (one
+  float64 product with the buffer per read, however many slots), also in place;
+* :func:`grams` reads the Gram matrices and the counts to the host (one transfer).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from keras_koopman._backend import backend
+
+__all__ = ["Rings", "gram_rows", "grams", "write"]
+
+_TORCH_CHUNK = 2**16  # columns per float64 product on torch (bounded temporary memory)
+
+
+class Rings:
+    """The device arrays of a set of rings (see the module docstring)."""
+
+    def __init__(self, widths, window, dtype="float32"):
+        import keras
+
+        ops = keras.ops
+        self.widths, self.window, self.dtype = list(widths), int(window), dtype
+        self.buffers = [ops.zeros((self.window, n), dtype) for n in self.widths]
+        self.grams = [ops.zeros((self.window, self.window), "float64") for _ in self.widths]
+        self.bad = ops.zeros((len(self.widths),), "int64")
+
+    def reset(self):
+        """Zeros everything but the NaN/Inf counts (those are never reset)."""
+        bad = self.bad
+        self.__init__(self.widths, self.window, self.dtype)
+        self.bad = bad
+
+    @property
+    def nbytes(self):
+        item = np.dtype(self.dtype).itemsize
+        return sum(self.window * n * item + self.window**2 * 8 for n in self.widths)
+
+
+def write(rings, weights, slot):
+    """Writes one snapshot per group into ``slot``: ``weights[g]`` is a list of the group's
+    tensors, flattened one after the other (each cast to the storage dtype)."""
+    if backend() == "torch":
+        import torch
+
+        with torch.no_grad():
+            for g, (buffer, tensors) in enumerate(zip(rings.buffers, weights)):
+                offset = 0
+                for tensor in tensors:
+                    flat = tensor.detach().reshape(-1)
+                    buffer[slot, offset:offset + flat.shape[0]].copy_(flat)
+                    offset += flat.shape[0]
+                rings.bad[g] += (~torch.isfinite(buffer[slot]).all()).to(rings.bad.dtype)
+        return
+    import jax.numpy as jnp
+
+    buffers, rings.bad = _jax_write(tuple(rings.buffers), rings.bad,
+                                    tuple(tuple(group) for group in weights),
+                                    jnp.asarray(slot, jnp.int32))
+    rings.buffers = list(buffers)
+
+
+@functools.lru_cache(maxsize=None)
+def _jax_functions():
+    import jax
+    import jax.numpy as jnp
+
+    def write_all(buffers, bad, weights, slot):
+        new, flags = [], []
+        for buffer, tensors in zip(buffers, weights):
+            row = jnp.concatenate([jnp.ravel(t).astype(buffer.dtype) for t in tensors])
+            flags.append(jnp.all(jnp.isfinite(row)))
+            new.append(jax.lax.dynamic_update_slice(buffer, row[None, :], (slot, jnp.int32(0))))
+        return tuple(new), bad + (~jnp.stack(flags)).astype(bad.dtype)
+
+    def rows(buffer, gram, slots):
+        wide = buffer.astype(jnp.float64)
+        products = wide[slots] @ wide.T  # [k, window]
+        return gram.at[slots, :].set(products).at[:, slots].set(products.T)
+
+    return (jax.jit(write_all, donate_argnums=(0, 1)), jax.jit(rows, donate_argnums=(1,)))
+
+
+def _jax_write(*arguments):
+    return _jax_functions()[0](*arguments)
+
+
+def gram_rows(rings, group, slots):
+    """Computes the Gram rows (and columns) of ``slots`` of ``group`` in place."""
+    if not len(slots):
+        return
+    slots = np.asarray(sorted(slots), np.int32)
+    if backend() == "torch":
+        import torch
+
+        buffer, gram = rings.buffers[group], rings.grams[group]
+        index = torch.as_tensor(slots, device=buffer.device, dtype=torch.long)
+        with torch.no_grad():
+            products = torch.zeros((len(slots), rings.window), dtype=torch.float64,
+                                   device=buffer.device)
+            for start in range(0, buffer.shape[1], _TORCH_CHUNK):
+                block = buffer[:, start:start + _TORCH_CHUNK].to(torch.float64)
+                products += block[index] @ block.T
+            gram[index, :] = products
+            gram[:, index] = products.T
+        return
+    import jax.numpy as jnp
+
+    # Padded to a power of two (repeating the last slot): a few traces per window, not one
+    # per number of stale slots.
+    size = 1 << (len(slots) - 1).bit_length()
+    padded = np.concatenate([slots, np.full(size - len(slots), slots[-1], np.int32)])
+    rings.grams[group] = _jax_functions()[1](rings.buffers[group], rings.grams[group],
+                                             jnp.asarray(padded))
+
+
+def grams(rings, groups):
+    """The Gram matrices of ``groups`` (slot order) and every group's NaN/Inf count, on the
+    host, in one transfer."""
+    import keras
+
+    ops = keras.ops
+    if not groups:
+        return [], np.asarray(ops.convert_to_numpy(rings.bad))
+    stacked = ops.stack([rings.grams[g] for g in groups])
+    flat = ops.concatenate([ops.reshape(stacked, (-1,)), ops.cast(rings.bad, "float64")])
+    values = np.asarray(ops.convert_to_numpy(flat))
+    w = rings.window
+    matrices = values[:len(groups) * w * w].reshape(len(groups), w, w)
+    return list(matrices), values[len(groups) * w * w:].astype(np.int64)

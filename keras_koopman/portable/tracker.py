@@ -1,0 +1,270 @@
+"""PortableTracker: what :class:`~keras_koopman.callbacks.KoopmanMonitor` runs on the JAX and
+PyTorch backends (the interface of :class:`~keras_koopman.callbacks.KoopmanTracker`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from keras_koopman import host_dmd
+from keras_koopman.callbacks._tracking import (DATA_FAILURES, TrackerCore, _distinct_columns,
+                                               host_ring, unit_layout)
+from keras_koopman.callbacks.plan import plan_storage
+from keras_koopman._validation import DataError
+from keras_koopman.portable import device as dev
+from keras_koopman.portable import ring
+from keras_koopman.portable.buffer import chronological
+from keras_koopman.records import History
+
+__all__ = ["PortableTracker"]
+
+
+class PortableTracker(TrackerCore):
+    """The tracker of the JAX and PyTorch backends: every group's ring buffer and Gram matrix
+    on the backend's device (:mod:`keras_koopman.portable.ring`), the ``[window, window]``
+    eigenproblems on the host (:mod:`keras_koopman.host_dmd`, as on TensorFlow).
+
+    :meth:`gather` is one jitted call on JAX (the buffers donated: written in place) and a few
+    in-place ``copy_`` calls on torch, with no host read; the NaN/Inf flags are counted on the
+    device and read by :meth:`sync`; :meth:`analyse` computes the new Gram rows on the device
+    and reads every group's ``[window, window]`` Gram matrix in one transfer.
+
+    Same arguments as :class:`~keras_koopman.callbacks.KoopmanTracker`; ``storage_dtype`` must
+    be ``"float32"`` and groups are never sketched or packed here (a group too large for
+    ``snapshot_memory`` raises at :meth:`watch`).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.storage_dtype != "float32":
+            raise ValueError(f"storage_dtype={self.storage_dtype!r} needs the TensorFlow "
+                             "backend for now; use 'float32'")
+        self._rings = None
+        self._weights = []
+        self._written = 0  # snapshots in the rings since the last restart (finite or not)
+        self._stale = set()
+        self._bad = None
+        self._synced_bad = None
+
+    # ----------------------------------------------------------------------------------------
+    def watch(self, model):
+        """As :meth:`KoopmanTracker.watch`; ``ValueError`` also when a group would need a
+        sketch (more than ``snapshot_memory`` bytes of snapshots), which is TensorFlow-only."""
+        self.groups = self._resolve(model)
+        self._model = model
+        by_layer = not callable(self.observables) and self.observables != "model"
+        self._units = {name: unit_layout(model.get_layer(name) if by_layer else None, variables)
+                       for name, variables in self.groups.items()}
+        self.disabled = not self.groups
+        self.buffers, self._rings, self._stored = {}, None, {}
+        self.nonfinite_groups = set()
+        if self.disabled:
+            self.report("set-up", ValueError("no observable group has trainable weights to "
+                                             "watch; nothing is recorded"))
+            return False
+        sizes = {name: sum(int(np.prod(v.shape)) for v in variables)
+                 for name, variables in self.groups.items()}
+        sketches = plan_storage(sizes, self.window, self.sketch, self.storage_dtype,
+                                self.snapshot_memory, self.method).sketches
+        if sketches:
+            raise ValueError(f"groups {sorted(sketches)} hold more weights than "
+                             f"snapshot_memory={self.snapshot_memory} bytes can store over a "
+                             f"window of {self.window}; sketching them needs the TensorFlow "
+                             "backend for now: raise snapshot_memory, shorten the window or "
+                             "watch fewer layers (observables=[...])")
+        self._rings = ring.Rings(list(sizes.values()), self.window)
+        self.buffers = {name: _GroupView(self, index, size)
+                        for index, (name, size) in enumerate(sizes.items())}
+        self._weights = list(self.groups.values())
+        self._stored = {name: 0 for name in self.buffers}
+        self._written, self._stale = 0, set()
+        self._bad = np.zeros(len(self.buffers), np.int64)
+        self._synced_bad = np.zeros(len(self.buffers), np.int64)
+        return True
+
+    @property
+    def variables(self):
+        """The device arrays of the rings (buffers, then Gram matrices)."""
+        if self._rings is None:
+            return []
+        return [*self._rings.buffers, *self._rings.grams]
+
+    # ----------------------------------------------------------------------------------------
+    def gather(self):
+        """Appends one snapshot of every group (no host read); returns the new step."""
+        if self.disabled or self._rings is None:
+            return None
+        slot = self._written % self.window
+        ring.write(self._rings, [[v.value for v in variables] for variables in self._weights],
+                   slot)
+        self._stale.add(slot)
+        self._written += 1
+        self.step += 1
+        return self.step
+
+    def skip(self):
+        """Counts a snapshot that is not taken: the step advances, the buffers do not."""
+        self.step += 1
+
+    def sync(self):
+        """Reads the device's NaN/Inf counts (one host read); a group whose weights held NaN
+        or Inf is marked and warned about once (one entry of :attr:`errors` per snapshot)."""
+        if self._rings is None:
+            return
+        self._apply_bad(dev.to_host(self._rings.bad).astype(np.int64))
+
+    def _apply_bad(self, bad):
+        names = list(self.buffers)
+        for index in np.flatnonzero(bad > self._synced_bad):
+            name = names[index]
+            self.nonfinite_groups.add(name)
+            for _ in range(int(bad[index] - self._synced_bad[index])):
+                self.report("snapshot", DataError("weights hold NaN or Inf; not recorded"), name)
+        self._synced_bad = bad
+        # A group with a NaN/Inf snapshot is not analysed again until restart(): its count of
+        # usable snapshots is what was written before.
+        for name in names:
+            if name not in self.nonfinite_groups:
+                self._stored[name] = self._written
+
+    def stored(self, name=None):
+        """How many finite snapshots group ``name`` holds (at most ``window``); ``None``: the
+        fewest any group holds."""
+        if name is not None and name not in self._stored:
+            raise KeyError(f"no observable group {name!r} is watched; the groups are "
+                           f"{list(self._stored)}")
+        self.sync()
+        held = self._stored[name] if name is not None else min(self._stored.values(), default=0)
+        return min(held, self.window)
+
+    # ----------------------------------------------------------------------------------------
+    def analyse(self):
+        """DMD of every group with at least 3 finite snapshots, once per step (the records are
+        also appended to :attr:`history`)."""
+        if self.disabled or self.step == self._last_analysed or self._rings is None:
+            return []
+        self._last_analysed = self.step
+        self.unit_weights = {}
+        for index in range(len(self.buffers)):
+            ring.gram_rows(self._rings, index, self._stale)
+        self._stale = set()
+        grams, bad = ring.grams(self._rings, list(range(len(self.buffers))))
+        self._apply_bad(bad)
+        eligible = tuple(name for name in self.buffers
+                         if self._stored[name] >= 3 and name not in self.nonfinite_groups)
+        if not eligible:
+            return []
+        code, value = host_dmd.parse_rank(self.rank)
+        floor = host_dmd.floor_epsilon(np.float32, "gram")
+        order = chronological(self._written, self.window)
+        outputs = {}
+        try:
+            for index, name in enumerate(self.buffers):
+                if name in eligible:
+                    gram = grams[index][np.ix_(order, order)]
+                    outputs[name] = host_ring(gram, self.buffers[name].n_features, code, value,
+                                              floor, self.method, self.tolerance)
+        except DATA_FAILURES as error:
+            self.report("analysis", error)
+            return []
+        return self._record(eligible, outputs)
+
+    def _unit_weights(self, name, combination):
+        """Per unit, the share of each leading mode's squared norm (as
+        :func:`keras_koopman.callbacks.tracker.mode_unit_weights`), one float32 product on the
+        device per layer; ``None`` for a group without a common last axis."""
+        layout = self._units.get(name)
+        if layout is None:
+            return None
+        try:
+            return _mode_unit_weights(self._rings.buffers[list(self.buffers).index(name)],
+                                      combination, self._written, self.window, *layout)
+        except DATA_FAILURES as error:
+            self.report("per-unit mode weights", error, name)
+            return None
+
+    # ----------------------------------------------------------------------------------------
+    def restart(self):
+        """Forgets the trajectory and takes the first snapshot anew (see
+        :meth:`KoopmanTracker.restart`)."""
+        self.sync()
+        if self._rings is not None:
+            self._rings.reset()
+        self._stored = {name: 0 for name in self.buffers}
+        self._written, self._stale = 0, set()
+        self.nonfinite_groups = set()
+        return self.gather()
+
+    def layout(self):
+        """``{group: [n_features, window, sketch, storage dtype]}``."""
+        return {name: [b.n_features, self.window, None, "float32"]
+                for name, b in self.buffers.items()}
+
+    def state_dict(self):
+        """Everything but the rings' arrays and the history, as JSON-able values."""
+        self.sync()
+        return {"layout": self.layout(), "step": self.step, "epoch": self.epoch,
+                "stored": dict(self._stored), "written": self._written,
+                "nonfinite_groups": sorted(self.nonfinite_groups),
+                "errors": list(self.errors), "warned": [list(key) for key in self._warned],
+                "last_analysed": self._last_analysed}
+
+    def load_state_dict(self, state, history):
+        """Restores :meth:`state_dict` output and its ``history`` (the arrays separately)."""
+        self.check_layout(state["layout"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self._stored = dict(state["stored"])
+        self._written = state["written"]
+        self.nonfinite_groups = set(state["nonfinite_groups"])
+        self.errors = list(state["errors"])
+        self._warned = {tuple(key) for key in state["warned"]}
+        self._last_analysed = state["last_analysed"]
+        self._synced_bad = dev.to_host(self._rings.bad).astype(np.int64)
+        self.history = History(history)
+
+    def check_layout(self, layout):
+        """``DataError`` unless a saved ``layout`` is this tracker's."""
+        if layout != self.layout():
+            raise DataError(f"the saved state is of other observable groups ({layout}) than "
+                            f"this model's ({self.layout()})")
+
+
+class _GroupView:
+    """What the callbacks read of one group's buffer: its size and window."""
+
+    def __init__(self, tracker, index, n_features):
+        self._tracker, self.index, self.n_features = tracker, index, n_features
+        self.window, self.sketch, self.has_modes = tracker.window, None, True
+
+    def __len__(self):
+        return self._tracker.stored(list(self._tracker.buffers)[self.index])
+
+    def __repr__(self):
+        return f"<group buffer n_features={self.n_features} window={self.window}>"
+
+
+def _mode_unit_weights(buffer, combination, written, window, units, parts):
+    import keras
+
+    from keras_koopman.callbacks._tracking import UNIT_MODES
+
+    ops = keras.ops
+    combination = np.asarray(combination)[:, :UNIT_MODES]
+    m, k = combination.shape
+    held = min(written, window)
+    if held != m:
+        raise DataError(f"the window holds {held} snapshots, the modes combine {m}")
+    if k == 0:
+        return np.zeros((0, units))
+    first, source, columns = _distinct_columns(combination)
+    coefficients = np.zeros((window, len(columns)), np.float32)
+    coefficients[chronological(written, window)] = np.stack(columns, axis=1)
+    product = dev.matmul(ops.transpose(buffer), dev.to_tensor(coefficients))  # [n, c]
+    power = np.zeros((len(columns), units))
+    for offset, size in parts:
+        block = ops.reshape(product[offset:offset + size], (size // units, units, -1))
+        power += dev.to_host(ops.sum(block * block, axis=0)).T.astype(np.float64)
+    total = np.zeros((k, units))
+    np.add.at(total, source, power)
+    total = total[first]
+    sums = total.sum(axis=1, keepdims=True)
+    return np.divide(total, sums, out=np.full_like(total, np.nan), where=sums > 0)
