@@ -121,6 +121,8 @@ def worker(method, n, m):
         def run():
             holder["eigenvalues"] = numpy_dmd(x64, RANK)[0]
 
+    elif os.environ["KERAS_BACKEND"] != "tensorflow":
+        run = portable_cell(method, x, n, m, out, holder := {}, repeats)
     else:
         import tensorflow as tf
 
@@ -194,6 +196,67 @@ def worker(method, n, m):
     print("RESULT " + json.dumps(out), flush=True)
 
 
+def portable_cell(method, x, n, m, out, holder, repeats):
+    """``kk.dmd`` or the buffer on the JAX or PyTorch backend (the same measurements as the
+    TensorFlow cells: appends against one matvec of the same ``[m, n]`` buffer)."""
+    import keras
+    import numpy as np
+
+    import keras_koopman as kk
+    from keras_koopman.portable import device
+
+    ops = keras.ops
+    tensor = device.to_tensor(x)
+    if method == "kk.dmd":
+
+        def run():
+            result = kk.dmd(tensor, rank=RANK)
+            holder["eigenvalues"] = device.to_host(result.eigenvalues)
+            device.to_host(result.modes[:1])  # waits for the modes
+
+        return run
+    rows = [tensor[k] for k in range(m)]
+    buffer = kk.SnapshotBuffer(n, window=m)
+    out["buffer_memory_mb"] = buffer.nbytes / 2**20
+    for row in rows[:2]:
+        buffer.append(row)  # warm-up: tracing and compilation
+    start = time.perf_counter()
+    for row in rows:
+        buffer.append(row)
+    device.to_host(buffer.variables[0][:1, :1])  # waits for the last append
+    out["append_seconds"] = min((time.perf_counter() - start) / m,
+                                timed(lambda: buffer.append(rows[1]), 10))
+    out["matvec_seconds"] = timed(
+        lambda: device.to_host(ops.matmul(buffer.variables[0], rows[0])), 10)
+
+    def append_and_row():
+        buffer.append(rows[1])
+        buffer.refresh()
+        device.to_host(buffer.variables[1][:1, :1])
+
+    out["append_row_seconds"] = timed(append_and_row, 10)
+
+    def window_then_rows():
+        for row in rows:
+            buffer.append(row)
+        buffer.refresh()
+        device.to_host(buffer.variables[1][:1, :1])
+
+    out["append_window_seconds"] = timed(window_then_rows, 3) / m
+    buffer.reset()
+    for row in rows:
+        buffer.append(row)
+
+    def run():
+        result = buffer.dmd(rank=RANK)
+        holder["eigenvalues"] = device.to_host(result.eigenvalues)
+        device.to_host(result.modes[:1])
+
+    out["spectrum_seconds"] = timed(
+        lambda: np.asarray(buffer.dmd(rank=RANK, modes=False).eigenvalues), repeats + 3)
+    return run
+
+
 def deviation(reference, values):
     import numpy as np
 
@@ -210,12 +273,13 @@ def deviation(reference, values):
     return worst
 
 
-def run_cell(method, n, m):
+def run_cell(method, n, m, backend="tensorflow"):
     done = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--worker", method, str(n), str(m)],
         capture_output=True,
         text=True,
         timeout=1800,
+        env=dict(os.environ, KERAS_BACKEND=backend, JAX_ENABLE_X64="1"),
     )
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -229,10 +293,16 @@ def main():
     parser.add_argument("--n", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--m", type=int, nargs="*", default=[16, 64])
     parser.add_argument("--output", default=RESULTS)
+    parser.add_argument("--backends", nargs="+", choices=("tensorflow", "jax", "torch"),
+                        help="kk.dmd and the buffer on each of these Keras backends, side by "
+                             "side against one PyDMD anchor per cell (its own section)")
     args = parser.parse_args()
     if args.worker:
         method, n, m = args.worker
         worker(method, int(n), int(m))
+        return
+    if args.backends:
+        backends_table(args)
         return
 
     shown = []
@@ -318,6 +388,57 @@ def main():
     )
     print("\n" + text)
     write_section("DMD speed (`bench/dmd_speed.py`)", text, args.output)
+    print(f"written to {args.output}")
+
+
+def backends_table(args):
+    """The ``--backends`` run: per cell, PyDMD once, then ``kk.dmd`` and the buffer on each
+    backend, each in a process of its own; ratios against the PyDMD of the same run."""
+    command = " ".join(["python bench/dmd_speed.py", "--backends", *args.backends,
+                        "--n", *map(str, args.n), "--m", *map(str, args.m)])
+    rows = []
+    for n in args.n:
+        for m in args.m:
+            print(f"n={n:>9,} m={m:>3} pydmd ...", end="", flush=True)
+            anchor = run_cell("pydmd", n, m)
+            print(f" {anchor['seconds']:.4f} s", flush=True)
+            for backend in args.backends:
+                cells = {}
+                for method in ("kk.dmd", "buffer"):
+                    print(f"n={n:>9,} m={m:>3} {method:<7} {backend} ...", end="", flush=True)
+                    cells[method] = run_cell(method, n, m, backend)
+                    print(f" {cells[method]['seconds']:.4f} s", flush=True)
+                one, buffer = cells["kk.dmd"], cells["buffer"]
+                error = max(deviation(anchor["eigenvalues"], c["eigenvalues"])
+                            for c in cells.values())
+                rows.append(
+                    f"| {n:,} | {m} | {backend} | {one['seconds']:.4f} "
+                    f"({anchor['seconds'] / one['seconds']:.1f}x) | {buffer['seconds']:.4f} "
+                    f"({anchor['seconds'] / buffer['seconds']:.1f}x) | "
+                    f"{buffer['spectrum_seconds']:.4f} | {buffer['append_seconds']:.5f} "
+                    f"({buffer['append_seconds'] / buffer['matvec_seconds']:.2f}x) | "
+                    f"{buffer['append_window_seconds']:.5f} | {one['first_seconds']:.2f} | "
+                    f"{error:.1e} |")
+            rows.append(f"| {n:,} | {m} | PyDMD anchor | {anchor['seconds']:.4f} | | | | | | |")
+    text = "\n".join([
+        *header(command),
+        "- data as in the section above; each backend's cells in processes of their own, with "
+        "one PyDMD anchor per (n, m) in the same run (ratios: PyDMD seconds / seconds)",
+        "- kk.dmd: one shot, modes included; buffer.dmd: the streaming buffer's DMD with "
+        "modes; modes=False: the spectrum only (what the monitor runs); append: one snapshot "
+        "(its ratio to one matvec of the same buffer on the same backend); window: per "
+        "snapshot, a window of appends with one Gram refresh; first: kk.dmd's first call "
+        "(tracing and compilation)",
+        "",
+        "| n | m | backend | kk.dmd s | buffer.dmd s | modes=False s | append s | "
+        "window s/snapshot | first call s | eig dev |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *rows,
+        "",
+    ])
+    print("\n" + text)
+    write_section("DMD speed on each Keras backend (`bench/dmd_speed.py --backends`)", text,
+                  args.output)
     print(f"written to {args.output}")
 
 

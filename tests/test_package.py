@@ -66,14 +66,6 @@ def test_import_works_without_matplotlib():
     assert done.stdout.strip() == "1"
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_a_non_tensorflow_keras_backend_raises_a_clear_error(backend):
-    done = run_python("import keras_koopman", KERAS_BACKEND=backend)
-    assert done.returncode != 0
-    assert "ImportError" in done.stderr
-    assert "KERAS_BACKEND" in done.stderr and "tensorflow" in done.stderr
-
-
 def test_public_api_names():
     for name in ("dmd", "dmd_batch", "DMDResult", "SnapshotBuffer", "spectrum", "pruning"):
         assert hasattr(kk, name), name

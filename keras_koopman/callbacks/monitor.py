@@ -129,6 +129,7 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self._step_gather = None if every == "epoch" else StepGather(self.tracker, self.every)
         self._in_graph = False  # gathering inside the train function in this fit
         self._calls_seen = 0
+        self._jax = backend() == "jax"
 
 
     @property
@@ -223,6 +224,7 @@ class KoopmanMonitor(keras.callbacks.Callback):
         # Here too without XLA, under a tf.distribute strategy, run_eagerly or another monitor.
         action = gather.batch_end(batch)
         if action == "gather":
+            self._sync_state()
             self.tracker.gather()
         elif action == "skip":
             self.tracker.skip()
@@ -233,6 +235,7 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self._resume(epoch)
         self.tracker.epoch = epoch
         if not self.disabled and self.every == "epoch":
+            self._sync_state()
             self.tracker.gather()
         if self._in_graph:
             self._step_gather.disarm()  # armed again by the next epoch's plan
@@ -256,6 +259,13 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self.logger.flush()
         if self.backup:
             self.backup.remove()
+
+    def _sync_state(self):
+        """On JAX, Keras keeps the training state outside the model's variables during an
+        epoch: reading ``self.model`` puts it back (``jax_state_sync``, no copy) before a
+        gather reads the variables. Nothing to do on the other backends."""
+        if self._jax:
+            self.model  # noqa: B018  (Callback.model syncs the JAX state)
 
     # ----------------------------------------------------------------------------------------
     def _analysis_due(self):

@@ -1,0 +1,385 @@
+"""The core subset, on whatever Keras backend runs this process (``KERAS_BACKEND``).
+
+The main suite runs it on TensorFlow; ``test_backends.py`` runs this file again in a process of
+its own for JAX and for PyTorch. Everything here is checked against an independent reference:
+NumPy's exact DMD, PyDMD, a recorder of the weights that reads them through Keras, analytic
+answers, or the events read back with TensorBoard's own reader.
+"""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from helpers import assert_same_spectrum, linear_system, numpy_exact_modes, phase_alignment
+
+import keras_koopman as kk
+
+BACKEND = keras.backend.backend()
+SOLVERS = ("svd", "gram")
+
+
+def as_backend(array):
+    return keras.ops.convert_to_tensor(array, dtype=array.dtype.name)
+
+
+def host(tensor):
+    return np.asarray(keras.ops.convert_to_numpy(tensor))
+
+
+# ------------------------------------------------------------------------------------------
+# the engine
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("method", ["exact", "rrr"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dmd_of_backend_tensors_finds_the_known_spectrum(rng, solver, method, dtype):
+    values = np.array([0.95, 0.8 * np.exp(0.4j), 0.8 * np.exp(-0.4j), 0.5])
+    x, _, _ = linear_system(values, n=40, m=14, rng=rng)
+    result = kk.dmd(as_backend(x.astype(dtype)), rank=4, method=method, solver=solver)
+    assert keras.ops.is_tensor(result.eigenvalues) and keras.ops.is_tensor(result.modes)
+    assert keras.backend.standardize_dtype(result.eigenvalues.dtype) == "complex128"
+    tolerance = 1e-8 if dtype == "float64" else 2e-3
+    assert_same_spectrum(values, host(result.eigenvalues), tolerance)
+    # The prediction continues the trajectory (the system is exactly linear).
+    predicted = host(result.predict(np.arange(14)))
+    np.testing.assert_allclose(predicted, x, atol=50 * tolerance * np.abs(x).max())
+
+
+def test_dmd_agrees_with_numpy_and_pydmd_on_random_data(rng):
+    pydmd = pytest.importorskip("pydmd")
+    x = rng.standard_normal((30, 200))
+    result = kk.dmd(as_backend(x), rank=5).numpy()
+    reference = pydmd.DMD(svd_rank=5, exact=True)
+    reference.fit(x.T)  # PyDMD is column-major
+    order = assert_same_spectrum(reference.eigs, result.eigenvalues, 1e-10)
+    values, modes = numpy_exact_modes(x, 5)
+    assert_same_spectrum(values, result.eigenvalues, 1e-10)
+    np.testing.assert_allclose(phase_alignment(reference.modes, result.modes[:, order]), 1.0,
+                               atol=1e-10)
+    ours = result.modes[:, order] * result.amplitudes[order]
+    theirs = reference.modes * reference.amplitudes
+    np.testing.assert_allclose(ours, theirs, atol=1e-9 * np.abs(theirs).max())
+    assert result.rank == 5 and np.all(np.diff(result.singular_values) <= 0)
+
+
+def test_dmd_bad_input_gives_clear_errors():
+    good = np.ones((4, 3))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        kk.dmd(as_backend(np.array([[1.0, np.nan], [0.5, 0.2], [0.2, 0.1]])))
+    with pytest.raises(ValueError, match="2-D and time-major"):
+        kk.dmd(as_backend(np.ones(5)))
+    with pytest.raises(ValueError, match="at least 2 time steps"):
+        kk.dmd(as_backend(np.ones((1, 3))))
+    with pytest.raises(TypeError, match="real numbers"):
+        kk.dmd(np.ones((4, 3)) * 1j)
+    with pytest.raises(TypeError, match="rank"):
+        kk.dmd(good, rank="three")
+    with pytest.raises(ValueError, match="method"):
+        kk.dmd(good, method="fast")
+    with pytest.raises(ValueError, match="all zero"):
+        kk.dmd(np.zeros((4, 3)))
+
+
+def test_growth_rates_and_frequencies_are_analytic():
+    angle, radius, dt = 0.3, 0.9, 0.5
+    rotation = radius * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    x = [np.array([1.0, 0.0])]
+    for _ in range(9):
+        x.append(rotation @ x[-1])
+    result = kk.dmd(as_backend(np.stack(x)), rank=2, dt=dt)
+    np.testing.assert_allclose(np.sort(host(result.frequencies)),
+                               [-angle / (2 * np.pi * dt), angle / (2 * np.pi * dt)], rtol=1e-9)
+    np.testing.assert_allclose(host(result.growth_rates), np.log(radius) / dt, rtol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------
+# the buffer
+def test_snapshot_buffer_of_backend_tensors_matches_numpy(rng):
+    x = rng.standard_normal((11, 50)).cumsum(axis=0).astype(np.float32)
+    buffer = kk.SnapshotBuffer(n_features=50, window=6)
+    for row in x:
+        buffer.append(as_backend(row))
+    assert buffer.count == 11 and len(buffer) == 6
+    kept = x[-6:]
+    # (TensorFlow's buffer stores them relative to the first: equal up to one rounding.)
+    np.testing.assert_allclose(host(buffer.snapshots()), kept, rtol=1e-6, atol=1e-6)
+    wide = kept.astype(np.float64)
+    np.testing.assert_allclose(host(buffer.gram()), wide @ wide.T, rtol=1e-6)
+    result = buffer.dmd(rank=3)
+    values, modes = numpy_exact_modes(kept.astype(np.float64), 3)
+    assert_same_spectrum(values, host(result.eigenvalues), 1e-3)
+    np.testing.assert_allclose(np.linalg.norm(host(result.modes), axis=0), 1.0, rtol=1e-9)
+
+
+def test_snapshot_buffer_refuses_bad_snapshots_and_keeps_its_contents():
+    buffer = kk.SnapshotBuffer(n_features=3, window=4)
+    buffer.append(np.array([1.0, 2.0, 3.0], np.float32))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        buffer.append(np.array([1.0, np.nan, 3.0], np.float32))
+    with pytest.raises(ValueError, match=r"shape \[n_features\] = \[3\]"):
+        buffer.append(np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="at least 2 snapshots"):
+        buffer.dmd()
+    assert buffer.count == 1
+    np.testing.assert_array_equal(host(buffer.snapshots()), [[1.0, 2.0, 3.0]])
+    with pytest.raises(ValueError, match="window"):
+        kk.SnapshotBuffer(n_features=3, window=1)
+
+
+# ------------------------------------------------------------------------------------------
+# the monitor inside fit
+def make_data(seed=0, samples=64):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((samples, 6)).astype(np.float32)
+    y = (x @ rng.standard_normal((6, 2)) + 0.1).astype(np.float32)
+    return x, y
+
+
+def make_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((6,)),
+                              keras.layers.Dense(5, activation="tanh", name="hidden"),
+                              keras.layers.Dense(2, name="out")])
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    return model
+
+
+class WeightRecorder(keras.callbacks.Callback):
+    """Independent record of each layer's flattened weights, read through Keras."""
+
+    def __init__(self, layers, per_batch=False):
+        super().__init__()
+        self.layers, self.per_batch = layers, per_batch
+        self.snapshots = {name: [] for name in layers}
+
+    def record(self):
+        for name in self.layers:
+            weights = self.model.get_layer(name).get_weights()
+            self.snapshots[name].append(np.concatenate([w.ravel() for w in weights]))
+
+    def on_train_begin(self, logs=None):
+        self.record()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.per_batch:
+            self.record()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.per_batch:
+            self.record()
+
+
+def test_monitor_records_match_an_independent_dmd_of_the_weights():
+    x, y = make_data()
+    model = make_model()
+    monitor = kk.callbacks.KoopmanMonitor(window=6, rank=3)
+    recorder = WeightRecorder(["hidden", "out"])
+    model.fit(x, y, epochs=9, batch_size=16, verbose=0, callbacks=[monitor, recorder])
+    assert [r.epoch for r in monitor.records("hidden")] == list(range(1, 9))
+    assert [r.step for r in monitor.records("out")] == list(range(2, 10))
+    for name in ("hidden", "out"):
+        trajectory = np.stack(recorder.snapshots[name]).astype(np.float64)  # start + 9 epochs
+        values, _ = numpy_exact_modes(trajectory[-6:], 3)
+        record = monitor.latest(name)
+        assert record.snapshots == 6 and record.rank == 3 and monitor.stored(name) == 6
+        assert_same_spectrum(values, record.eigenvalues, 5e-3)
+        assert record.metrics["spectral_radius"] == pytest.approx(np.abs(values).max(),
+                                                                  rel=5e-3)
+    assert monitor.errors == []
+
+
+def test_monitor_every_n_batches_gathers_the_weights_after_those_batches():
+    x, y = make_data(samples=96)
+    model = make_model(seed=1)
+    monitor = kk.callbacks.KoopmanMonitor(every=2, window=8, rank=3, analyze_every=1)
+    recorder = WeightRecorder(["hidden"], per_batch=True)
+    model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[monitor, recorder])
+    # 6 batches per epoch, a snapshot after every second: 9 + the starting weights.
+    assert monitor.step == 9
+    trajectory = np.stack(recorder.snapshots["hidden"]).astype(np.float64)
+    every_second = np.concatenate([trajectory[:1], trajectory[2::2]])  # start, batch 2, 4...
+    values, _ = numpy_exact_modes(every_second[-8:], 3)
+    assert_same_spectrum(values, monitor.latest("hidden").eigenvalues, 5e-3)
+
+
+def test_nan_weights_are_survived_with_one_warning_and_training_goes_on():
+    x, y = make_data()
+    model = make_model(seed=2)
+    monitor = kk.callbacks.KoopmanMonitor(window=5)
+    saved = {}
+
+    class Poison(keras.callbacks.Callback):
+        """NaN in the hidden kernel at the end of epoch 2 (before the monitor's snapshot),
+        the real kernel back before epoch 3 trains."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:
+                kernel = self.model.get_layer("hidden").kernel
+                saved["kernel"] = keras.ops.convert_to_numpy(kernel)
+                kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 3:
+                self.model.get_layer("hidden").kernel.assign(saved["kernel"])
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(x, y, epochs=7, batch_size=16, verbose=0,
+                            callbacks=[Poison(), monitor])
+    ours = [w for w in caught if "KoopmanMonitor" in str(w.message)]
+    assert len(ours) == 1 and "hidden" in str(ours[0].message)
+    assert len(history.history["loss"]) == 7 and np.isfinite(history.history["loss"][-1])
+    assert [e["group"] for e in monitor.errors] == ["hidden"]
+    assert "hidden" in monitor.nonfinite_groups
+    assert max(r.epoch for r in monitor.records("hidden")) < 2
+    assert max(r.epoch for r in monitor.records("out")) == 6  # the other group goes on
+    np.testing.assert_array_equal(model.get_layer("hidden").get_weights()[0].shape, (6, 5))
+    assert np.all(np.isfinite(model.get_layer("hidden").get_weights()[0]))
+
+
+def test_an_unknown_layer_raises_when_the_fit_starts():
+    x, y = make_data()
+    monitor = kk.callbacks.KoopmanMonitor(observables=["hidden", "nope"])
+    with pytest.raises(ValueError, match="nope"):
+        make_model().fit(x, y, epochs=1, verbose=0, callbacks=[monitor])
+
+
+# ------------------------------------------------------------------------------------------
+# decisions
+def regression(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(128, 3)).astype("float32")
+    return x, x @ np.array([[1.0], [-2.0], [0.5]], "float32")
+
+
+def linear_model(learning_rate, seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, name="dense")])
+    model.compile(keras.optimizers.SGD(learning_rate), "mse")
+    return model
+
+
+def test_early_stopping_stops_converged_least_squares_and_not_diverging_training():
+    x, y = regression()
+    model = linear_model(0.1)
+    monitor = kk.callbacks.KoopmanMonitor(window=8)
+    stop = kk.callbacks.KoopmanEarlyStopping(monitor, patience=2, min_epochs=5,
+                                             criterion="weights")
+    history = model.fit(x, y, epochs=200, batch_size=128, verbose=0, callbacks=[monitor, stop])
+    assert 5 <= stop.stopped_epoch < 100
+    assert len(history.history["loss"]) == stop.stopped_epoch + 1
+    assert history.history["loss"][-1] < 1e-3 * history.history["loss"][0]
+    assert stop.decisions[-1]["converged"] and not stop.decisions[0]["converged"]
+
+    model = linear_model(1.2)  # beyond 2 / largest curvature: the weights blow up
+    monitor = kk.callbacks.KoopmanMonitor(window=8)
+    stop = kk.callbacks.KoopmanEarlyStopping(monitor, patience=2, min_epochs=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the weights overflow to Inf at the end
+        history = model.fit(x, y, epochs=40, batch_size=128, verbose=0,
+                            callbacks=[monitor, stop])
+    assert stop.stopped_epoch == 0 and len(history.history["loss"]) == 40
+    assert not any(d["converged"] for d in stop.decisions)
+
+
+def digits():
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return (data.data[:600] / 16).astype("float32"), data.target[:600]
+
+
+def mlp(bias="zeros", seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((64,)),
+        keras.layers.Dense(32, activation="relu", bias_initializer=bias, name="h1"),
+        keras.layers.Dense(32, activation="relu", bias_initializer=bias, name="h2"),
+        keras.layers.Dense(10, activation="softmax", name="out"),
+    ])
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "sparse_categorical_crossentropy")
+    return model
+
+
+def test_restart_redraws_a_dead_initialization_and_leaves_a_good_one():
+    x, y = digits()
+    model = mlp(keras.initializers.Constant(-10.0))  # dead ReLUs: nothing moves
+    monitor = kk.callbacks.KoopmanMonitor(window=6)
+    restart = kk.callbacks.KoopmanRestart(monitor, check_epoch=3, max_restarts=1,
+                                          initializers={"kernel": "he_normal"})
+    seen = {}
+
+    class Spy(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            layer = self.model.get_layer("h1")
+            seen[epoch] = {"bias": layer.get_weights()[1].copy(),
+                           "kernel": layer.get_weights()[0].copy(),
+                           "iterations": int(keras.ops.convert_to_numpy(
+                               self.model.optimizer.iterations))}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        history = model.fit(x, y, epochs=6, batch_size=64, verbose=0,
+                            callbacks=[monitor, restart, Spy()])
+    assert [r["epoch"] for r in restart.restarts] == [2]
+    np.testing.assert_array_equal(seen[2]["bias"], 0.0)  # the bias default, not -10 again
+    assert seen[2]["iterations"] == 0
+    assert np.std(seen[2]["kernel"]) == pytest.approx(np.sqrt(2 / 64), rel=0.2)  # he_normal
+    # The redrawn network trains: the loss after the restart falls below the dead one's.
+    assert history.history["loss"][-1] < 0.8 * history.history["loss"][2]
+
+    good = mlp(seed=1)
+    monitor = kk.callbacks.KoopmanMonitor(window=6)
+    restart = kk.callbacks.KoopmanRestart(monitor, check_epoch=4)
+    good.fit(x, y, epochs=5, batch_size=64, verbose=0, callbacks=[monitor, restart])
+    assert restart.restarts == [] and restart.verdicts == [{"epoch": 3, "reason": None}]
+
+
+# ------------------------------------------------------------------------------------------
+# TensorBoard
+def test_summaries_are_written_and_read_back_with_tensorboard(tmp_path):
+    pytest.importorskip("tensorflow")  # writes the events on every backend, as Keras does
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.util import tensor_util
+
+    x, y = make_data()
+    monitor = kk.callbacks.KoopmanMonitor(window=5, log_dir=tmp_path)
+    make_model().fit(x, y, epochs=5, verbose=0, callbacks=[monitor])
+    events = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+    events.Reload()
+    for group in ("hidden", "out"):
+        spectra = events.Tensors(f"koopman/{group}")
+        records = monitor.records(group)
+        assert [e.step for e in spectra] == [r.epoch for r in records] == [1, 2, 3, 4]
+        spectrum = tensor_util.make_ndarray(spectra[-1].tensor_proto)
+        np.testing.assert_allclose(spectrum[:, 0], records[-1].eigenvalues.real, rtol=1e-5,
+                                   atol=1e-6)
+        radius = tensor_util.make_ndarray(
+            events.Tensors(f"koopman/{group}/spectral_radius")[-1].tensor_proto)
+        assert float(radius) == pytest.approx(records[-1].metrics["spectral_radius"], rel=1e-6)
+        # The tab's modes view: per-unit shares of the leading modes, each row summing to 1.
+        modes = tensor_util.make_ndarray(events.Tensors(f"koopman/{group}/modes")[-1]
+                                         .tensor_proto)
+        assert modes.shape[1] == (5 if group == "hidden" else 2)
+        np.testing.assert_allclose(np.nansum(modes, axis=1)[~np.isnan(modes).all(axis=1)], 1.0,
+                                   rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------
+# what the other backends do not have yet
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="every part runs on TensorFlow")
+def test_parts_not_ported_yet_say_so_clearly():
+    for name in ("KoopmanAccelerator", "KoopmanTracker"):
+        with pytest.raises(ImportError, match="needs the TensorFlow backend"):
+            getattr(kk.callbacks, name)
+    with pytest.raises(ValueError, match="backup_dir needs the TensorFlow backend"):
+        kk.callbacks.KoopmanMonitor(backup_dir="somewhere")
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX only")
+def test_jax_computes_the_gram_in_float64():
+    import jax
+
+    kk.dmd(np.ones((3, 2)) * np.array([[1.0], [0.5], [0.25]]))
+    assert jax.config.read("jax_enable_x64")
+    assert kk.dmd(as_backend(np.eye(4)[:3])).singular_values.dtype == np.float64
