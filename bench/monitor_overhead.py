@@ -26,6 +26,12 @@ is their cost per epoch over the plain epoch time.
 Goals (issue 15): fresh <= 1.15x plain (also with ES/R); per epoch <= 2%; every batch <= 10%.
 
 Run:  python bench/monitor_overhead.py      (about 10 minutes here; writes bench/RESULTS.md)
+
+``--backends tensorflow jax torch`` instead runs a shorter set on each Keras backend, each in a
+process of its own, into one table (its own section): the fresh row, and for each warm model
+the per-epoch row (measured, gather and analysis on their own) and the every-batch row at
+Keras's default ``jit_compile`` (the batch hook: on JAX and torch the monitor always gathers
+from there). Rows of one backend are ratios of fits in the same process.
 """
 
 import argparse
@@ -168,12 +174,106 @@ def warm_rows(x, y, epochs, repeats):
     return rows
 
 
+def backend_figures(x, y, epochs, repeats):
+    """The ``--backends`` set on this process's backend, as a dict of figures."""
+    figures = {"backend": keras.backend.backend()}
+    plain_times, watched_times = [], []
+    for i in range(repeats):
+        plain_times.append(timed_fit(build((128, 64), seed=i), x, y, 10, []))
+        monitor = kk.callbacks.KoopmanMonitor(window=10)
+        watched_times.append(timed_fit(build((128, 64), seed=i), x, y, 10, [monitor]))
+        assert monitor.history, "the monitor did not analyse"
+    figures["fresh"] = [statistics.median(plain_times), statistics.median(watched_times),
+                        watched_times[0] / plain_times[0]]
+    for label, width in MODELS.items():
+        for config in ("epoch", "batch"):
+            model = build((width, width))
+            monitor = kk.callbacks.KoopmanMonitor(window=20,
+                                                  every="epoch" if config == "epoch" else 1)
+            timed_fit(model, x, y, 3, [])
+            timed_fit(model, x, y, 3, [monitor])
+            plain_times, watched_times = [], []
+            for _ in range(repeats):
+                plain_times.append(timed_fit(model, x, y, epochs, []))
+                watched_times.append(timed_fit(model, x, y, epochs, [monitor]))
+            base = statistics.median(plain_times) / epochs
+            watched = statistics.median(watched_times) / epochs
+            gather_s, analysis_s = part_costs(monitor)
+            figures[f"{label} {config}"] = [base, watched, gather_s, analysis_s,
+                                            model.count_params()]
+            print(f"{figures['backend']} {label} {config}: {base:.3f} -> {watched:.3f} s/epoch",
+                  flush=True)
+    return figures
+
+
+def backends_table(args):
+    import json
+    import subprocess
+    import sys
+
+    results = {}
+    for backend in args.backends:
+        print(f"== {backend}", flush=True)
+        done = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--figures", "--epochs",
+             str(args.epochs), "--repeats", str(args.repeats)],
+            env=dict(os.environ, KERAS_BACKEND=backend, JAX_ENABLE_X64="1"),
+            capture_output=True, text=True, timeout=3600)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("FIGURES ")]
+        if not lines:
+            raise RuntimeError(f"{backend} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
+        results[backend] = json.loads(lines[-1][len("FIGURES "):])
+    fresh = []
+    for backend, figures in results.items():
+        base, watched, first = figures["fresh"]
+        fresh.append(f"| {backend} | {base:.2f} | {watched:.2f} | {watched / base:.2f}x | "
+                     f"{first:.2f}x | <= 1.15x | {verdict(watched / base - 1, GOALS['fresh'])} |")
+    warm = []
+    for label in MODELS:
+        for config in ("epoch", "batch"):
+            for backend, figures in results.items():
+                base, watched, gather_s, analysis_s, weights = figures[f"{label} {config}"]
+                overhead = watched / base - 1
+                warm.append(
+                    f"| {label} | {weights:,} | {config} | {backend} | {base:.3f} | "
+                    f"{watched:.3f} | {overhead:+.1%} | {gather_s * 1e3:.2f} | "
+                    f"{analysis_s * 1e3:.1f} | <= {GOALS[config]:.0%} | "
+                    f"{verdict(overhead, GOALS[config])} |")
+    body = "\n".join([
+        *header(f"python bench/monitor_overhead.py --backends {' '.join(args.backends)} "
+                f"--epochs {args.epochs} --repeats {args.repeats}"),
+        f"- set-up as in the section above; each backend in a process of its own; medians "
+        f"over {args.repeats} repeats; batch rows at Keras's default jit_compile (no XLA on a "
+        f"CPU-only machine for TensorFlow; JAX always jits its train step)",
+        "",
+        "### A new model for every fit (10 epochs, 128-64 MLP)",
+        "",
+        "| backend | s plain | s monitored | ratio | first fit of the process | goal | |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        *fresh,
+        "",
+        "### Warm models",
+        "",
+        "| model | weights | snapshots | backend | s/epoch plain | s/epoch monitored | "
+        "overhead | gather ms | analysis ms | goal | |",
+        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        *warm,
+    ])
+    report("Monitor overhead on each Keras backend (`bench/monitor_overhead.py --backends`)",
+           body, args.output)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--output", default=None)
+    parser.add_argument("--backends", nargs="+", choices=("tensorflow", "jax", "torch"))
+    parser.add_argument("--figures", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.backends:
+        backends_table(args)
+        return
 
     from sklearn.datasets import load_digits
 
@@ -181,6 +281,11 @@ def main():
     x = (data.data / 16).astype("float32")
     y = data.target
     timed_fit(build((128, 64), seed=99), x, y, 1, [])  # the process's own warm-up
+    if args.figures:
+        import json
+
+        print("FIGURES " + json.dumps(backend_figures(x, y, args.epochs, args.repeats)))
+        return
     fresh = fresh_rows(x, y, args.repeats)
     warm = warm_rows(x, y, args.epochs, args.repeats)
     body = "\n".join([

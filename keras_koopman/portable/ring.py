@@ -7,8 +7,8 @@ snapshots that held NaN or Inf. Three operations, each one dispatch per set on J
 * :func:`write` puts one snapshot of every group into slot ``slot`` (in place: on JAX a jitted
   function whose buffers are donated, on torch ``copy_``) and counts the non-finite ones on
   the device: no host read;
-* :func:`gram_rows` computes the Gram rows of the slots written since the last read (one
-  float64 product with the buffer per read, however many slots), also in place;
+* :func:`gram_rows` computes the Gram rows of the slots written since the last read (each one
+  float64 pass over the buffer; torch: one product for all of them), also in place;
 * :func:`grams` reads the Gram matrices and the counts to the host (one transfer).
 """
 
@@ -85,12 +85,14 @@ def _jax_functions():
             new.append(jax.lax.dynamic_update_slice(buffer, row[None, :], (slot, jnp.int32(0))))
         return tuple(new), bad + (~jnp.stack(flags)).astype(bad.dtype)
 
-    def rows(buffer, gram, slots):
-        wide = buffer.astype(jnp.float64)
-        products = wide[slots] @ wide.T  # [k, window]
-        return gram.at[slots, :].set(products).at[:, slots].set(products.T)
+    def row(buffer, gram, slot):
+        # Written as a product and a sum, which XLA fuses into one pass over the buffer in
+        # float64 (5x faster on a CPU than a float64 dot, which first widens the buffer).
+        new = jax.lax.dynamic_index_in_dim(buffer, slot, keepdims=False)
+        products = (buffer.astype(jnp.float64) * new.astype(jnp.float64)[None, :]).sum(-1)
+        return gram.at[slot, :].set(products).at[:, slot].set(products)
 
-    return (jax.jit(write_all, donate_argnums=(0, 1)), jax.jit(rows, donate_argnums=(1,)))
+    return (jax.jit(write_all, donate_argnums=(0, 1)), jax.jit(row, donate_argnums=(1,)))
 
 
 def _jax_write(*arguments):
@@ -118,12 +120,9 @@ def gram_rows(rings, group, slots):
         return
     import jax.numpy as jnp
 
-    # Padded to a power of two (repeating the last slot): a few traces per window, not one
-    # per number of stale slots.
-    size = 1 << (len(slots) - 1).bit_length()
-    padded = np.concatenate([slots, np.full(size - len(slots), slots[-1], np.int32)])
-    rings.grams[group] = _jax_functions()[1](rings.buffers[group], rings.grams[group],
-                                             jnp.asarray(padded))
+    update = _jax_functions()[1]  # one row per call: one trace per buffer shape
+    for slot in slots:
+        rings.grams[group] = update(rings.buffers[group], rings.grams[group], jnp.int32(slot))
 
 
 def grams(rings, groups):
