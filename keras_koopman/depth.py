@@ -12,8 +12,6 @@ weights sit entirely in Koopman modes at 1 (or do not move) is doing no work.
 
 from __future__ import annotations
 
-import keras_koopman._requires_tensorflow  # noqa: F401  (Keras on TensorFlow, checked first)
-
 import dataclasses
 import math
 
@@ -112,8 +110,9 @@ def _fourier_spectrum(x, y, uniform):
 
 def _dmd_spectrum(y, spacing, rank):
     """Frequencies and amplitudes^2 of the DMD of a Hankel embedding of the samples."""
-    from keras_koopman.dmd import dmd
+    from keras_koopman import _engine
 
+    dmd = _engine("dmd")  # TensorFlow's engine, or the portable one on JAX and PyTorch
     delays = min(len(y) // 2, 256)
     hankel = np.lib.stride_tricks.sliding_window_view(y - y.mean(), delays)
     # Modes have unit norm, so |amplitude| is each mode's size; no modes needed.

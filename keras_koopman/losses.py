@@ -8,15 +8,19 @@ network fits the signal's scales and stops short of fitting the noise, without e
 
 from __future__ import annotations
 
-import keras_koopman._requires_tensorflow  # noqa: F401  (Keras on TensorFlow, checked first)
-
 import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_koopman._backend import backend
 from keras_koopman._validation import check_choice, check_int, check_number
+
+# TensorFlow: tf.signal, with run-time shapes and the in-graph batch check. JAX and PyTorch:
+# keras.ops (their shapes are known when the step is traced or run).
+_TENSORFLOW = backend() == "tensorflow"
+if _TENSORFLOW:
+    import tensorflow as tf
 
 __all__ = ["NegativeSobolev", "negative_sobolev"]
 
@@ -159,6 +163,8 @@ def negative_sobolev(y_true, y_pred, s=1.0, axis=-1, length=None, window=None):
     axes = _check_axes(axis)
     lengths = _check_lengths(length, len(axes))
     window = _check_window(window)
+    if not _TENSORFLOW:
+        return _ops_negative_sobolev(y_true, y_pred, s, axis, axes, lengths, window)
     y_pred = tf.convert_to_tensor(y_pred)
     y_true = tf.convert_to_tensor(y_true)
     dtype = y_pred.dtype if y_pred.dtype in (tf.float32, tf.float64) else tf.float32
@@ -166,21 +172,7 @@ def negative_sobolev(y_true, y_pred, s=1.0, axis=-1, length=None, window=None):
     rank = residual.shape.rank
     if rank is None:
         raise ValueError("negative_sobolev needs inputs of known rank")
-    resolved = []
-    for a in axes:
-        if not -rank <= a < rank:
-            raise ValueError(f"axis {a} is out of range for inputs of rank {rank}")
-        resolved.append(a % rank)
-    if len(set(resolved)) != len(resolved):
-        raise ValueError(f"axis must not repeat an axis; got {axis!r}")
-    for a in resolved:
-        size = residual.shape[a]
-        if size is not None and size < 2:
-            raise ValueError(
-                f"the signal along axis {a} has length {size}; it needs at least 2 points"
-            )
-    # Transformed axes last, in the order given.
-    kept = [a for a in range(rank) if a not in resolved]
+    kept, resolved = _resolve_axes(tuple(residual.shape), axes, axis)
     residual = tf.transpose(residual, kept + resolved)
     if window == "hann":
         for position in range(len(resolved)):
@@ -203,6 +195,69 @@ def negative_sobolev(y_true, y_pred, s=1.0, axis=-1, length=None, window=None):
     power = tf.math.real(spectrum) ** 2 + tf.math.imag(spectrum) ** 2
     value = tf.reduce_sum(power * weights, axis=list(range(len(kept), rank)))
     return tf.cast(value, tf.float32) if value.dtype != tf.float64 else value
+
+
+def _resolve_axes(shape, axes, axis):
+    """``(kept, resolved)``: the axes left alone and the transformed ones (non-negative, in the
+    order given), checked against ``shape`` (``None`` for a size known only at run time)."""
+    rank = len(shape)
+    resolved = []
+    for a in axes:
+        if not -rank <= a < rank:
+            raise ValueError(f"axis {a} is out of range for inputs of rank {rank}")
+        resolved.append(a % rank)
+    if len(set(resolved)) != len(resolved):
+        raise ValueError(f"axis must not repeat an axis; got {axis!r}")
+    for a in resolved:
+        size = shape[a]
+        if size is not None and size < 2:
+            raise ValueError(
+                f"the signal along axis {a} has length {size}; it needs at least 2 points"
+            )
+    # Transformed axes last, in the order given.
+    return [a for a in range(rank) if a not in resolved], resolved
+
+
+def _hann_numpy(size):
+    """The periodic Hann window of :func:`_hann`, scaled to mean square 1, in NumPy."""
+    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(size) / size)
+    return window / np.sqrt(np.mean(window * window))
+
+
+def _ops_negative_sobolev(y_true, y_pred, s, axis, axes, lengths, window):
+    """:func:`negative_sobolev` in ``keras.ops`` (JAX, PyTorch): the same weights, a real FFT
+    along the last transformed axis and, for two axes, a full FFT along the other
+    (``keras.ops`` has no ``rfft2``)."""
+    ops = keras.ops
+    y_pred, y_true = ops.convert_to_tensor(y_pred), ops.convert_to_tensor(y_true)
+    dtype = keras.backend.standardize_dtype(y_pred.dtype)
+    dtype = dtype if dtype in ("float32", "float64") else "float32"
+    residual = ops.cast(y_pred, dtype) - ops.cast(y_true, dtype)
+    rank = len(residual.shape)
+    kept, resolved = _resolve_axes(tuple(residual.shape), axes, axis)
+    residual = ops.transpose(residual, kept + resolved)
+    first = len(kept)
+    if window == "hann":
+        for position in range(len(resolved)):
+            shape = [1] * rank
+            shape[first + position] = -1
+            taper = _hann_numpy(residual.shape[first + position]).reshape(shape)
+            residual = residual * ops.convert_to_tensor(taper, dtype)
+    elif window == "even":
+        for position in range(len(resolved)):
+            along = first + position
+            residual = ops.concatenate([residual, ops.flip(residual, axis=along)], axis=along)
+        lengths = tuple(2.0 * v for v in lengths)
+    sizes = tuple(int(residual.shape[first + p]) for p in range(len(resolved)))
+    weights = ops.convert_to_tensor(_cached_weights(sizes, lengths, s), dtype)
+    real, imag = ops.rfft(residual)
+    if len(resolved) == 2:  # the full FFT along the first transformed axis
+        swap = list(range(rank - 2)) + [rank - 1, rank - 2]
+        real, imag = ops.fft((ops.transpose(real, swap), ops.transpose(imag, swap)))
+        real, imag = ops.transpose(real, swap), ops.transpose(imag, swap)
+    power = real * real + imag * imag
+    value = ops.sum(power * weights, axis=tuple(range(first, rank)))
+    return value if dtype == "float64" else ops.cast(value, "float32")
 
 
 _WEIGHT_CACHE = {}
@@ -262,8 +317,8 @@ class NegativeSobolev(keras.losses.Loss):
         self._warned = False
 
     def call(self, y_true, y_pred):
-        y_pred = tf.convert_to_tensor(y_pred)
-        rank = y_pred.shape.rank
+        y_pred = keras.ops.convert_to_tensor(y_pred)
+        rank = y_pred.shape.rank if _TENSORFLOW else len(y_pred.shape)
         if not self._warned and rank and 0 in [a % rank for a in self.axis if -rank <= a < rank]:
             self._check_batch(y_pred)
         axis = self.axis[0] if len(self.axis) == 1 else self.axis
@@ -298,7 +353,7 @@ class NegativeSobolev(keras.losses.Loss):
         if size is not None:
             self._warn(size)
             return
-        if tf.executing_eagerly() or _in_xla_context():
+        if not _TENSORFLOW or tf.executing_eagerly() or _in_xla_context():
             return
         size = tf.shape(y_pred)[0]
         wrong = (tf.not_equal(size, self.grid_size) if self.grid_size is not None

@@ -117,3 +117,31 @@ import keras, keras_koopman as kk
 rng = np.random.default_rng(0)
 x = rng.normal(size=(256, 4)).astype("float32")
 """
+
+
+def sobolev_reference(residual, s, axes, lengths, window=None):
+    """Independent: full complex FFT, signed wavenumbers, sum over every coefficient / N^2."""
+    residual = np.asarray(residual, np.float64)
+    axes = tuple(a % residual.ndim for a in axes)
+    lengths = list(lengths)
+    if window == "even":
+        for a in axes:
+            residual = np.concatenate([residual, np.flip(residual, a)], axis=a)
+        lengths = [2 * v for v in lengths]
+    if window == "hann":
+        for a in axes:
+            n = residual.shape[a]
+            w = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)
+            shape = [1] * residual.ndim
+            shape[a] = n
+            residual = residual * (w / np.sqrt(np.mean(w ** 2))).reshape(shape)
+    spectrum = np.fft.fftn(residual, axes=axes)
+    squared = 0.0
+    for position, a in enumerate(axes):
+        n = residual.shape[a]
+        k = np.fft.fftfreq(n, 1.0 / n)
+        shape = [1] * residual.ndim
+        shape[a] = n
+        squared = squared + ((2 * np.pi * k / lengths[position]) ** 2).reshape(shape)
+    total = np.prod([residual.shape[a] for a in axes])
+    return np.sum((1 + squared) ** (-s) * np.abs(spectrum) ** 2, axis=axes) / total ** 2

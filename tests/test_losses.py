@@ -8,35 +8,8 @@ import pytest
 import tensorflow as tf
 
 import keras_koopman as kk
+from helpers import sobolev_reference as reference
 from keras_koopman.losses import NegativeSobolev, negative_sobolev
-
-
-def reference(residual, s, axes, lengths, window=None):
-    """Independent: full complex FFT, signed wavenumbers, sum over every coefficient / N^2."""
-    residual = np.asarray(residual, np.float64)
-    axes = tuple(a % residual.ndim for a in axes)
-    lengths = list(lengths)
-    if window == "even":
-        for a in axes:
-            residual = np.concatenate([residual, np.flip(residual, a)], axis=a)
-        lengths = [2 * v for v in lengths]
-    if window == "hann":
-        for a in axes:
-            n = residual.shape[a]
-            w = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)
-            shape = [1] * residual.ndim
-            shape[a] = n
-            residual = residual * (w / np.sqrt(np.mean(w ** 2))).reshape(shape)
-    spectrum = np.fft.fftn(residual, axes=axes)
-    squared = 0.0
-    for position, a in enumerate(axes):
-        n = residual.shape[a]
-        k = np.fft.fftfreq(n, 1.0 / n)
-        shape = [1] * residual.ndim
-        shape[a] = n
-        squared = squared + ((2 * np.pi * k / lengths[position]) ** 2).reshape(shape)
-    total = np.prod([residual.shape[a] for a in axes])
-    return np.sum((1 + squared) ** (-s) * np.abs(spectrum) ** 2, axis=axes) / total ** 2
 
 
 @pytest.mark.parametrize("shape,axis", [((4, 33), -1), ((64, 3), 0), ((2, 10, 5), 1)])

@@ -383,3 +383,66 @@ def test_jax_computes_the_gram_in_float64():
     kk.dmd(np.ones((3, 2)) * np.array([[1.0], [0.5], [0.25]]))
     assert jax.config.read("jax_enable_x64")
     assert kk.dmd(as_backend(np.eye(4)[:3])).singular_values.dtype == np.float64
+
+
+# ------------------------------------------------------------------------------------------
+# the negative-Sobolev loss
+@pytest.mark.parametrize("shape,axis,window", [((4, 33), -1, None), ((64, 3), 0, "hann"),
+                                               ((2, 10, 5), 1, "even"),
+                                               ((3, 8, 6, 2), (1, 2), None),
+                                               ((2, 7, 9), (1, 2), "hann")])
+@pytest.mark.parametrize("s", [0.0, 1.0, 2.0])
+def test_negative_sobolev_matches_numpy_full_fft(rng, shape, axis, window, s):
+    from helpers import sobolev_reference
+
+    y_true, y_pred = rng.normal(size=shape), rng.normal(size=shape)
+    axes = axis if isinstance(axis, tuple) else (axis,)
+    got = kk.losses.negative_sobolev(as_backend(y_true), as_backend(y_pred), s=s, axis=axis,
+                                     length=2.0, window=window)
+    assert keras.ops.is_tensor(got)
+    expected = sobolev_reference(y_pred - y_true, s, axes, (2.0,) * len(axes), window)
+    np.testing.assert_allclose(host(got), expected, rtol=1e-10)
+    single = kk.losses.negative_sobolev(as_backend(y_true.astype("float32")),
+                                        as_backend(y_pred.astype("float32")), s=s, axis=axis,
+                                        length=2.0, window=window)
+    assert keras.backend.standardize_dtype(single.dtype) == "float32"
+    np.testing.assert_allclose(host(single), expected, rtol=2e-4)
+
+
+def test_negative_sobolev_trains_in_compile_and_warns_on_a_default_batch():
+    x = np.linspace(0, 1, 128, endpoint=False)[:, None].astype("float32")
+    y = (np.sin(2 * np.pi * x) + np.random.default_rng(0).normal(0, 1, x.shape)).astype(
+        "float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(32, activation="tanh"),
+                              keras.layers.Dense(1)])
+    loss = kk.losses.NegativeSobolev(s=1.0, axis=0)
+    model.compile(keras.optimizers.Adam(0.01), loss=loss)
+    history = model.fit(x, y, batch_size=len(x), shuffle=False, epochs=30, verbose=0)
+    losses = history.history["loss"]
+    assert losses[-1] < losses[0] and all(np.isfinite(losses))
+    # The loss Keras reports is the loss of the whole grid.
+    from helpers import sobolev_reference
+
+    residual = keras.ops.convert_to_numpy(model(x)).astype(np.float64) - y
+    value = float(model.evaluate(x, y, batch_size=len(x), verbose=0))
+    assert value == pytest.approx(float(sobolev_reference(residual, 1.0, (0,), (1.0,))[0]),
+                                  rel=1e-4)
+    with pytest.warns(UserWarning, match="batch of 32 points"):
+        model.fit(x, y, epochs=1, verbose=0, shuffle=False)
+
+
+# ------------------------------------------------------------------------------------------
+# depth
+@pytest.mark.parametrize("method", ["fourier", "dmd"])
+def test_suggest_depth_counts_two_separated_tones(method):
+    x = np.linspace(0, 1, 512, endpoint=False)
+    y = np.sin(2 * np.pi * 3 * x) + 0.5 * np.sin(2 * np.pi * 40 * x)
+    suggestion = kk.depth.suggest_depth(x, y, method=method)
+    assert suggestion.n_layers == 2
+    # (The periodogram's peaks are centroids of its bins: within 1% of the tones.)
+    np.testing.assert_allclose([scale.frequency for scale in suggestion.scales], [3.0, 40.0],
+                               rtol=1e-2)
+    # Power 1 : 0.25 between the tones, as their amplitudes say.
+    np.testing.assert_allclose([scale.share for scale in suggestion.scales], [0.8, 0.2],
+                               rtol=2e-2)
