@@ -28,9 +28,10 @@ __version__ = "0.1.0"
 # (`keras-koopman --help`) do not wait for TensorFlow; the first use checks that Keras runs
 # on TensorFlow.
 _SUBMODULES = ("buffers", "callbacks", "depth", "losses", "pruning", "spectrum", "tensorboard")
-_NAMES = {"DMDResult": "keras_koopman.result", "dmd_batch": "keras_koopman.dmd"}
+_NAMES = {"DMDResult": "keras_koopman.result"}
 # On JAX and PyTorch these come from the backend-neutral path (keras_koopman.portable).
 _ENGINE = {"dmd": ("keras_koopman.dmd", "keras_koopman.portable.engine"),
+           "dmd_batch": ("keras_koopman.dmd", "keras_koopman.portable.engine"),
            "SnapshotBuffer": ("keras_koopman.buffers", "keras_koopman.portable.buffer")}
 
 

@@ -9,11 +9,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_koopman._tf import compiled_loss
+from keras_koopman import _engine
+from keras_koopman._backend import is_tensorflow
 from keras_koopman._validation import check_choice, check_int
 from keras_koopman.callbacks.base import KoopmanCallback
-from keras_koopman.callbacks.tracker import DATA_FAILURES, shared_last_axis
-from keras_koopman.dmd import dmd, dmd_batch, parse_rank
+from keras_koopman.callbacks._tracking import DATA_FAILURES, shared_last_axis
+from keras_koopman.host_dmd import parse_rank
 
 __all__ = ["KoopmanAccelerator"]
 
@@ -219,7 +220,7 @@ class KoopmanAccelerator(KoopmanCallback):
 
     def _probe_loss(self):
         if self._probe_function is None:
-            self._probe_function = compiled_loss(self.model, *self.probe)
+            self._probe_function = _compiled_loss()(self.model, *self.probe)
         try:
             return float(self._probe_function())
         except Exception:  # noqa: BLE001 - a model compute_loss cannot trace: Keras' evaluate
@@ -275,13 +276,14 @@ class KoopmanAccelerator(KoopmanCallback):
 
     def _layer_state(self, snapshots, steps):
         """The layer-wise DMD's state ``steps`` snapshots after the oldest of ``snapshots``."""
-        return self._predict(dmd(snapshots, rank=self.rank, method=self.monitor.method),
+        return self._predict(_engine("dmd")(snapshots, rank=self.rank,
+                                            method=self.monitor.method),
                              steps)[0]
 
     def _node_state(self, snapshots, index, steps):
         """The node-wise DMDs' state ``steps`` snapshots after the oldest, as one flat vector."""
         nodes = ops.transpose(ops.take(snapshots, index, axis=1), [1, 0, 2])
-        predicted = self._predict(dmd_batch(nodes, rank=self.rank), steps)[:, 0]
+        predicted = self._predict(_engine("dmd_batch")(nodes, rank=self.rank), steps)[:, 0]
         return ops.scatter(index.reshape(-1, 1), ops.reshape(predicted, [-1]), (index.size,))
 
     def _held_out_choice(self, name, snapshots, index):
@@ -421,7 +423,7 @@ class KoopmanAccelerator(KoopmanCallback):
     def _reset_optimizer(self):
         if self.optimizer_state == "reset":
             for variable in self._optimizer_slots():
-                variable.assign(ops.zeros_like(variable))
+                variable.assign(ops.zeros(variable.shape, variable.dtype))
 
     @staticmethod
     def _restore(saved):
@@ -433,3 +435,15 @@ class KoopmanAccelerator(KoopmanCallback):
             self.horizon = min(2 * self.horizon, self.max_horizon)
         else:
             self.horizon = max(self.horizon // 2, self.min_horizon)
+
+
+def _compiled_loss():
+    """The probe's loss function of the backend: one ``tf.function`` on TensorFlow; on JAX and
+    PyTorch the model's own call and ``compute_loss``."""
+    if is_tensorflow():
+        from keras_koopman._tf import compiled_loss
+
+        return compiled_loss
+    from keras_koopman.portable.device import model_loss
+
+    return model_loss

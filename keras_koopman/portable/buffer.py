@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from keras_koopman import host_dmd
-from keras_koopman._validation import DataError, check_int
+from keras_koopman._validation import check_int
 from keras_koopman.portable import device as dev
 from keras_koopman.portable import ring
-from keras_koopman.result import DMDResult
+from keras_koopman.portable.engine import gram_dmd
 
-__all__ = ["SnapshotBuffer", "chronological"]
+__all__ = ["RingReader", "SnapshotBuffer", "chronological"]
 
 _DTYPES = ("float32", "float64")
 
@@ -21,7 +21,47 @@ def chronological(count, window):
     return (count - held + np.arange(held)) % window
 
 
-class SnapshotBuffer:
+class RingReader:
+    """The reading side of a buffer on a :class:`~keras_koopman.portable.ring.Rings` group
+    (the public :class:`SnapshotBuffer` and the tracker's groups): a subclass provides
+    ``_rings``, ``_group``, ``count``, ``window``, ``n_features``, ``dtype``, ``refresh()``
+    and ``__len__``."""
+
+    sketch = property(lambda self: None, doc="Always ``None`` here (no sketching yet).")
+    has_modes = property(lambda self: True)
+
+    def snapshots(self):
+        """The stored snapshots ``[len(self), n_features]``, oldest first (a backend tensor)."""
+        import keras
+
+        order = dev.to_tensor(chronological(self.count, self.window).astype(np.int32))
+        return keras.ops.take(self._rings.buffers[self._group], order, axis=0)
+
+    def gram(self):
+        """Float64 Gram matrix ``S S^T`` of ``S = snapshots()`` (NumPy, on the host)."""
+        self.refresh()
+        matrices, _ = ring.grams(self._rings, [self._group])
+        order = chronological(self.count, self.window)
+        return matrices[0][np.ix_(order, order)]
+
+    def dmd(self, rank=None, method="exact", dt=1.0, modes=True):
+        """DMD of the stored snapshots through the Gram matrix (as the TensorFlow buffer's:
+        the same result as ``kk.dmd(self.snapshots(), rank, method, dt, solver="gram")``).
+
+        Raises:
+          ValueError: fewer than 2 snapshots stored, or bad arguments.
+        """
+        host_dmd.parse_rank(rank)
+        host_dmd.check_method(method)
+        host_dmd.check_dt(dt)
+        if len(self) < 2:
+            raise ValueError(f"{type(self).__name__}.dmd needs at least 2 snapshots; "
+                             f"{len(self)} stored so far")
+        return gram_dmd(self.gram(), self.n_features, self.dtype, rank, method, dt,
+                        self.snapshots if modes else None)
+
+
+class SnapshotBuffer(RingReader):
     """A ring buffer of the last ``window`` snapshots of ``n_features`` numbers, on the device
     of the JAX or PyTorch backend, with its float64 Gram matrix.
 
@@ -74,7 +114,7 @@ class SnapshotBuffer:
                              f"TensorFlow backend for now (Keras runs on "
                              f"{keras.backend.backend()}); got {unsupported}")
         self.name = name
-        self._rings = ring.Rings([self._n], self._window, dtype)
+        self._rings, self._group = ring.Rings([self._n], self._window, dtype), 0
         self._count = 0
         self._stale = set()
 
@@ -82,8 +122,6 @@ class SnapshotBuffer:
     window = property(lambda self: self._window)
     dtype = property(lambda self: self._dtype)
     storage_dtype = property(lambda self: self._dtype)
-    sketch = property(lambda self: None, doc="Always ``None`` here (no sketching yet).")
-    has_modes = property(lambda self: True)
     count = property(lambda self: self._count,
                      doc="How many snapshots were appended in total (not capped at window).")
     nbytes = property(lambda self: self._rings.nbytes)
@@ -143,50 +181,3 @@ class SnapshotBuffer:
         ring.gram_rows(self._rings, 0, self._stale)
         self._stale = set()
 
-    def snapshots(self):
-        """The stored snapshots ``[len(self), n_features]``, oldest first (a backend tensor)."""
-        import keras
-
-        order = dev.to_tensor(chronological(self._count, self._window).astype(np.int32))
-        return keras.ops.take(self._rings.buffers[0], order, axis=0)
-
-    def gram(self):
-        """Float64 Gram matrix ``S S^T`` of ``S = snapshots()`` (NumPy, on the host)."""
-        self.refresh()
-        matrices, _ = ring.grams(self._rings, [0])
-        order = chronological(self._count, self._window)
-        return matrices[0][np.ix_(order, order)]
-
-    def dmd(self, rank=None, method="exact", dt=1.0, modes=True):
-        """DMD of the stored snapshots through the Gram matrix (as the TensorFlow buffer's:
-        the same result as ``kk.dmd(self.snapshots(), rank, method, dt, solver="gram")``).
-
-        Raises:
-          ValueError: fewer than 2 snapshots stored, or bad arguments.
-        """
-        code, value = host_dmd.parse_rank(rank)
-        host_dmd.check_method(method)
-        dt = host_dmd.check_dt(dt)
-        if len(self) < 2:
-            raise ValueError(f"SnapshotBuffer.dmd needs at least 2 snapshots; {len(self)} "
-                             "stored so far")
-        gram = self.gram()
-        if not np.all(np.isfinite(gram)):
-            raise DataError("the stored snapshots hold values whose squares overflow")
-        floor = host_dmd.floor_epsilon(np.dtype(self._dtype), "gram")
-        eigenvalues, combination, residuals, amplitudes, singular, k = host_dmd.gram_solve(
-            gram, self._n, code, value, floor, method)
-        if float(singular[0]) == 0.0:
-            raise DataError("the stored snapshots before the last are all zero; DMD is "
-                            "undefined")
-        combination, amplitudes = host_dmd.unit_modes(combination, amplitudes, gram)
-        mode_tensor = None
-        if modes:
-            mode_tensor, norms = dev.modes(self.snapshots(), combination)
-            amplitudes = amplitudes * norms
-        return DMDResult(
-            eigenvalues=dev.to_tensor(eigenvalues.astype(np.complex128)), modes=mode_tensor,
-            amplitudes=dev.to_tensor(np.asarray(amplitudes, np.complex128)),
-            residuals=dev.to_tensor(np.asarray(residuals, np.float64)),
-            singular_values=dev.to_tensor(np.asarray(singular, np.float64)),
-            rank=int(k), dt=dt, method=method)

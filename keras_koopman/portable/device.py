@@ -11,7 +11,7 @@ import numpy as np
 
 from keras_koopman._backend import backend
 
-__all__ = ["complex_from", "gram", "matmul", "modes", "to_host", "to_tensor"]
+__all__ = ["complex_from", "gram", "matmul", "model_loss", "modes", "to_host", "to_tensor"]
 
 # Columns of a float64 product computed at once on torch (bounds the float64 copy of a slice
 # of a float32 buffer to window * 2**16 * 8 bytes).
@@ -72,17 +72,36 @@ def gram(x):
 
 
 def modes(x, combination):
-    """Unit-norm modes ``X^T K`` ``[n, r]`` complex128 (a backend tensor) and the norms the
-    columns were divided by (NumPy), from snapshots ``x [m, n]`` on the device and the host's
-    complex coefficients ``combination [m, r]``: one float64 product that reads ``x`` once."""
+    """Unit-norm modes ``X^T K`` ``[..., n, r]`` complex128 (a backend tensor) and the norms
+    the columns were divided by (NumPy ``[..., r]``), from snapshots ``x [..., m, n]`` on the
+    device and the host's complex coefficients ``combination [..., m, r]`` (leading batch axes
+    alike): one float64 product that reads ``x`` once."""
     import keras
 
     ops = keras.ops
     combination = np.asarray(combination, np.complex128)
-    r = combination.shape[1]
-    stacked = to_tensor(np.concatenate([combination.real, combination.imag], axis=1), "float64")
-    product = matmul(ops.transpose(ops.cast(x, "float64")), stacked)  # [n, 2r]
-    real, imag = product[:, :r], product[:, r:]
-    norms = ops.sqrt(ops.sum(real * real + imag * imag, axis=0))
+    r = combination.shape[-1]
+    stacked = to_tensor(np.concatenate([combination.real, combination.imag], axis=-1),
+                        "float64")
+    product = matmul(ops.swapaxes(ops.cast(x, "float64"), -1, -2), stacked)  # [..., n, 2r]
+    real, imag = product[..., :r], product[..., r:]
+    norms = ops.sqrt(ops.sum(real * real + imag * imag, axis=-2, keepdims=True))
     safe = ops.where(norms > 0, norms, ops.ones_like(norms))
-    return complex_from(real / safe, imag / safe), to_host(safe)
+    return complex_from(real / safe, imag / safe), to_host(safe)[..., 0, :]
+
+
+def model_loss(model, x, y):
+    """``model``'s training loss on ``(x, y)`` in inference mode, as a function of no
+    arguments (what :func:`keras_koopman._tf.compiled_loss` is on TensorFlow)."""
+    import keras
+
+    x = keras.tree.map_structure(keras.ops.convert_to_tensor, x)
+    y = keras.tree.map_structure(keras.ops.convert_to_tensor, y)
+
+    def loss():
+        prediction = model(x, training=False)
+        # Detached: a probe is not trained on (torch would keep the graph).
+        return keras.ops.stop_gradient(
+            model.compute_loss(x=x, y=y, y_pred=prediction, training=False))
+
+    return loss

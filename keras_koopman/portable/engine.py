@@ -10,7 +10,7 @@ from keras_koopman._validation import DataError
 from keras_koopman.portable import device as dev
 from keras_koopman.result import DMDResult
 
-__all__ = ["dmd", "to_snapshots"]
+__all__ = ["dmd", "dmd_batch", "gram_dmd", "to_snapshots"]
 
 _AUTO_GRAM_ELEMENTS = 2**20  # as keras_koopman.dmd: the SVD below this many elements
 _FLOATS = ("float32", "float64")
@@ -106,14 +106,33 @@ def dmd(snapshots, rank=None, method="exact", dt=1.0, *, solver="auto", modes=Tr
         _check_finite(np.all(np.isfinite(x64)))
         gram = x64 @ x64.T
         outputs = host_dmd.svd_solve(x64, code, value, floor, method)
+    return _result(outputs, gram, (lambda: x) if modes else None, dt, method)
+
+
+def gram_dmd(gram, n_features, dtype, rank, method, dt, snapshots=None):
+    """The DMD of a window from its float64 Gram matrix ``[m, m]`` (NumPy, chronological):
+    what a buffer's :meth:`dmd` runs. ``snapshots``: a function returning the window's
+    ``[m, n]`` snapshots on the device, for the modes (``None``: no modes)."""
+    code, value = host_dmd.parse_rank(rank)
+    host_dmd.check_method(method)
+    dt = host_dmd.check_dt(dt)
+    _check_finite(np.all(np.isfinite(gram)))
+    floor = host_dmd.floor_epsilon(np.dtype(dtype), "gram")
+    outputs = host_dmd.gram_solve(gram, n_features, code, value, floor, method)
+    return _result(outputs, gram, snapshots, dt, method)
+
+
+def _result(outputs, gram, snapshots, dt, method):
+    """The :class:`DMDResult` of the host solver's ``outputs`` (modes formed on the device
+    from ``snapshots()`` when given)."""
     eigenvalues, combination, residuals, amplitudes, singular, k = outputs
     if singular.size == 0 or float(singular[0]) == 0.0:
         raise DataError("snapshots: the snapshots before the last are all zero; DMD is "
                         "undefined")
     combination, amplitudes = host_dmd.unit_modes(combination, amplitudes, gram)
     mode_tensor = None
-    if modes:
-        mode_tensor, norms = dev.modes(x, combination)
+    if snapshots is not None:
+        mode_tensor, norms = dev.modes(snapshots(), combination)
         amplitudes = amplitudes * norms
     return DMDResult(
         eigenvalues=dev.to_tensor(eigenvalues.astype(np.complex128)),
@@ -122,6 +141,53 @@ def dmd(snapshots, rank=None, method="exact", dt=1.0, *, solver="auto", modes=Tr
         residuals=dev.to_tensor(np.asarray(residuals, np.float64)),
         singular_values=dev.to_tensor(np.asarray(singular, np.float64)),
         rank=int(k), dt=dt, method=method)
+
+
+def dmd_batch(snapshots, rank=None, dt=1.0):
+    """:func:`keras_koopman.dmd_batch` on JAX or PyTorch: many small exact DMDs at once (see
+    there). The ``[batch, m, m]`` float64 Gram matrices are one batched product on the device,
+    the small problems one batched NumPy solve on the host, the modes one batched product.
+
+    Example:
+
+    >>> import numpy as np, keras_koopman as kk
+    >>> x = np.array([0.5, 0.9])[:, None, None] ** np.arange(6)[None, :, None] * np.ones((2, 6, 3))
+    >>> np.round(np.asarray(kk.dmd_batch(x, rank=1).eigenvalues)[:, 0].real, 6)
+    array([0.5, 0.9])
+    """
+    import keras
+
+    ops = keras.ops
+    code, value = host_dmd.parse_rank(rank)
+    dt = host_dmd.check_dt(dt)
+    if isinstance(snapshots, keras.Variable):
+        snapshots = snapshots.value
+    if not ops.is_tensor(snapshots):
+        array = np.asarray(snapshots)
+        snapshots = array.astype(np.float64 if array.dtype.kind in "biu" else array.dtype)
+    x = ops.convert_to_tensor(snapshots)
+    shape = tuple(x.shape)
+    if len(shape) != 3 or shape[0] < 1 or shape[1] < 2 or shape[2] < 1:
+        raise ValueError(f"snapshots must be time-major [batch, m, n] with batch >= 1, m >= 2 "
+                         f"and n >= 1 (row k of each sequence = its state at step k); got "
+                         f"shape {shape}")
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    if dtype not in _FLOATS:
+        x = ops.cast(x, "float32" if dtype in ("float16", "bfloat16") else "float64")
+        dtype = keras.backend.standardize_dtype(x.dtype)
+    x64 = ops.cast(x, "float64")
+    gram = dev.to_host(dev.matmul(x64, ops.transpose(x64, (0, 2, 1))))  # [batch, m, m]
+    _check_finite(np.all(np.isfinite(gram)))
+    eigenvalues, combination, amplitudes, residuals, singular, k = host_dmd.batch_gram_solve(
+        gram, np.full(shape[0], shape[2]), code, value,
+        host_dmd.floor_epsilon(np.dtype(dtype), "gram"))
+    modes, norms = dev.modes(x[:, 1:], combination)  # exact DMD modes: X1^T K
+    return DMDResult(
+        eigenvalues=dev.to_tensor(eigenvalues.astype(np.complex128)), modes=modes,
+        amplitudes=dev.to_tensor((amplitudes * norms).astype(np.complex128)),
+        residuals=dev.to_tensor(np.asarray(residuals, np.float64)),
+        singular_values=dev.to_tensor(np.asarray(singular, np.float64)),
+        rank=dev.to_tensor(np.asarray(k, np.int32)), dt=dt, method="exact")
 
 
 def _check_finite(finite):

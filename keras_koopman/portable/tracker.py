@@ -12,7 +12,7 @@ from keras_koopman.callbacks.plan import plan_storage
 from keras_koopman._validation import DataError
 from keras_koopman.portable import device as dev
 from keras_koopman.portable import ring
-from keras_koopman.portable.buffer import chronological
+from keras_koopman.portable.buffer import RingReader, chronological
 from keras_koopman.records import History
 
 __all__ = ["PortableTracker"]
@@ -41,7 +41,7 @@ class PortableTracker(TrackerCore):
         self._rings = None
         self._weights = []
         self._written = 0  # snapshots in the rings since the last restart (finite or not)
-        self._stale = set()
+        self._stale = []  # per group, the slots whose Gram rows wait for the next read
         self._bad = None
         self._synced_bad = None
 
@@ -76,7 +76,7 @@ class PortableTracker(TrackerCore):
                         for index, (name, size) in enumerate(sizes.items())}
         self._weights = list(self.groups.values())
         self._stored = {name: 0 for name in self.buffers}
-        self._written, self._stale = 0, set()
+        self._written, self._stale = 0, [set() for _ in sizes]
         self._bad = np.zeros(len(self.buffers), np.int64)
         self._synced_bad = np.zeros(len(self.buffers), np.int64)
         return True
@@ -96,7 +96,8 @@ class PortableTracker(TrackerCore):
         slot = self._written % self.window
         ring.write(self._rings, [[v.value for v in variables] for variables in self._weights],
                    slot)
-        self._stale.add(slot)
+        for stale in self._stale:
+            stale.add(slot)
         self._written += 1
         self.step += 1
         return self.step
@@ -144,9 +145,8 @@ class PortableTracker(TrackerCore):
             return []
         self._last_analysed = self.step
         self.unit_weights = {}
-        for index in range(len(self.buffers)):
-            ring.gram_rows(self._rings, index, self._stale)
-        self._stale = set()
+        for view in self.buffers.values():
+            view.refresh()
         grams, bad = ring.grams(self._rings, list(range(len(self.buffers))))
         self._apply_bad(bad)
         eligible = tuple(name for name in self.buffers
@@ -190,7 +190,7 @@ class PortableTracker(TrackerCore):
         if self._rings is not None:
             self._rings.reset()
         self._stored = {name: 0 for name in self.buffers}
-        self._written, self._stale = 0, set()
+        self._written, self._stale = 0, [set() for _ in self._stale]
         self.nonfinite_groups = set()
         return self.gather()
 
@@ -228,15 +228,30 @@ class PortableTracker(TrackerCore):
                             f"this model's ({self.layout()})")
 
 
-class _GroupView:
-    """What the callbacks read of one group's buffer: its size and window."""
+class _GroupView(RingReader):
+    """One group's buffer in the tracker's rings: the buffer protocol's reading side
+    (``snapshots``, ``gram``, ``dmd``; what the accelerator reads)."""
 
     def __init__(self, tracker, index, n_features):
-        self._tracker, self.index, self.n_features = tracker, index, n_features
-        self.window, self.sketch, self.has_modes = tracker.window, None, True
+        self._tracker, self._group, self.n_features = tracker, index, n_features
+        self.window, self.dtype = tracker.window, "float32"
+
+    @property
+    def _rings(self):
+        return self._tracker._rings
+
+    @property
+    def count(self):
+        """Snapshots written since the last restart (finite or not)."""
+        return self._tracker._written
+
+    def refresh(self):
+        """Computes this group's Gram rows of the snapshots gathered since its last read."""
+        ring.gram_rows(self._rings, self._group, self._tracker._stale[self._group])
+        self._tracker._stale[self._group] = set()
 
     def __len__(self):
-        return self._tracker.stored(list(self._tracker.buffers)[self.index])
+        return min(self.count, self.window)
 
     def __repr__(self):
         return f"<group buffer n_features={self.n_features} window={self.window}>"

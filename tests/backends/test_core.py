@@ -369,9 +369,10 @@ def test_summaries_are_written_and_read_back_with_tensorboard(tmp_path):
 # what the other backends do not have yet
 @pytest.mark.skipif(BACKEND == "tensorflow", reason="every part runs on TensorFlow")
 def test_parts_not_ported_yet_say_so_clearly():
-    for name in ("KoopmanAccelerator", "KoopmanTracker"):
-        with pytest.raises(ImportError, match="needs the TensorFlow backend"):
-            getattr(kk.callbacks, name)
+    with pytest.raises(ImportError, match="needs the TensorFlow backend"):
+        kk.callbacks.KoopmanTracker  # noqa: B018  (the TensorFlow tracker itself)
+    with pytest.raises(ImportError, match="needs the TensorFlow backend"):
+        kk.pruning.prune_koopman  # noqa: B018
     with pytest.raises(ValueError, match="backup_dir needs the TensorFlow backend"):
         kk.callbacks.KoopmanMonitor(backup_dir="somewhere")
 
@@ -446,3 +447,161 @@ def test_suggest_depth_counts_two_separated_tones(method):
     # Power 1 : 0.25 between the tones, as their amplitudes say.
     np.testing.assert_allclose([scale.share for scale in suggestion.scales], [0.8, 0.2],
                                rtol=2e-2)
+
+
+# ------------------------------------------------------------------------------------------
+# jumps along the modes
+def least_squares_data(seed=0):
+    rng = np.random.default_rng(seed)
+    x = (2.0 * rng.normal(size=(64, 1))).astype("float32")
+    y = (x @ np.array([[1.0, -2.0, 0.5]]) + np.array([0.3, -0.1, 0.2])
+         + rng.normal(0, 0.1, (64, 3))).astype("float32")
+    return x, y
+
+
+def least_squares_model(learning_rate):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(3, name="dense")])
+    model.compile(keras.optimizers.SGD(learning_rate), "mse")
+    return model
+
+
+def test_a_jump_lands_on_the_least_squares_solution():
+    # Full-batch gradient descent on least squares is affine: the DMD's limit is the
+    # normal-equations solution (float32 weights: to float32 rounding of the trajectory).
+    x, y = least_squares_data()
+    design = np.hstack([x, np.ones((len(x), 1))]).astype(np.float64)
+    solution = np.linalg.lstsq(design, y.astype(np.float64), rcond=None)[0]
+    model = least_squares_model(0.3)
+    monitor = kk.callbacks.KoopmanMonitor(window=8, rank=3, observables="model")
+    jump = kk.callbacks.KoopmanAccelerator(monitor, every=7, horizon=100_000, probe=(x, y),
+                                           max_horizon=100_000)
+    model.fit(x, y, epochs=7, batch_size=len(x), shuffle=False, verbose=0,
+              callbacks=[monitor, jump])
+    (attempt,) = jump.jumps
+    assert attempt["accepted"] and attempt["loss_after"] < attempt["loss_before"]
+    kernel, bias = model.get_layer("dense").get_weights()
+    np.testing.assert_allclose(np.vstack([kernel, bias]), solution, atol=2e-3)
+    plain = least_squares_model(0.3)
+    plain.fit(x, y, epochs=7, batch_size=len(x), shuffle=False, verbose=0)
+    kernel, bias = plain.get_layer("dense").get_weights()
+    assert np.max(np.abs(np.vstack([kernel, bias]) - solution)) > 1e-2
+
+
+def test_a_rejected_jump_leaves_the_weights_bit_identical():
+    x, y = least_squares_data()
+    model = least_squares_model(0.3)
+    monitor = kk.callbacks.KoopmanMonitor(window=8, rank=3, observables="model")
+    before = {}
+
+    class Keep(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            before[epoch] = [w.copy() for w in self.model.get_weights()]
+
+    jump = kk.callbacks.KoopmanAccelerator(monitor, every=6, horizon=64, probe=(x, -5.0 * y))
+    model.fit(x, y, epochs=6, batch_size=len(x), shuffle=False, verbose=0,
+              callbacks=[Keep(), monitor, jump])
+    (attempt,) = jump.jumps
+    assert not attempt["accepted"] and attempt["loss_after"] > attempt["loss_before"]
+    for restored, expected in zip(model.get_weights(), before[5]):
+        np.testing.assert_array_equal(restored, expected)
+    assert jump.horizon == 32
+
+
+def training_state(model):
+    return ([w.copy() for w in model.get_weights()],
+            [np.array(v.numpy()) for v in model.optimizer.variables])
+
+
+def test_a_jump_the_next_epoch_finds_worse_is_undone_exactly(monkeypatch):
+    # A jump far off the trajectory (every weight times 30): the next epoch's training loss is
+    # worse, so the weights and the Adam moments go back bit for bit to the end of the jump's
+    # epoch (recorded by a callback that runs before the accelerator), on every backend's
+    # training state (JAX keeps it outside the variables during an epoch).
+    x, y = least_squares_data()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(3, name="dense")])
+    model.compile(keras.optimizers.Adam(0.01), "mse")
+    monitor = kk.callbacks.KoopmanMonitor(window=6, rank=3)
+    jump = kk.callbacks.KoopmanAccelerator(monitor, every=5, horizon=4)
+
+    def far_away(self):
+        return [(variables, [30.0 * v.value for v in variables])
+                for variables in self.monitor.groups.values()]
+
+    monkeypatch.setattr(kk.callbacks.KoopmanAccelerator, "_targets", far_away)
+    states, after = {}, {}
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            states[epoch] = training_state(self.model)
+
+    class After(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            after[epoch] = training_state(self.model)
+
+    model.fit(x, y, epochs=6, batch_size=16, shuffle=False, verbose=0,
+              callbacks=[Record(), monitor, jump, After()])
+    (attempt,) = jump.jumps
+    assert attempt["epoch"] == 4 and not attempt["accepted"]
+    assert attempt["loss_after"] > attempt["loss_before"] and jump.horizon == 2
+    np.testing.assert_allclose(after[4][0][0], 30.0 * states[4][0][0], rtol=1e-6)  # jumped
+    weights, optimizer = after[5]  # ... and undone at the end of epoch 5
+    for restored, expected in zip(weights, states[4][0]):
+        np.testing.assert_array_equal(restored, expected)
+    slots = {id(v) for v in kk.callbacks.accelerator.optimizer_slots(model.optimizer)}
+    assert slots
+    for variable, value, expected in zip(model.optimizer.variables, optimizer, states[4][1]):
+        if id(variable) in slots:
+            np.testing.assert_array_equal(value, expected)
+    assert monitor.buffers["dense"].count == 1  # a new trajectory from the restored weights
+
+
+def test_dmd_batch_equals_kk_dmd_on_each_sequence(rng):
+    x = rng.standard_normal((4, 7, 5)).cumsum(axis=1)
+    batch = kk.dmd_batch(as_backend(x), rank=3)
+    ranks = host(batch.rank)
+    for b in range(4):
+        single = kk.dmd(x[b], rank=3).numpy()
+        assert ranks[b] == single.rank
+        k = single.rank
+        assert_same_spectrum(single.eigenvalues, host(batch.eigenvalues)[b, :k], 1e-8)
+        np.testing.assert_allclose(host(batch.predict([9]))[b, 0], host(single.predict([9]))[0],
+                                   rtol=1e-7, atol=1e-9)
+
+
+def test_node_wise_jump_equals_per_node_kk_dmd():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(128, 3)).astype("float32")
+    y = np.stack([np.sin(x[:, 0]) + x[:, 1], x[:, 2] * x[:, 0]], axis=1).astype("float32")
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((3,)),
+                              keras.layers.Dense(5, activation="tanh", name="hidden"),
+                              keras.layers.Dense(2, name="out")])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    monitor = kk.callbacks.KoopmanMonitor(window=7, rank=3)
+    seen = {}
+
+    class Capture(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.update({name: host(buffer.snapshots())
+                         for name, buffer in monitor.buffers.items()})
+
+    jump = kk.callbacks.KoopmanAccelerator(monitor, every=6, horizon=4, observables="nodes",
+                                           guard=None)
+    model.fit(x, y, epochs=6, batch_size=128, shuffle=False, verbose=0,
+              callbacks=[monitor, Capture(), jump])
+    (attempt,) = jump.jumps
+    assert attempt["accepted"]
+    for name in ("hidden", "out"):
+        kernel, bias = model.get_layer(name).get_weights()
+        snapshots = seen[name].astype(np.float64)
+        m, units, fan_in = len(snapshots), bias.shape[0], kernel.shape[0]
+        for unit in range(units):
+            columns = [i * units + unit for i in range(fan_in)] + [fan_in * units + unit]
+            result = kk.dmd(snapshots[:, columns], rank=3).numpy()
+            values = np.where(np.abs(result.eigenvalues - 1) <= monitor.tolerance, 1.0,
+                              result.eigenvalues)
+            expected = np.real(result.modes @ (result.amplitudes * values ** (m - 1 + 4)))
+            np.testing.assert_allclose(np.append(kernel[:, unit], bias[unit]), expected,
+                                       rtol=1e-5, atol=1e-6)
