@@ -4,8 +4,9 @@ TensorFlow is the reference backend: every part of the package runs on it. On JA
 the backend-neutral path (:mod:`keras_koopman.portable`) serves :func:`keras_koopman.dmd`,
 :class:`keras_koopman.SnapshotBuffer`, :class:`~keras_koopman.callbacks.KoopmanMonitor` and
 :class:`~keras_koopman.callbacks.KoopmanEarlyStopping`, ``KoopmanRestart``,
-``KoopmanAccelerator`` and :class:`~keras_koopman.losses.NegativeSobolev`; the parts not
-ported yet (the pruning wrapper, ``backup_dir``, sketches) raise an
+``KoopmanAccelerator``, :class:`~keras_koopman.losses.NegativeSobolev` and (on PyTorch) the
+pruning wrapper;
+the parts not ported yet (``backup_dir``, sketched and bfloat16 buffers) raise an
 ``ImportError`` that says so when they are first used.
 
 On JAX, float64 needs ``jax_enable_x64`` (without it JAX silently computes float64 requests in
@@ -87,9 +88,9 @@ def check_backend():
         raise ImportError(
             f"this part of keras-koopman needs the TensorFlow backend of Keras 3 (Keras is "
             f"using {name!r}). On {name}, keras_koopman.dmd, SnapshotBuffer, KoopmanMonitor "
-            f"(without backup_dir), KoopmanEarlyStopping, KoopmanRestart, "
-            f"KoopmanAccelerator, NegativeSobolev, dmd_batch and suggest_depth work; the "
-            f"pruning wrapper needs TensorFlow for now. "
+            f"(without backup_dir), every decision callback, NegativeSobolev, dmd_batch and "
+            f"suggest_depth work (pruning on PyTorch too, not on JAX yet); the TensorFlow "
+            f"tracker, backup_dir and sketched buffers need TensorFlow for now. "
             f"{_HOW_TO}")
 
 

@@ -145,3 +145,19 @@ def sobolev_reference(residual, s, axes, lengths, window=None):
         squared = squared + ((2 * np.pi * k / lengths[position]) ** 2).reshape(shape)
     total = np.prod([residual.shape[a] for a in axes])
     return np.sum((1 + squared) ** (-s) * np.abs(spectrum) ** 2, axis=axes) / total ** 2
+
+
+def reference_scores(snapshots, mask, weight, newest, horizon=None):
+    """NumPy/eager reference of one tensor's scores: the DMD of its unpruned entries alone
+    (``kk.dmd`` of the kept columns), ``koopman_scores``, scaled to the root mean square of the
+    kept weights (forecast scores, ``horizon`` given, are not rescaled); pruned entries -1."""
+    import keras_koopman as kk
+
+    kept = np.flatnonzero(mask)
+    values = weight[kept].astype(np.float64)
+    raw = kk.pruning.koopman_scores(kk.dmd(snapshots[:, kept], rank=4), newest, horizon,
+                                    weights=values)
+    score = np.full(mask.size, -1.0)
+    scale = 1.0 if horizon is not None else np.sqrt(np.mean(values**2) / np.mean(raw**2))
+    score[kept] = raw * scale
+    return score

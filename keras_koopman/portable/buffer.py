@@ -58,7 +58,15 @@ class RingReader:
             raise ValueError(f"{type(self).__name__}.dmd needs at least 2 snapshots; "
                              f"{len(self)} stored so far")
         return gram_dmd(self.gram(), self.n_features, self.dtype, rank, method, dt,
-                        self.snapshots if modes else None)
+                        self._modes if modes else None)
+
+    def _modes(self, combination):
+        """The modes read from the ring in place: the coefficients of each chronological
+        snapshot put at its slot (zero for slots not held), no gathered copy."""
+        combination = np.asarray(combination)
+        slots = np.zeros((self.window, combination.shape[1]), combination.dtype)
+        slots[chronological(self.count, self.window)] = combination
+        return dev.modes(self._rings.buffers[self._group], slots)
 
 
 class SnapshotBuffer(RingReader):

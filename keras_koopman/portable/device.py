@@ -75,15 +75,17 @@ def modes(x, combination):
     """Unit-norm modes ``X^T K`` ``[..., n, r]`` complex128 (a backend tensor) and the norms
     the columns were divided by (NumPy ``[..., r]``), from snapshots ``x [..., m, n]`` on the
     device and the host's complex coefficients ``combination [..., m, r]`` (leading batch axes
-    alike): one float64 product that reads ``x`` once."""
+    alike): one product that reads ``x`` once, in ``x``'s precision as TensorFlow's engine
+    does (float32 snapshots: float32 products, widened to float64 after), then renormalised
+    in float64."""
     import keras
 
     ops = keras.ops
     combination = np.asarray(combination, np.complex128)
     r = combination.shape[-1]
-    stacked = to_tensor(np.concatenate([combination.real, combination.imag], axis=-1),
-                        "float64")
-    product = matmul(ops.swapaxes(ops.cast(x, "float64"), -1, -2), stacked)  # [..., n, 2r]
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    stacked = to_tensor(np.concatenate([combination.real, combination.imag], axis=-1), dtype)
+    product = ops.cast(matmul(ops.swapaxes(x, -1, -2), stacked), "float64")  # [..., n, 2r]
     real, imag = product[..., :r], product[..., r:]
     norms = ops.sqrt(ops.sum(real * real + imag * imag, axis=-2, keepdims=True))
     safe = ops.where(norms > 0, norms, ops.ones_like(norms))

@@ -106,33 +106,34 @@ def dmd(snapshots, rank=None, method="exact", dt=1.0, *, solver="auto", modes=Tr
         _check_finite(np.all(np.isfinite(x64)))
         gram = x64 @ x64.T
         outputs = host_dmd.svd_solve(x64, code, value, floor, method)
-    return _result(outputs, gram, (lambda: x) if modes else None, dt, method)
+    return _result(outputs, gram, (lambda c: dev.modes(x, c)) if modes else None, dt, method)
 
 
-def gram_dmd(gram, n_features, dtype, rank, method, dt, snapshots=None):
+def gram_dmd(gram, n_features, dtype, rank, method, dt, modes=None):
     """The DMD of a window from its float64 Gram matrix ``[m, m]`` (NumPy, chronological):
-    what a buffer's :meth:`dmd` runs. ``snapshots``: a function returning the window's
-    ``[m, n]`` snapshots on the device, for the modes (``None``: no modes)."""
+    what a buffer's :meth:`dmd` runs. ``modes``: a function of the complex ``[m, r]``
+    coefficients returning the unit modes ``X^T K`` and their norms, as
+    :func:`~keras_koopman.portable.device.modes` (``None``: no modes)."""
     code, value = host_dmd.parse_rank(rank)
     host_dmd.check_method(method)
     dt = host_dmd.check_dt(dt)
     _check_finite(np.all(np.isfinite(gram)))
     floor = host_dmd.floor_epsilon(np.dtype(dtype), "gram")
     outputs = host_dmd.gram_solve(gram, n_features, code, value, floor, method)
-    return _result(outputs, gram, snapshots, dt, method)
+    return _result(outputs, gram, modes, dt, method)
 
 
-def _result(outputs, gram, snapshots, dt, method):
-    """The :class:`DMDResult` of the host solver's ``outputs`` (modes formed on the device
-    from ``snapshots()`` when given)."""
+def _result(outputs, gram, modes, dt, method):
+    """The :class:`DMDResult` of the host solver's ``outputs`` (modes formed on the device by
+    ``modes(coefficients)`` when given)."""
     eigenvalues, combination, residuals, amplitudes, singular, k = outputs
     if singular.size == 0 or float(singular[0]) == 0.0:
         raise DataError("snapshots: the snapshots before the last are all zero; DMD is "
                         "undefined")
     combination, amplitudes = host_dmd.unit_modes(combination, amplitudes, gram)
     mode_tensor = None
-    if snapshots is not None:
-        mode_tensor, norms = dev.modes(snapshots(), combination)
+    if modes is not None:
+        mode_tensor, norms = modes(combination)
         amplitudes = amplitudes * norms
     return DMDResult(
         eigenvalues=dev.to_tensor(eigenvalues.astype(np.complex128)),

@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import tensorflow as tf
 
 from keras_koopman._validation import check_int, check_log_dir
 from keras_koopman.callbacks.base import KoopmanCallback
 from keras_koopman.callbacks.monitor import KoopmanMonitor
-from keras_koopman.dmd import parse_rank
-from keras_koopman.pruning.masks import mask_update_function
+from keras_koopman._backend import is_tensorflow
+from keras_koopman.host_dmd import parse_rank
 from keras_koopman.pruning.wrapper import attach_callback, detach_callback, pruning_wrappers
 
 __all__ = ["UpdateKoopmanPruning", "koopman_scores"]
@@ -268,7 +267,7 @@ class UpdateKoopmanPruning(KoopmanCallback):
         key = (tuple(tuple(pool) for _, pool in pools), koopman, self.log_dir is not None)
         function = self._functions.get(key)
         if function is None:
-            function = self._functions[key] = mask_update_function(
+            function = self._functions[key] = _mask_update_function()(
                 [[(buffers[n], *self._groups[n][1:]) for n in pool] for _, pool in pools],
                 koopman, [self._groups[n][2] for n in others], self.log_dir is not None,
                 self.horizon)
@@ -282,10 +281,10 @@ class UpdateKoopmanPruning(KoopmanCallback):
                   for sparsity, pool in pools]
         code, value = parse_rank(self.rank)
         report, scores = function(
-            tf.constant(counts, tf.int64), tf.constant(ready, tf.bool),
-            tf.constant([max(stored[n] - 1, 0) for n in names], tf.int64),
-            tf.constant(code, tf.int32), tf.constant(value, tf.float64))
-        report = report.numpy()  # the one read of the update
+            np.asarray(counts, np.int64), np.asarray(ready, np.bool_),
+            np.asarray([max(stored[n] - 1, 0) for n in names], np.int64),
+            np.int32(code), np.float64(value))
+        report = np.asarray(report)  # the one read of the update
         used = {"koopman" if u else "magnitude" for u in report[:len(names)]}
         zeros = dict(zip(names + others, report[len(names):].tolist()))
         for n in names:  # a window that holds this change shows its transient, not training
@@ -301,3 +300,14 @@ class UpdateKoopmanPruning(KoopmanCallback):
 
     def _size(self, name):
         return int(np.prod(self._groups[name][1].shape))
+
+
+def _mask_update_function():
+    """The backend's mask update: one ``tf.function`` on TensorFlow
+    (:mod:`keras_koopman.pruning.masks`), ``keras.ops`` and host solves on JAX and PyTorch
+    (:mod:`keras_koopman.portable.masks`)."""
+    if is_tensorflow():
+        from keras_koopman.pruning.masks import mask_update_function
+    else:
+        from keras_koopman.portable.masks import mask_update_function
+    return mask_update_function

@@ -213,4 +213,11 @@ def mask_update_function(groups, koopman, others, log_scores, horizon=None):
         report = tf.stack(used + zeros)
         return report, (tf.concat(logged, axis=0) if log_scores else tf.zeros([0], tf.float64))
 
-    return tf.function(run, autograph=False)
+    compiled = tf.function(run, autograph=False)
+
+    def update(counts, ready, newest, code, value):
+        return compiled(tf.constant(counts, tf.int64), tf.constant(ready, tf.bool),
+                        tf.constant(newest, tf.int64), tf.constant(code, tf.int32),
+                        tf.constant(value, tf.float64))
+
+    return update

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+import numpy as np
+
+from keras_koopman._backend import backend
 
 from keras_koopman.pruning.schedule import PruningSchedule, check_sparsity
 
@@ -27,7 +29,7 @@ class MaskConstraint(keras.constraints.Constraint):
     def __call__(self, w):
         if self.inner is not None:
             w = self.inner(w)
-        return w * tf.cast(self.mask, w.dtype)
+        return w * keras.ops.cast(self.mask, w.dtype)
 
     def get_config(self):  # the mask is a weight of the wrapper, rebuilt with it
         return {}
@@ -131,9 +133,14 @@ class KoopmanPruning(keras.layers.Wrapper):
             # And in the graph, for a train function traced in an earlier fit with the callback
             # and reused by a later one without it (no retrace). detach_callback makes a
             # model compiled with XLA retrace instead, as XLA drops this op.
-            tf.debugging.assert_positive(
-                tf.convert_to_tensor(self.callback_attached),
-                message=_missing_callback(self.name))
+            # (TensorFlow only: a JAX train step is traced anew after detach_callback, and a
+            # PyTorch one runs this Python check at every step.)
+            if backend() == "tensorflow":
+                import tensorflow as tf
+
+                tf.debugging.assert_positive(
+                    tf.convert_to_tensor(self.callback_attached),
+                    message=_missing_callback(self.name))
         return self.layer(inputs, *args, **kwargs)
 
     def compute_output_shape(self, input_shape):
@@ -141,8 +148,8 @@ class KoopmanPruning(keras.layers.Wrapper):
 
     def sparsity(self):
         """Fraction of masked-out entries over this wrapper's prunable weights."""
-        total = sum(int(tf.size(mask)) for _, mask in self.masked)
-        zeros = sum(int(tf.reduce_sum(tf.cast(mask == 0, tf.int32)))
+        total = sum(int(np.prod(mask.shape)) for _, mask in self.masked)
+        zeros = sum(int(np.sum(keras.ops.convert_to_numpy(mask.value) == 0))
                     for _, mask in self.masked)
         return zeros / max(total, 1)
 
@@ -206,8 +213,8 @@ def detach_callback(model, wrappers):
     for wrapper in wrappers:
         wrapper._callback_active = False
         wrapper.callback_attached.assign(0)
-    if model is not None and getattr(model, "jit_compile", False) and hasattr(
-            model, "train_function"):
+    compiled = backend() == "jax" or getattr(model, "jit_compile", False)
+    if model is not None and compiled and hasattr(model, "train_function"):
         model.train_function = None
 
 
@@ -241,8 +248,9 @@ def _copy_weights(source, target):
         elif isinstance(original, KoopmanPruning) and not isinstance(clone, KoopmanPruning):
             weights = {id(w): w for w in original.layer.weights}
             masks = {id(w): m for w, m in original.masked}
-            values = [(w * tf.cast(masks[id(w)], w.dtype)).numpy() if id(w) in masks
-                      else w.numpy() for w in weights.values()]
+            values = [keras.ops.convert_to_numpy(w.value * keras.ops.cast(masks[id(w)].value,
+                                                                          w.dtype))
+                      if id(w) in masks else w.numpy() for w in weights.values()]
             clone.set_weights(values)
         else:
             clone.set_weights(original.get_weights())

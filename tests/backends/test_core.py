@@ -371,8 +371,7 @@ def test_summaries_are_written_and_read_back_with_tensorboard(tmp_path):
 def test_parts_not_ported_yet_say_so_clearly():
     with pytest.raises(ImportError, match="needs the TensorFlow backend"):
         kk.callbacks.KoopmanTracker  # noqa: B018  (the TensorFlow tracker itself)
-    with pytest.raises(ImportError, match="needs the TensorFlow backend"):
-        kk.pruning.prune_koopman  # noqa: B018
+
     with pytest.raises(ValueError, match="backup_dir needs the TensorFlow backend"):
         kk.callbacks.KoopmanMonitor(backup_dir="somewhere")
 
@@ -605,3 +604,128 @@ def test_node_wise_jump_equals_per_node_kk_dmd():
             expected = np.real(result.modes @ (result.amplitudes * values ** (m - 1 + 4)))
             np.testing.assert_allclose(np.append(kernel[:, unit], bias[unit]), expected,
                                        rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# pruning
+def pruning_data(n=256, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8)).astype("float32")
+    return x, np.tanh(x[:, :2]).sum(1, keepdims=True).astype("float32")
+
+
+def pruning_mlp(seed=0, width=24):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((8,)),
+                             keras.layers.Dense(width, activation="tanh", name="hidden"),
+                             keras.layers.Dense(1, name="out")])
+
+
+def masks_and_kernels(model):
+    return [(weight.numpy(), mask.numpy()) for wrapper in kk.pruning.pruning_wrappers(model)
+            for weight, mask in wrapper.masked]
+
+
+needs_masks = pytest.mark.skipif(BACKEND == "jax", reason="pruning is not on JAX yet")
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX only")
+def test_pruning_on_jax_says_why_it_is_not_there():
+    with pytest.raises(ImportError, match="not yet on JAX"):
+        kk.pruning.prune_koopman  # noqa: B018
+
+
+@needs_masks
+def test_pruned_weights_stay_exact_zeros_and_magnitude_pruning_is_global():
+    x, y = pruning_data()
+    pruned = kk.pruning.prune_koopman(pruning_mlp(), 0.5, criterion="magnitude",
+                                      schedule=kk.pruning.ConstantSparsity(
+                                          0.5, begin_step=0, frequency=1000, unit="epoch"))
+    pruned.compile(keras.optimizers.SGD(0.0), "mse")  # weights do not move: exact reference
+    before = np.concatenate([np.abs(w.numpy()).ravel()
+                             for wrapper in kk.pruning.pruning_wrappers(pruned)
+                             for w, _ in wrapper.masked])
+    pruned.fit(x, y, epochs=1, verbose=0, callbacks=[kk.pruning.UpdateKoopmanPruning()])
+    threshold = np.sort(before)[int(0.5 * before.size) - 1]
+    masks = np.concatenate([m.ravel() for _, m in masks_and_kernels(pruned)])
+    np.testing.assert_array_equal(masks == 0, before <= threshold)
+
+    schedule = kk.pruning.ConstantSparsity(0.8, begin_step=1, frequency=100, unit="epoch")
+    pruned = kk.pruning.prune_koopman(pruning_mlp(), 0.8, schedule=schedule,
+                                      criterion="magnitude")
+    pruned.compile(keras.optimizers.Adam(1e-2), "mse")
+    pruned.fit(x, y, epochs=10, batch_size=32, verbose=0,
+               callbacks=[kk.pruning.UpdateKoopmanPruning(window=3)])
+    total = zeros = 0
+    for weight, mask in masks_and_kernels(pruned):
+        assert np.all(weight[mask == 0] == 0.0)  # exact zeros after 9 epochs of Adam
+        assert np.any(weight[mask == 1] != 0.0)
+        total, zeros = total + mask.size, zeros + int((mask == 0).sum())
+    assert zeros == int(np.floor(0.8 * total))
+
+
+@needs_masks
+@pytest.mark.parametrize("horizon", [None, 6])
+def test_koopman_update_matches_the_numpy_reference(horizon):
+    from helpers import reference_scores
+
+    x, y = pruning_data(seed=1)
+    schedule = kk.pruning.PolynomialDecay(0.3, 0.6, begin_step=4, end_step=8, frequency=4,
+                                          unit="epoch")
+    pruned = kk.pruning.prune_koopman(pruning_mlp(), 0.6, schedule=schedule)
+    pruned.compile(keras.optimizers.SGD(0.05), "mse")
+    update = kk.pruning.UpdateKoopmanPruning(window=4, rank=4, horizon=horizon)
+    seen, decide = {}, update.decide
+
+    def recording(epoch, logs):  # the window and masks the update sees, then the update
+        seen[epoch] = [(host(update.monitor.buffers[name].snapshots()), m.numpy().ravel(),
+                        w.numpy().ravel()) for name, (_, w, m) in update._groups.items()]
+        decide(epoch, logs)
+        seen[epoch, "masks"] = np.concatenate([m.numpy().ravel() for _, (_, _, m)
+                                               in update._groups.items()])
+
+    update.decide = recording
+    pruned.fit(x, y, epochs=9, batch_size=32, verbose=0, callbacks=[update])
+    assert [(u["step"], u["criterion"]) for u in update.updates] == [(4, "koopman"),
+                                                                      (8, "koopman")]
+    previous = None
+    for epoch in (4, 8):
+        scores = np.concatenate([reference_scores(s, m, w, s.shape[0] - 1, horizon)
+                                 for s, m, w in seen[epoch]])
+        masks = seen[epoch, "masks"]
+        count = int(np.floor(schedule(epoch)[1] * masks.size))
+        assert int((masks == 0).sum()) == count
+        if previous is not None:
+            assert np.all(masks[previous == 0] == 0)  # pruned entries stay pruned
+        expected = np.ones(masks.size)
+        expected[np.argsort(scores, kind="stable")[:count]] = 0
+        differ = np.flatnonzero(expected != masks)
+        cut = np.sort(scores)[count - 1]  # disagreements only where the two round apart
+        assert np.all(np.abs(scores[differ] - cut) <= 1e-4 * abs(cut) + 1e-7), differ
+        assert differ.size <= 2
+        previous = masks
+    for wrapper in kk.pruning.pruning_wrappers(pruned):
+        assert update.updates[-1]["layers"][wrapper.name] == pytest.approx(wrapper.sparsity())
+
+
+@needs_masks
+def test_a_pruned_model_trains_only_with_the_callback_and_strips_to_the_same_model():
+    x, y = pruning_data()
+    pruned = kk.pruning.prune_koopman(pruning_mlp(width=8), 0.5, criterion="magnitude",
+                                      schedule=kk.pruning.ConstantSparsity(
+                                          0.5, begin_step=0, frequency=100, unit="epoch"))
+    pruned.compile(keras.optimizers.Adam(1e-2), "mse")
+    with pytest.raises(Exception, match="UpdateKoopmanPruning"):
+        pruned.fit(x, y, epochs=1, verbose=0)
+    pruned.fit(x, y, epochs=2, verbose=0, callbacks=[kk.pruning.UpdateKoopmanPruning()])
+    trained = [w.copy() for w, _ in masks_and_kernels(pruned)]
+    with pytest.raises(Exception, match="UpdateKoopmanPruning"):  # a later fit, too
+        pruned.fit(x, y, epochs=1, verbose=0)
+    for old, (new, _) in zip(trained, masks_and_kernels(pruned)):
+        np.testing.assert_array_equal(old, new)  # the refused fit trained nothing
+    small = kk.pruning.strip_pruning(pruned)
+    assert not kk.pruning.pruning_wrappers(small)
+    np.testing.assert_allclose(small.predict(x, verbose=0), pruned.predict(x, verbose=0),
+                               rtol=1e-6, atol=1e-6)
+    kernel = small.get_layer("hidden").get_weights()[0]
+    assert 0.3 < np.mean(kernel == 0) < 0.7

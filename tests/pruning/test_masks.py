@@ -6,21 +6,8 @@ import pytest
 import tensorflow as tf
 
 import keras_koopman as kk
+from helpers import reference_scores
 from keras_koopman.pruning.masks import kth_smallest, select_smallest
-
-
-def reference_scores(snapshots, mask, weight, newest, horizon=None):
-    """NumPy/eager reference of one tensor's scores: the DMD of its unpruned entries alone
-    (``kk.dmd`` of the kept columns), ``koopman_scores``, scaled to the root mean square of the
-    kept weights (forecast scores, ``horizon`` given, are not rescaled); pruned entries -1."""
-    kept = np.flatnonzero(mask)
-    values = weight[kept].astype(np.float64)
-    raw = kk.pruning.koopman_scores(kk.dmd(snapshots[:, kept], rank=4), newest, horizon,
-                                    weights=values)
-    score = np.full(mask.size, -1.0)
-    scale = 1.0 if horizon is not None else np.sqrt(np.mean(values**2) / np.mean(raw**2))
-    score[kept] = raw * scale
-    return score
 
 
 def test_forecast_scores_of_a_decaying_weight_fall_to_its_limit():
