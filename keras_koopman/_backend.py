@@ -6,8 +6,8 @@ the backend-neutral path (:mod:`keras_koopman.portable`) serves :func:`keras_koo
 :class:`~keras_koopman.callbacks.KoopmanEarlyStopping`, ``KoopmanRestart``,
 ``KoopmanAccelerator``, :class:`~keras_koopman.losses.NegativeSobolev` and (on PyTorch) the
 pruning wrapper;
-the parts not ported yet (``backup_dir``, sketched and bfloat16 buffers) raise an
-``ImportError`` that says so when they are first used.
+the parts not ported yet say so when they are first used (``ImportError`` for a module,
+``ValueError`` for an argument: ``backup_dir``, sketched and bfloat16 buffers).
 
 On JAX, float64 needs ``jax_enable_x64`` (without it JAX silently computes float64 requests in
 float32, and a float32 Gram matrix of weight snapshots loses the small motions DMD is about):

@@ -117,6 +117,7 @@ def _dmd_spectrum(y, spacing, rank):
     hankel = np.lib.stride_tricks.sliding_window_view(y - y.mean(), delays)
     # Modes have unit norm, so |amplitude| is each mode's size; no modes needed.
     result = dmd(hankel, rank=rank, solver="svd", modes=False)
+    result = result.numpy()  # wherever the backend keeps it
     eigenvalues = np.asarray(result.eigenvalues)
     amplitudes = np.abs(np.asarray(result.amplitudes))
     frequencies = np.abs(np.angle(eigenvalues)) / (2 * np.pi * spacing)

@@ -13,12 +13,11 @@ import warnings
 import keras
 import numpy as np
 
-from keras_koopman._backend import backend
 from keras_koopman._validation import check_choice, check_int, check_number
 
 # TensorFlow: tf.signal, with run-time shapes and the in-graph batch check. JAX and PyTorch:
 # keras.ops (their shapes are known when the step is traced or run).
-_TENSORFLOW = backend() == "tensorflow"
+_TENSORFLOW = keras.backend.backend() == "tensorflow"  # (importing flips no JAX flag)
 if _TENSORFLOW:
     import tensorflow as tf
 

@@ -19,6 +19,16 @@ def check_steps(steps):
     return t
 
 
+def _host(tensor):
+    """A field as a NumPy array, wherever the backend keeps it (a torch tensor on a GPU has to
+    be copied to the host first: ``keras.ops.convert_to_numpy`` does that)."""
+    if isinstance(tensor, np.ndarray):
+        return tensor
+    import keras
+
+    return np.asarray(keras.ops.convert_to_numpy(tensor))
+
+
 def _to_backend(array):
     from keras_koopman.portable.device import to_tensor
 
@@ -30,8 +40,9 @@ class DMDResult:
     """The result of a DMD: the Koopman spectrum and modes of a snapshot sequence.
 
     Its fields are tensors of the Keras backend that computed it (TensorFlow tensors on
-    TensorFlow, JAX arrays on JAX, torch tensors on PyTorch); ``np.asarray`` reads any of them,
-    and :meth:`numpy` returns a copy whose fields are NumPy arrays.
+    TensorFlow, JAX arrays on JAX, torch tensors on PyTorch); ``keras.ops.convert_to_numpy``
+    reads any of them (wherever they live), and :meth:`numpy` returns a copy whose fields are
+    NumPy arrays.
 
     Attributes:
       eigenvalues: ``[r]`` complex128, discrete-time eigenvalues ``lambda`` (one step = ``dt``),
@@ -70,13 +81,13 @@ class DMDResult:
     @property
     def frequencies(self):
         """Oscillation frequencies ``angle(lambda) / (2 pi dt)`` in cycles per unit time."""
-        return _to_backend(np.angle(np.asarray(self.eigenvalues)) / (2.0 * math.pi * self.dt))
+        return _to_backend(np.angle(_host(self.eigenvalues)) / (2.0 * math.pi * self.dt))
 
     @property
     def growth_rates(self):
         """Continuous-time growth rates ``log|lambda| / dt`` (negative: decaying)."""
         with np.errstate(divide="ignore"):
-            return _to_backend(np.log(np.abs(np.asarray(self.eigenvalues))) / self.dt)
+            return _to_backend(np.log(np.abs(_host(self.eigenvalues))) / self.dt)
 
     def predict(self, steps):
         """States at the given step indices, ``Re(modes diag(lambda^t) amplitudes)``.
@@ -92,17 +103,17 @@ class DMDResult:
         if self.modes is None:
             raise ValueError("predict needs the modes: compute the DMD with modes=True")
         t = check_steps(steps)
-        eigenvalues = np.asarray(self.eigenvalues)[..., None, :]  # [..., 1, r]
+        eigenvalues = _host(self.eigenvalues)[..., None, :]  # [..., 1, r]
         with np.errstate(divide="ignore", invalid="ignore"):
             powers = np.exp(t[:, None] * np.log(eigenvalues.astype(np.complex128)))
         powers = np.where(eigenvalues == 0, (t == 0)[:, None].astype(np.complex128), powers)
-        weights = powers * np.asarray(self.amplitudes)[..., None, :]
-        modes = np.asarray(self.modes)
+        weights = powers * _host(self.amplitudes)[..., None, :]
+        modes = _host(self.modes)
         return _to_backend(np.real(weights @ np.swapaxes(modes, -1, -2)))
 
     def numpy(self):
         """A copy whose tensor fields are NumPy arrays."""
-        convert = {f.name: np.asarray(getattr(self, f.name)) for f in dataclasses.fields(self)
+        convert = {f.name: _host(getattr(self, f.name)) for f in dataclasses.fields(self)
                    if getattr(self, f.name) is not None
                    and not isinstance(getattr(self, f.name), (int, float, str, np.ndarray))}
         return dataclasses.replace(self, **convert)

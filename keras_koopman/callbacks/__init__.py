@@ -6,8 +6,10 @@ decision callbacks are built on :class:`KoopmanCallback` and read the monitor's 
 
 import importlib
 
-# Loaded on first use: the monitor and the callbacks that only decide run on every Keras
-# backend; the tracker, the accelerator... import TensorFlow (and say so on another backend).
+import keras
+
+# Loaded on first use: the monitor and every decision callback run on every Keras backend;
+# KoopmanTracker is TensorFlow's (on JAX and PyTorch the monitor runs PortableTracker).
 _WHERE = {
     "KoopmanTracker": "tracker",
     "KoopmanMonitor": "monitor",
@@ -50,3 +52,5 @@ __all__ = [
     "layer_activity",
     "progress_gain",
 ]
+if keras.backend.backend() != "tensorflow":  # star imports get what loads here
+    __all__.remove("KoopmanTracker")

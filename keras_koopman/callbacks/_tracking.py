@@ -11,7 +11,6 @@ import numpy as np
 
 from keras_koopman import host_dmd
 from keras_koopman.host_dmd import check_method, parse_rank
-from keras_koopman._backend import backend
 from keras_koopman._validation import (DataError, check_choice, check_int, check_int_or,
                                        check_names, check_number)
 from keras_koopman.records import History, SpectrumRecord
@@ -24,7 +23,7 @@ __all__ = ["DATA_FAILURES", "TrackerCore", "UNIT_MODES", "host_ring", "shared_la
 # eigensolver that does not converge), numbers that overflow. Anything else is a programming
 # or configuration error and propagates.
 DATA_FAILURES = (DataError, ArithmeticError, np.linalg.LinAlgError)
-if backend() == "tensorflow":
+if keras.backend.backend() == "tensorflow":  # (no backend() here: importing flips no flag)
     import tensorflow as _tf
 
     DATA_FAILURES += (_tf.errors.InvalidArgumentError,)

@@ -264,7 +264,8 @@ class KoopmanAccelerator(KoopmanCallback):
                     state = self._predict(result, steps)[0]
                 else:
                     state = self._node_state(snapshots, index, steps)
-            # On the device: the predicted weights never pass through the host.
+            # TensorFlow: on the device, the predicted weights never pass through the host (on
+            # JAX and PyTorch the prediction is formed on the host, then sent back once).
             values, offset = [], 0
             for variable in variables:  # a cast that overflows gives inf: checked below
                 size = int(np.prod(variable.shape))
@@ -307,7 +308,7 @@ class KoopmanAccelerator(KoopmanCallback):
         extrapolated like the others (with cross-entropy the logit scale grows, and following
         it lowers the loss); where that overshoots, the guard undoes the jump.
         """
-        eigenvalues = np.asarray(result.eigenvalues)  # [r] or [units, p]: small, on the host
+        eigenvalues = ops.convert_to_numpy(result.eigenvalues)  # [r] or [units, p]: small
         snapped = np.where(np.abs(eigenvalues - 1) <= self.monitor.tolerance, 1.0 + 0j,
                            eigenvalues)
         return dataclasses.replace(result, eigenvalues=snapped).predict([steps])

@@ -107,7 +107,8 @@ class KoopmanMonitor(keras.callbacks.Callback):
                                         storage_dtype, snapshot_memory)
         self.analyze_every = (None if analyze_every is None
                               else check_int(analyze_every, "analyze_every", 1))
-        self.logger = _summary_logger()(check_log_dir(log_dir), on_error=self.tracker.report)
+        log_dir = check_log_dir(log_dir)
+        self.logger = _summary_logger(log_dir)(log_dir, on_error=self.tracker.report)
         if backup_dir is not None and backend() != "tensorflow":
             raise ValueError(f"backup_dir needs the TensorFlow backend for now (Keras runs on "
                              f"{backend()}); got backup_dir={backup_dir!r}")
@@ -344,10 +345,13 @@ def _tracker_class():
     return PortableTracker
 
 
-def _summary_logger():
+def _summary_logger(log_dir):
     """SummaryLogger (TensorBoard events are written with ``tf.summary`` on every backend, as
-    Keras's own TensorBoard callback does); a stand-in without TensorFlow, which refuses a
-    ``log_dir`` with a clear ImportError."""
+    Keras's own TensorBoard callback does); on JAX and PyTorch without ``log_dir`` a stand-in
+    that writes nothing (TensorFlow is not even imported), and where TensorFlow is not
+    installed one that refuses a ``log_dir`` with a clear ImportError."""
+    if log_dir is None and backend() != "tensorflow":
+        return _NoSummaries
     try:
         from keras_koopman.callbacks.logger import SummaryLogger
     except ModuleNotFoundError as error:

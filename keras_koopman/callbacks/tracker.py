@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import keras_koopman._requires_tensorflow  # noqa: F401  (Keras on TensorFlow, checked first)
+
 import numpy as np
 import tensorflow as tf
 

@@ -102,7 +102,7 @@ class SnapshotBuffer(RingReader):
     """
 
     def __init__(self, n_features, window, dtype="float32", name="snapshot_buffer", *,
-                 sketch=None, storage_dtype=None, **tensorflow_only):
+                 sketch=None, storage_dtype=None, sketch_density=None, seed=0):
         import keras
 
         self._n = check_int(n_features, "n_features", 1)
@@ -114,7 +114,10 @@ class SnapshotBuffer(RingReader):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be 'float32' or 'float64'; got {dtype!r}")
         self._dtype = dtype
-        unsupported = dict(tensorflow_only, **({"sketch": sketch} if sketch is not None else {}))
+        check_int(seed, "seed", 0)  # (the sketch's seed: accepted, as there is no sketch)
+        unsupported = {key: value for key, value in (("sketch", sketch),
+                                                     ("sketch_density", sketch_density))
+                       if value is not None}
         if storage_dtype not in (None, dtype):
             unsupported["storage_dtype"] = storage_dtype
         if unsupported:
@@ -136,7 +139,9 @@ class SnapshotBuffer(RingReader):
 
     @property
     def variables(self):
-        """The buffer's device arrays: the snapshots and the Gram matrix."""
+        """The buffer's device arrays: the snapshots and the Gram matrix (on JAX valid until
+        the next :meth:`append`, which donates them to the in-place update: copy them to
+        keep them)."""
         return [self._rings.buffers[0], self._rings.grams[0]]
 
     def __len__(self):

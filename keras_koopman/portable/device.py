@@ -13,11 +13,6 @@ from keras_koopman._backend import backend
 
 __all__ = ["complex_from", "gram", "matmul", "model_loss", "modes", "to_host", "to_tensor"]
 
-# Columns of a float64 product computed at once on torch (bounds the float64 copy of a slice
-# of a float32 buffer to window * 2**16 * 8 bytes).
-_TORCH_CHUNK = 2**16
-
-
 def to_tensor(x, dtype=None):
     """``x`` (NumPy, a list or a backend tensor) as a tensor of the Keras backend."""
     import keras

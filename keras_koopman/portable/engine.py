@@ -16,10 +16,10 @@ _AUTO_GRAM_ELEMENTS = 2**20  # as keras_koopman.dmd: the SVD below this many ele
 _FLOATS = ("float32", "float64")
 
 
-def to_snapshots(snapshots, name="snapshots"):
-    """Time-major ``[m, n]`` input as a float32 or float64 tensor of the backend, with the
-    errors of :func:`keras_koopman.dmd.to_snapshots` (float16 and bfloat16 become float32;
-    ints and bools float64)."""
+def to_snapshots(snapshots, name="snapshots", ndim=2):
+    """Time-major ``[m, n]`` (``ndim=3``: ``[batch, m, n]``) input as a float32 or float64
+    tensor of the backend, with the errors of :func:`keras_koopman.dmd.to_snapshots`
+    (float16 and bfloat16 become float32; ints and bools float64)."""
     import keras
 
     if isinstance(snapshots, keras.Variable):
@@ -53,15 +53,18 @@ def to_snapshots(snapshots, name="snapshots"):
                             f"{array.dtype}")
         tensor = dev.to_tensor(array)
     shape = tuple(tensor.shape)
-    if len(shape) != 2:
-        raise ValueError(f"{name} must be 2-D and time-major [m, n] (row k = state at step k); "
-                         f"got shape {shape}")
-    if shape[0] < 2:
+    layout = "[m, n]" if ndim == 2 else "[batch, m, n]"
+    if len(shape) != ndim:
+        raise ValueError(f"{name} must be {ndim}-D and time-major {layout} (row k = state at "
+                         f"step k); got shape {shape}")
+    if ndim == 3 and shape[0] < 1:
+        raise ValueError(f"{name} needs at least 1 sequence (batch >= 1); got shape {shape}")
+    if shape[-2] < 2:
         raise ValueError(f"{name} needs at least 2 time steps (m >= 2 rows of the time-major "
-                         f"[m, n]); got shape {shape}")
-    if shape[1] < 1:
+                         f"{layout}); got shape {shape}")
+    if shape[-1] < 1:
         raise ValueError(f"{name} needs at least 1 feature (n >= 1 columns of the time-major "
-                         f"[m, n]); got shape {shape}")
+                         f"{layout}); got shape {shape}")
     return tensor
 
 
@@ -71,7 +74,8 @@ def dmd(snapshots, rank=None, method="exact", dt=1.0, *, solver="auto", modes=Tr
 
     The Gram matrix ``X X^T`` (``solver="gram"``) or the snapshots (``"svd"``, only below
     ``2**20`` elements) reach the host once, in float64; the ``[m, m]`` eigenproblems run there
-    in NumPy; the modes are one float64 product on the device. The fields of the result are
+    in NumPy; the modes are one product on the device, in the snapshots' precision (as the
+    TensorFlow engine), renormalised in float64. The fields of the result are
     tensors of the backend (complex128, float64), on its default device.
 
     Example:
@@ -161,21 +165,9 @@ def dmd_batch(snapshots, rank=None, dt=1.0):
     ops = keras.ops
     code, value = host_dmd.parse_rank(rank)
     dt = host_dmd.check_dt(dt)
-    if isinstance(snapshots, keras.Variable):
-        snapshots = snapshots.value
-    if not ops.is_tensor(snapshots):
-        array = np.asarray(snapshots)
-        snapshots = array.astype(np.float64 if array.dtype.kind in "biu" else array.dtype)
-    x = ops.convert_to_tensor(snapshots)
+    x = to_snapshots(snapshots, ndim=3)
     shape = tuple(x.shape)
-    if len(shape) != 3 or shape[0] < 1 or shape[1] < 2 or shape[2] < 1:
-        raise ValueError(f"snapshots must be time-major [batch, m, n] with batch >= 1, m >= 2 "
-                         f"and n >= 1 (row k of each sequence = its state at step k); got "
-                         f"shape {shape}")
     dtype = keras.backend.standardize_dtype(x.dtype)
-    if dtype not in _FLOATS:
-        x = ops.cast(x, "float32" if dtype in ("float16", "bfloat16") else "float64")
-        dtype = keras.backend.standardize_dtype(x.dtype)
     x64 = ops.cast(x, "float64")
     gram = dev.to_host(dev.matmul(x64, ops.transpose(x64, (0, 2, 1))))  # [batch, m, m]
     _check_finite(np.all(np.isfinite(gram)))

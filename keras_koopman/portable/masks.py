@@ -6,8 +6,8 @@ mask keeps (the tracker's own when nothing is pruned yet; else one float64 produ
 masked snapshots on the device), the ``[m, m]`` eigenproblem on the host (as every analysis
 here) and one product ``X^T c`` on the device for the mode nearest 1. The selection (exactly
 ``count`` entries of a pool, pruned ones first, ties by position) is a stable sort on the
-device, and masks and weights are assigned there; the host reads one flag per tensor and the
-count of pruned entries.
+device, and masks and weights are assigned there; the host reads a few numbers per tensor
+(whether it is all kept, whether its scores are finite, its count of pruned entries).
 """
 
 from __future__ import annotations
@@ -60,8 +60,10 @@ def koopman_scores(view, keep, code, value, newest, horizon=None, values=None):
         held = eigenvalues / np.maximum(np.abs(eigenvalues), 1.0)
         motion = held ** (newest + horizon) - eigenvalues ** newest
         c = combination @ (amplitudes * motion)
-    stacked = dev.to_tensor(np.stack([c.real, c.imag], axis=1), "float64")  # [m, 2]
-    product = dev.matmul(ops.transpose(ops.cast(snapshots, "float64")), stacked)  # [n, 2]
+    # In the snapshots' precision, as TensorFlow's update (float32 weights: float32 products).
+    dtype = keras.backend.standardize_dtype(snapshots.dtype)
+    stacked = dev.to_tensor(np.stack([c.real, c.imag], axis=1), dtype)  # [m, 2]
+    product = ops.cast(dev.matmul(ops.transpose(snapshots), stacked), "float64")  # [n, 2]
     if horizon is None:
         scores = ops.sqrt(ops.sum(product * product, axis=1))
     else:  # the real part: conjugate pairs cancel the imaginary one

@@ -38,18 +38,32 @@ class PortableTracker(TrackerCore):
         if self.storage_dtype != "float32":
             raise ValueError(f"storage_dtype={self.storage_dtype!r} needs the TensorFlow "
                              "backend for now; use 'float32'")
+        if self.sketch not in ("auto", None):
+            raise ValueError(f"sketch={self.sketch!r} needs the TensorFlow backend for now; use "
+                             "sketch='auto' (groups are stored in full here) or None")
         self._rings = None
         self._weights = []
         self._written = 0  # snapshots in the rings since the last restart (finite or not)
         self._stale = []  # per group, the slots whose Gram rows wait for the next read
-        self._bad = None
-        self._synced_bad = None
+        self._synced_bad = None  # NaN/Inf counts (never reset) at the last sync
+        self._bad_at_restart = None  # ... and at the last restart
 
     # ----------------------------------------------------------------------------------------
     def watch(self, model):
         """As :meth:`KoopmanTracker.watch`; ``ValueError`` also when a group would need a
         sketch (more than ``snapshot_memory`` bytes of snapshots), which is TensorFlow-only."""
-        self.groups = self._resolve(model)
+        groups = self._resolve(model)  # raises before anything changes
+        sizes = {name: sum(int(np.prod(v.shape)) for v in variables)
+                 for name, variables in groups.items()}
+        sketches = plan_storage(sizes, self.window, self.sketch, self.storage_dtype,
+                                self.snapshot_memory, self.method).sketches if sizes else {}
+        if sketches:
+            raise ValueError(f"groups {sorted(sketches)} hold more weights than "
+                             f"snapshot_memory={self.snapshot_memory} bytes can store over a "
+                             f"window of {self.window}; sketching them needs the TensorFlow "
+                             "backend for now: raise snapshot_memory, shorten the window or "
+                             "watch fewer layers (observables=[...])")
+        self.groups = groups
         self._model = model
         by_layer = not callable(self.observables) and self.observables != "model"
         self._units = {name: unit_layout(model.get_layer(name) if by_layer else None, variables)
@@ -61,24 +75,14 @@ class PortableTracker(TrackerCore):
             self.report("set-up", ValueError("no observable group has trainable weights to "
                                              "watch; nothing is recorded"))
             return False
-        sizes = {name: sum(int(np.prod(v.shape)) for v in variables)
-                 for name, variables in self.groups.items()}
-        sketches = plan_storage(sizes, self.window, self.sketch, self.storage_dtype,
-                                self.snapshot_memory, self.method).sketches
-        if sketches:
-            raise ValueError(f"groups {sorted(sketches)} hold more weights than "
-                             f"snapshot_memory={self.snapshot_memory} bytes can store over a "
-                             f"window of {self.window}; sketching them needs the TensorFlow "
-                             "backend for now: raise snapshot_memory, shorten the window or "
-                             "watch fewer layers (observables=[...])")
         self._rings = ring.Rings(list(sizes.values()), self.window)
         self.buffers = {name: _GroupView(self, index, size)
                         for index, (name, size) in enumerate(sizes.items())}
         self._weights = list(self.groups.values())
         self._stored = {name: 0 for name in self.buffers}
         self._written, self._stale = 0, [set() for _ in sizes]
-        self._bad = np.zeros(len(self.buffers), np.int64)
         self._synced_bad = np.zeros(len(self.buffers), np.int64)
+        self._bad_at_restart = np.zeros(len(self.buffers), np.int64)
         return True
 
     @property
@@ -121,11 +125,11 @@ class PortableTracker(TrackerCore):
             for _ in range(int(bad[index] - self._synced_bad[index])):
                 self.report("snapshot", DataError("weights hold NaN or Inf; not recorded"), name)
         self._synced_bad = bad
-        # A group with a NaN/Inf snapshot is not analysed again until restart(): its count of
-        # usable snapshots is what was written before.
-        for name in names:
-            if name not in self.nonfinite_groups:
-                self._stored[name] = self._written
+        # Finite snapshots per group since the restart, as TensorFlow's counters give them (a
+        # group with a NaN/Inf snapshot is not analysed again until restart(); its ring holds
+        # that snapshot, where TensorFlow's skips it).
+        finite = self._written - (bad - self._bad_at_restart)
+        self._stored = dict(zip(names, np.maximum(finite, 0).tolist()))
 
     def stored(self, name=None):
         """How many finite snapshots group ``name`` holds (at most ``window``); ``None``: the
@@ -189,6 +193,7 @@ class PortableTracker(TrackerCore):
         self.sync()
         if self._rings is not None:
             self._rings.reset()
+            self._bad_at_restart = self._synced_bad.copy()
         self._stored = {name: 0 for name in self.buffers}
         self._written, self._stale = 0, [set() for _ in self._stale]
         self.nonfinite_groups = set()

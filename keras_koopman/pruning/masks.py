@@ -220,4 +220,6 @@ def mask_update_function(groups, koopman, others, log_scores, horizon=None):
                         tf.constant(newest, tf.int64), tf.constant(code, tf.int32),
                         tf.constant(value, tf.float64))
 
+    update.function = compiled  # the tf.function (its traces: one per fit's pools)
+    update.experimental_get_tracing_count = compiled.experimental_get_tracing_count
     return update

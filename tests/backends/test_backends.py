@@ -60,3 +60,46 @@ def test_an_unsupported_keras_backend_raises_a_clear_error():
     assert done.returncode != 0
     assert "ImportError" in done.stderr and "'numpy'" in done.stderr
     assert "tensorflow, jax, torch" in done.stderr and "KERAS_BACKEND" in done.stderr
+
+
+@pytest.mark.parametrize("backend", [pytest.param("jax", marks=needs("jax")),
+                                     pytest.param("torch", marks=needs("torch"))])
+def test_the_backend_path_needs_no_tensorflow(backend):
+    # What a machine with JAX or PyTorch and no TensorFlow gets (a GPU image, say): the engine,
+    # the buffer, a monitored fit with early stopping and jumps, the loss; log_dir says why not.
+    code = (
+        # A finder whose modules fail to load, as an absent package does (torch asks
+        # importlib.util.find_spec for TensorFlow and must not get an exception there).
+        "import sys, importlib.machinery\n"
+        "class Absent:\n"
+        "    def create_module(self, spec):\n"
+        "        raise ModuleNotFoundError('no ' + spec.name, name=spec.name.split('.')[0])\n"
+        "    def exec_module(self, module):\n"
+        "        pass\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('tensorflow', 'tensorboard'):\n"
+        "            return importlib.machinery.ModuleSpec(name, Absent())\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import numpy as np, keras, keras_koopman as kk\n"
+        "x = np.outer(0.9 ** np.arange(8), np.ones(3))\n"
+        "print(round(float(np.asarray(kk.dmd(x, rank=1).eigenvalues)[0].real), 9))\n"
+        "b = kk.SnapshotBuffer(3, 4)\n"
+        "for row in x: b.append(row.astype('float32'))\n"
+        "print(b.count, round(float(np.asarray(b.dmd(rank=1).eigenvalues)[0].real), 5))\n"
+        "rng = np.random.default_rng(0)\n"
+        "xs = rng.normal(size=(128, 3)).astype('float32'); ys = xs @ np.ones((3, 1), 'float32')\n"
+        "model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])\n"
+        "model.compile(keras.optimizers.SGD(0.1), kk.losses.NegativeSobolev(s=1.0, axis=0, grid_size=128))\n"
+        "m = kk.callbacks.KoopmanMonitor(window=6)\n"
+        "cbs = [m, kk.callbacks.KoopmanEarlyStopping(m), kk.callbacks.KoopmanAccelerator(m)]\n"
+        "model.fit(xs, ys, epochs=12, batch_size=128, shuffle=False, verbose=0, callbacks=cbs)\n"
+        "print(len(m.history) > 0, m.errors)\n"
+        "try:\n"
+        "    kk.callbacks.KoopmanMonitor(log_dir='logs')\n"
+        "except ImportError as error:\n"
+        "    print('log_dir:', 'needs TensorFlow installed' in str(error))\n"
+        "print(sorted(k for k in sys.modules if k.split('.')[0] == 'tensorflow'))\n")
+    done = run(code, backend, JAX_ENABLE_X64="1")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.splitlines() == ["0.9", "8 0.9", "True []", "log_dir: True", "[]"]

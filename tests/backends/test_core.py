@@ -729,3 +729,12 @@ def test_a_pruned_model_trains_only_with_the_callback_and_strips_to_the_same_mod
                                rtol=1e-6, atol=1e-6)
     kernel = small.get_layer("hidden").get_weights()[0]
     assert 0.3 < np.mean(kernel == 0) < 0.7
+
+
+def test_dmd_batch_bad_input_gives_the_errors_of_dmd():
+    with pytest.raises(TypeError, match="real numbers"):
+        kk.dmd_batch(np.ones((2, 4, 3)) * 1j)
+    with pytest.raises(ValueError, match="3-D and time-major"):
+        kk.dmd_batch(np.ones((4, 3)))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        kk.dmd_batch(np.full((2, 4, 3), np.nan))
