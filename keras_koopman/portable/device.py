@@ -58,12 +58,37 @@ def matmul(a, b):
 
 
 def gram(x):
-    """The float64 Gram matrix ``X X^T`` ``[m, m]`` of time-major snapshots ``x [m, n]``
-    (a backend tensor), on the device; products accumulate in float64."""
+    """The float64 Gram matrix ``X X^T`` ``[m, m]`` of time-major snapshots ``x [m, n]`` (a
+    backend tensor), on the device, as TensorFlow's engine forms it
+    (:func:`keras_koopman.dmd.snapshot_gram`): centred on the first snapshot, the centred
+    products in the data's precision (float32 data: one fast float32 product), assembled in
+    float64. Float64 data: one float64 product."""
     import keras
 
-    x64 = keras.ops.cast(x, "float64")
-    return matmul(x64, keras.ops.transpose(x64))
+    if keras.backend.standardize_dtype(x.dtype) == "float64":
+        return matmul(x, keras.ops.transpose(x))
+    if backend() == "jax":
+        if not _JAX_GRAM:
+            import jax
+
+            _JAX_GRAM.append(jax.jit(_centred_gram))
+        return _JAX_GRAM[0](x)
+    return _centred_gram(x)
+
+
+_JAX_GRAM = []
+
+
+def _centred_gram(x):
+    import keras
+
+    ops = keras.ops
+    reference = x[0]
+    centred = x - reference[None, :]
+    yy = ops.cast(matmul(centred, ops.transpose(centred)), "float64")
+    cross = ops.cast(matmul(centred, reference[:, None])[:, 0], "float64")
+    wide = ops.cast(reference, "float64")
+    return yy + cross[:, None] + cross[None, :] + ops.sum(wide * wide)
 
 
 def modes(x, combination):
@@ -75,16 +100,58 @@ def modes(x, combination):
     in float64."""
     import keras
 
-    ops = keras.ops
     combination = np.asarray(combination, np.complex128)
-    r = combination.shape[-1]
     dtype = keras.backend.standardize_dtype(x.dtype)
     stacked = to_tensor(np.concatenate([combination.real, combination.imag], axis=-1), dtype)
+    name = backend()
+    if name == "jax":  # one jitted function: XLA fuses everything after the product
+        modes_, norms = _jax_modes()(x, stacked)
+    elif name == "torch":
+        modes_, norms = _torch_modes(x, stacked)
+    else:
+        modes_, norms = _ops_modes(x, stacked)
+    return modes_, to_host(norms)[..., 0, :]
+
+
+def _ops_modes(x, stacked):
+    import keras
+
+    ops = keras.ops
+    r = stacked.shape[-1] // 2
     product = ops.cast(matmul(ops.swapaxes(x, -1, -2), stacked), "float64")  # [..., n, 2r]
     real, imag = product[..., :r], product[..., r:]
     norms = ops.sqrt(ops.sum(real * real + imag * imag, axis=-2, keepdims=True))
     safe = ops.where(norms > 0, norms, ops.ones_like(norms))
-    return complex_from(real / safe, imag / safe), to_host(safe)[..., 0, :]
+    return complex_from(real / safe, imag / safe), safe
+
+
+_JAX_MODES = []
+
+
+def _jax_modes():
+    if not _JAX_MODES:
+        import jax
+
+        _JAX_MODES.append(jax.jit(_ops_modes))
+    return _JAX_MODES[0]
+
+
+def _torch_modes(x, stacked):
+    """The same on torch, laid out for it: the product as ``[..., 2r, n]`` rows (contiguous),
+    the norms accumulated in float64 along them, the complex modes built once and returned
+    as the ``[..., n, r]`` view of those rows."""
+    import torch
+
+    r = stacked.shape[-1] // 2
+    with torch.no_grad():
+        product = torch.matmul(stacked.transpose(-1, -2), x)  # [..., 2r, n], x's precision
+        lengths = torch.linalg.vector_norm(product, dim=-1, dtype=torch.float64)  # [..., 2r]
+        norms = torch.sqrt(lengths[..., :r] ** 2 + lengths[..., r:] ** 2)
+        safe = torch.where(norms > 0, norms, torch.ones_like(norms))[..., None]  # [..., r, 1]
+        modes_ = torch.complex(product[..., :r, :].to(torch.float64),
+                               product[..., r:, :].to(torch.float64))
+        modes_ /= safe
+    return modes_.transpose(-1, -2), safe.transpose(-1, -2)
 
 
 def model_loss(model, x, y):

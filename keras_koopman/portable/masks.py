@@ -44,7 +44,7 @@ def koopman_scores(view, keep, code, value, newest, horizon=None, values=None):
     if bool(ops.all(keep > 0)):
         gram = view.gram()
     else:
-        gram = dev.to_host(dev.gram(snapshots * keep[None, :]))
+        gram = dev.to_host(dev.gram(ops.cast(snapshots * keep[None, :], "float64")))
     if not np.all(np.isfinite(gram)):
         return None, False
     n_kept = int(dev.to_host(ops.sum(keep)))
