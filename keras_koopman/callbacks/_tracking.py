@@ -105,6 +105,34 @@ class TrackerCore:
             warnings.warn(f"{self.name}: {where} failed{target} ({message}); training goes on "
                           "(see .errors)", RuntimeWarning, stacklevel=3)
 
+    def stored(self, name=None):
+        """How many finite snapshots group ``name`` holds (at most ``window``); ``None``: the
+        fewest any group holds. One device read either way."""
+        if name is not None and name not in self._stored:
+            raise KeyError(f"no observable group {name!r} is watched; the groups are "
+                           f"{list(self._stored)}")
+        self.sync()
+        held = self._stored[name] if name is not None else min(self._stored.values(), default=0)
+        return min(held, self.window)
+
+    def _note_nonfinite(self, bad):
+        """Marks and reports the groups whose NaN/Inf count ``bad`` (per group, never reset)
+        grew since the last sync: one entry of :attr:`errors` per such snapshot, one warning
+        per group."""
+        names = list(self.buffers)
+        for index in np.flatnonzero(bad > self._synced_bad):
+            name = names[index]
+            self.nonfinite_groups.add(name)
+            for _ in range(int(bad[index] - self._synced_bad[index])):
+                self.report("snapshot", DataError("weights hold NaN or Inf; not recorded"), name)
+        self._synced_bad = bad
+
+    def check_layout(self, layout):
+        """``DataError`` unless a saved ``layout`` is this tracker's."""
+        if layout != self.layout():
+            raise DataError(f"the saved state is of other observable groups ({layout}) than "
+                             f"this model's ({self.layout()})")
+
     def _record(self, eligible, outputs):
         """The records of one analysis from each group's host outputs (``{group: values}``,
         as :func:`host_ring` gives them), appended to :attr:`history` and returned."""

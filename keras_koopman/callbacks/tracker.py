@@ -234,24 +234,8 @@ class KoopmanTracker(TrackerCore):
         gathers, finite, bad = self._counters.read()
         self.step += gathers - self._synced_gathers
         self._synced_gathers = gathers
-        names = list(self.buffers)
-        for index in np.flatnonzero(bad > self._synced_bad):
-            name = names[index]
-            self.nonfinite_groups.add(name)
-            for _ in range(int(bad[index] - self._synced_bad[index])):
-                self.report("snapshot", DataError("weights hold NaN or Inf; not recorded"), name)
-        self._synced_bad = bad
-        self._stored = dict(zip(names, finite.tolist()))
-
-    def stored(self, name=None):
-        """How many finite snapshots group ``name`` holds (at most ``window``); ``None``: the
-        fewest any group holds. One device read either way."""
-        if name is not None and name not in self._stored:
-            raise KeyError(f"no observable group {name!r} is watched; the groups are "
-                           f"{list(self._stored)}")
-        self.sync()
-        held = self._stored[name] if name is not None else min(self._stored.values(), default=0)
-        return min(held, self.window)
+        self._note_nonfinite(bad)
+        self._stored = dict(zip(self.buffers, finite.tolist()))
 
     # ----------------------------------------------------------------------------------------
     # analysis
@@ -366,12 +350,6 @@ class KoopmanTracker(TrackerCore):
         self._counters.load([self._stored[name] for name in self.buffers])
         self._synced_gathers, self._synced_bad = 0, np.zeros(len(self.buffers), np.int64)
         self.history = History(history)
-
-    def check_layout(self, layout):
-        """``DataError`` unless a saved ``layout`` is this tracker's."""
-        if layout != self.layout():
-            raise DataError(f"the saved state is of other observable groups ({layout}) than "
-                             f"this model's ({self.layout()})")
 
 class _Counters:
     """Device-side counts of the gathering, read by the host once per :meth:`read`: gathers

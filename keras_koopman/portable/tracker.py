@@ -118,28 +118,12 @@ class PortableTracker(TrackerCore):
         self._apply_bad(dev.to_host(self._rings.bad).astype(np.int64))
 
     def _apply_bad(self, bad):
-        names = list(self.buffers)
-        for index in np.flatnonzero(bad > self._synced_bad):
-            name = names[index]
-            self.nonfinite_groups.add(name)
-            for _ in range(int(bad[index] - self._synced_bad[index])):
-                self.report("snapshot", DataError("weights hold NaN or Inf; not recorded"), name)
-        self._synced_bad = bad
+        self._note_nonfinite(bad)
         # Finite snapshots per group since the restart, as TensorFlow's counters give them (a
         # group with a NaN/Inf snapshot is not analysed again until restart(); its ring holds
         # that snapshot, where TensorFlow's skips it).
         finite = self._written - (bad - self._bad_at_restart)
-        self._stored = dict(zip(names, np.maximum(finite, 0).tolist()))
-
-    def stored(self, name=None):
-        """How many finite snapshots group ``name`` holds (at most ``window``); ``None``: the
-        fewest any group holds."""
-        if name is not None and name not in self._stored:
-            raise KeyError(f"no observable group {name!r} is watched; the groups are "
-                           f"{list(self._stored)}")
-        self.sync()
-        held = self._stored[name] if name is not None else min(self._stored.values(), default=0)
-        return min(held, self.window)
+        self._stored = dict(zip(self.buffers, np.maximum(finite, 0).tolist()))
 
     # ----------------------------------------------------------------------------------------
     def analyse(self):
@@ -225,12 +209,6 @@ class PortableTracker(TrackerCore):
         self._last_analysed = state["last_analysed"]
         self._synced_bad = dev.to_host(self._rings.bad).astype(np.int64)
         self.history = History(history)
-
-    def check_layout(self, layout):
-        """``DataError`` unless a saved ``layout`` is this tracker's."""
-        if layout != self.layout():
-            raise DataError(f"the saved state is of other observable groups ({layout}) than "
-                            f"this model's ({self.layout()})")
 
 
 class _GroupView(RingReader):

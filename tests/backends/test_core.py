@@ -1,5 +1,8 @@
 """The core subset, on whatever Keras backend runs this process (``KERAS_BACKEND``).
 
+(Its monitor-against-a-recorder and early-stopping cases are the suite's only copies: they run on
+TensorFlow here too.)
+
 The main suite runs it on TensorFlow; ``test_backends.py`` runs this file again in a process of
 its own for JAX and for PyTorch. Everything here is checked against an independent reference:
 NumPy's exact DMD, PyDMD, a recorder of the weights that reads them through Keras, analytic
@@ -179,6 +182,8 @@ def test_monitor_records_match_an_independent_dmd_of_the_weights():
     assert [r.step for r in monitor.records("out")] == list(range(2, 10))
     for name in ("hidden", "out"):
         trajectory = np.stack(recorder.snapshots[name]).astype(np.float64)  # start + 9 epochs
+        np.testing.assert_allclose(host(monitor.buffers[name].snapshots()), trajectory[-6:],
+                                   rtol=1e-6, atol=1e-7)
         values, _ = numpy_exact_modes(trajectory[-6:], 3)
         record = monitor.latest(name)
         assert record.snapshots == 6 and record.rank == 3 and monitor.stored(name) == 6

@@ -54,32 +54,6 @@ class WeightRecorder(keras.callbacks.Callback):
             self.record()
 
 
-def test_records_match_an_independent_dmd_of_the_weight_trajectory():
-    x, y = make_data()
-    model = make_model()
-    monitor = kk.callbacks.KoopmanMonitor(window=6, rank=3)
-    recorder = WeightRecorder(["hidden", "out"])
-    model.fit(x, y, epochs=9, batch_size=16, verbose=0, callbacks=[monitor, recorder])
-
-    assert [r.epoch for r in monitor.records("hidden")] == list(range(1, 9))
-    assert [r.step for r in monitor.records("out")] == list(range(2, 10))
-    assert monitor.latest().step == 9 and monitor.latest("hidden").group == "hidden"
-    for name in ("hidden", "out"):
-        trajectory = np.stack(recorder.snapshots[name])  # 10 snapshots: start + 9 epochs
-        np.testing.assert_allclose(monitor.buffers[name].snapshots().numpy(), trajectory[-6:],
-                                   rtol=1e-6, atol=1e-7)
-        reference = kk.dmd(trajectory[-6:].astype(np.float64), rank=3, solver="svd").numpy()
-        record = monitor.latest(name)
-        assert record.snapshots == 6 and record.rank == 3
-        np.testing.assert_allclose(
-            np.sort_complex(record.eigenvalues), np.sort_complex(reference.eigenvalues),
-            rtol=2e-3, atol=2e-3,
-        )
-        assert record.metrics["spectral_radius"] == pytest.approx(
-            np.abs(record.eigenvalues).max()
-        )
-
-
 def test_summaries_for_each_group_are_written_and_readable(tmp_path):
     x, y = make_data()
     model = make_model()
