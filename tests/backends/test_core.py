@@ -1,7 +1,7 @@
 """The core subset, on whatever Keras backend runs this process (``KERAS_BACKEND``).
 
-(Its monitor-against-a-recorder and early-stopping cases are the suite's only copies: they run on
-TensorFlow here too.)
+(Its monitor-against-a-recorder and early-stopping cases are the suite's only copies: they
+run on TensorFlow here too.)
 
 The main suite runs it on TensorFlow; ``test_backends.py`` runs this file again in a process of
 its own for JAX and for PyTorch. Everything here is checked against an independent reference:
