@@ -33,8 +33,7 @@ import numpy as np
 from keras_koopman._validation import check_choice, check_int, check_number
 
 __all__ = ["batch_gram_solve", "gram_solve", "svd_solve", "select_rank_batch", "summary",
-           "summary_batch",
-           "window_motion"]
+           "summary_batch", "window_motion"]
 
 # The rank encoding of keras_koopman.dmd.parse_rank, defined here (this module needs no
 # TensorFlow) and imported by dmd.py.
