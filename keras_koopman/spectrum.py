@@ -10,7 +10,8 @@ the Koopman tab):
   one that turns without growing).
 
 Every metric takes a :class:`keras_koopman.DMDResult` or a plain array of eigenvalues and returns
-a scalar tensor (so it also runs inside a ``tf.function``); ``float(...)`` gives a Python number.
+a scalar: on TensorFlow a tensor (so it also runs inside a ``tf.function``), on JAX and PyTorch a
+NumPy scalar (no TensorFlow needed); ``float(...)`` gives a Python number either way.
 
 Example:
 
@@ -55,6 +56,26 @@ __all__ = [
 ]
 
 
+def _numpy():
+    """On JAX and PyTorch the metrics are NumPy scalars (no TensorFlow needed there)."""
+    import keras
+
+    return keras.backend.backend() != "tensorflow"
+
+
+def _host(values):
+    import keras
+
+    if keras.ops.is_tensor(values):
+        values = keras.ops.convert_to_numpy(values)
+    return np.asarray(values).reshape(-1)
+
+
+def _eigenvalues_host(result_or_eigenvalues):
+    values = getattr(result_or_eigenvalues, "eigenvalues", result_or_eigenvalues)
+    return _host(values).astype(np.complex128)
+
+
 def _eigenvalues(result_or_eigenvalues):
     values = getattr(result_or_eigenvalues, "eigenvalues", result_or_eigenvalues)
     values = tf.convert_to_tensor(values)
@@ -65,6 +86,8 @@ def _eigenvalues(result_or_eigenvalues):
 
 def spectral_radius(result_or_eigenvalues):
     """Largest eigenvalue modulus ``max |lambda|`` (0 for an empty spectrum)."""
+    if _numpy():
+        return np.float64(np.max(np.abs(_eigenvalues_host(result_or_eigenvalues)), initial=0.0))
     moduli = tf.abs(_eigenvalues(result_or_eigenvalues))
     return tf.reduce_max(tf.concat([moduli, tf.zeros([1], tf.float64)], 0))
 
@@ -82,6 +105,15 @@ def near_one_fraction(result_or_eigenvalues, tolerance=0.01, amplitudes=None):
       float64 scalar in [0, 1]; 0 for an empty spectrum or zero total weight.
     """
     tolerance = check_number(tolerance, "tolerance")
+    if _numpy():
+        near = np.abs(_eigenvalues_host(result_or_eigenvalues) - 1.0) <= tolerance
+        weights = (np.ones(near.shape) if amplitudes is None
+                   else np.abs(_host(amplitudes)).astype(np.float64))
+        if weights.shape != near.shape:
+            raise ValueError(f"amplitudes must have one entry per eigenvalue ({near.size}); "
+                             f"got {weights.size}")
+        total = weights.sum()
+        return np.float64(np.sum(near * weights) / total if total > 0 else 0.0)
     eigenvalues = _eigenvalues(result_or_eigenvalues)
     near = tf.cast(tf.abs(eigenvalues - 1.0) <= tolerance, tf.float64)
     if amplitudes is None:
@@ -130,6 +162,8 @@ def unstable_count(result_or_eigenvalues, tolerance=0.01):
     """Number of eigenvalues outside the unit circle: ``|lambda| > 1 + tolerance`` (the same
     ``tolerance`` as "at 1", so no eigenvalue is both)."""
     tolerance = check_number(tolerance, "tolerance")
+    if _numpy():
+        return np.int32(np.sum(np.abs(_eigenvalues_host(result_or_eigenvalues)) > 1.0 + tolerance))
     moduli = tf.abs(_eigenvalues(result_or_eigenvalues))
     return tf.reduce_sum(tf.cast(moduli > 1.0 + tolerance, tf.int32))
 
@@ -137,6 +171,10 @@ def unstable_count(result_or_eigenvalues, tolerance=0.01):
 def max_residual(result_or_residuals):
     """Largest data-driven residual, NaN where none is known."""
     residuals = getattr(result_or_residuals, "residuals", result_or_residuals)
+    if _numpy():
+        values = _host(residuals).astype(np.float64)
+        finite = values[np.isfinite(values)]
+        return np.float64(finite.max() if finite.size else np.nan)
     residuals = tf.reshape(tf.cast(tf.convert_to_tensor(residuals), tf.float64), [-1])
     finite = tf.boolean_mask(residuals, tf.math.is_finite(residuals))
     return tf.cond(

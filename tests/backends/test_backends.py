@@ -96,6 +96,7 @@ def test_the_backend_path_needs_no_tensorflow(backend):
         "cbs = [m, kk.callbacks.KoopmanEarlyStopping(m), kk.callbacks.KoopmanAccelerator(m)]\n"
         "model.fit(xs, ys, epochs=12, batch_size=128, shuffle=False, verbose=0, callbacks=cbs)\n"
         "print(len(m.history) > 0, m.errors)\n"
+        "print(float(kk.spectrum.spectral_radius([0.5, -1.2j])))\n"
         "try:\n"
         "    kk.callbacks.KoopmanMonitor(log_dir='logs')\n"
         "except ImportError as error:\n"
@@ -103,4 +104,5 @@ def test_the_backend_path_needs_no_tensorflow(backend):
         "print(sorted(k for k in sys.modules if k.split('.')[0] == 'tensorflow'))\n")
     done = run(code, backend, JAX_ENABLE_X64="1")
     assert done.returncode == 0, done.stderr[-4000:]
-    assert done.stdout.splitlines() == ["0.9", "8 0.9", "True []", "log_dir: True", "[]"]
+    assert done.stdout.splitlines() == ["0.9", "8 0.9", "True []", "1.2", "log_dir: True",
+                                         "[]"]

@@ -743,3 +743,19 @@ def test_dmd_batch_bad_input_gives_the_errors_of_dmd():
         kk.dmd_batch(np.ones((4, 3)))
     with pytest.raises(ValueError, match="NaN or Inf"):
         kk.dmd_batch(np.full((2, 4, 3), np.nan))
+
+
+def test_spectrum_metrics_are_analytic():
+    values = np.array([1.005, 0.5j, -0.5j, 1.2, -1.0])
+    amplitudes = np.array([3.0, 1.0, 1.0, 0.5, 0.5])
+    assert float(kk.spectrum.spectral_radius(values)) == pytest.approx(1.2)
+    assert float(kk.spectrum.near_one_fraction(values)) == pytest.approx(0.2)
+    assert float(kk.spectrum.near_one_fraction(values, amplitudes=amplitudes)) == \
+        pytest.approx(3.0 / 6.0)
+    assert int(kk.spectrum.unstable_count(values)) == 1
+    assert float(kk.spectrum.max_residual(np.array([0.1, np.nan, 0.3]))) == pytest.approx(0.3)
+    assert np.isnan(float(kk.spectrum.max_residual(np.array([np.nan]))))
+    result = kk.dmd(np.outer(0.9 ** np.arange(8), [1.0, 2.0]), rank=1)
+    metrics = kk.spectrum.summary(result)
+    assert float(metrics["spectral_radius"]) == pytest.approx(0.9, rel=1e-9)
+    assert int(metrics["unstable_count"]) == 0
