@@ -33,8 +33,11 @@ class KoopmanMonitor(keras.callbacks.Callback):
     ``TensorBoard`` callback writes ``epoch_loss``: the spectrum after epoch ``e`` sits beside
     that epoch's loss).
 
-    The work is done by a :class:`~keras_koopman.callbacks.KoopmanTracker` (:attr:`tracker`),
-    written through :attr:`logger`; decision callbacks (:class:`~keras_koopman.callbacks.
+    The work is done by a :class:`~keras_koopman.callbacks.KoopmanTracker` (:attr:`tracker`;
+    on Keras's JAX and PyTorch backends a :class:`~keras_koopman.portable.tracker.
+    PortableTracker`, which gathers from the Keras hooks, never inside the train step, and has
+    no sketched, packed or bfloat16 storage nor ``backup_dir`` yet), written through
+    :attr:`logger`; decision callbacks (:class:`~keras_koopman.callbacks.
     KoopmanCallback`) read its records and forward every hook to it when it is not listed.
     Buffers survive repeated ``fit`` calls on the same model; a rebuilt model gets new buffers,
     while history and step numbers carry on. Layers without trainable weights are not
