@@ -161,3 +161,35 @@ def reference_scores(snapshots, mask, weight, newest, horizon=None):
     scale = 1.0 if horizon is not None else np.sqrt(np.mean(values**2) / np.mean(raw**2))
     score[kept] = raw * scale
     return score
+
+
+def weight_recorder(layers, per_batch=False):
+    """A Keras callback that records each named layer's flattened weights as NumPy, read
+    through Keras (``get_weights``, on every backend): at the first ``fit``'s start, then
+    after every epoch (or batch): the independent record the monitor is checked against."""
+    import keras
+
+    class WeightRecorder(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.layers, self.per_batch = layers, per_batch
+            self.snapshots = {name: [] for name in layers}
+
+        def record(self):
+            for name in self.layers:
+                weights = self.model.get_layer(name).get_weights()
+                self.snapshots[name].append(np.concatenate([w.ravel() for w in weights]))
+
+        def on_train_begin(self, logs=None):
+            if not any(self.snapshots.values()):
+                self.record()
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.per_batch:
+                self.record()
+
+        def on_epoch_end(self, epoch, logs=None):
+            if not self.per_batch:
+                self.record()
+
+    return WeightRecorder()

@@ -14,7 +14,8 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from helpers import assert_same_spectrum, linear_system, numpy_exact_modes, phase_alignment
+from helpers import (assert_same_spectrum, linear_system, numpy_exact_modes, phase_alignment,
+                     weight_recorder)
 
 import keras_koopman as kk
 
@@ -147,36 +148,11 @@ def make_model(seed=0):
     return model
 
 
-class WeightRecorder(keras.callbacks.Callback):
-    """Independent record of each layer's flattened weights, read through Keras."""
-
-    def __init__(self, layers, per_batch=False):
-        super().__init__()
-        self.layers, self.per_batch = layers, per_batch
-        self.snapshots = {name: [] for name in layers}
-
-    def record(self):
-        for name in self.layers:
-            weights = self.model.get_layer(name).get_weights()
-            self.snapshots[name].append(np.concatenate([w.ravel() for w in weights]))
-
-    def on_train_begin(self, logs=None):
-        self.record()
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.per_batch:
-            self.record()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if not self.per_batch:
-            self.record()
-
-
 def test_monitor_records_match_an_independent_dmd_of_the_weights():
     x, y = make_data()
     model = make_model()
     monitor = kk.callbacks.KoopmanMonitor(window=6, rank=3)
-    recorder = WeightRecorder(["hidden", "out"])
+    recorder = weight_recorder(["hidden", "out"])
     model.fit(x, y, epochs=9, batch_size=16, verbose=0, callbacks=[monitor, recorder])
     assert [r.epoch for r in monitor.records("hidden")] == list(range(1, 9))
     assert [r.step for r in monitor.records("out")] == list(range(2, 10))
@@ -197,7 +173,7 @@ def test_monitor_every_n_batches_gathers_the_weights_after_those_batches():
     x, y = make_data(samples=96)
     model = make_model(seed=1)
     monitor = kk.callbacks.KoopmanMonitor(every=2, window=8, rank=3, analyze_every=1)
-    recorder = WeightRecorder(["hidden"], per_batch=True)
+    recorder = weight_recorder(["hidden"], per_batch=True)
     model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[monitor, recorder])
     # 6 batches per epoch, a snapshot after every second: 9 + the starting weights.
     assert monitor.step == 9

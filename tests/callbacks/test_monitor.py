@@ -8,6 +8,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 import keras_koopman as kk
+from helpers import weight_recorder
 
 
 def make_data(seed=0, samples=64):
@@ -25,33 +26,6 @@ def make_model(seed=0, extra_layers=()):
     )
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
     return model
-
-
-class WeightRecorder(keras.callbacks.Callback):
-    """Independent record of each layer's flattened weights, as NumPy, at chosen moments."""
-
-    def __init__(self, layers, per_batch=False):
-        super().__init__()
-        self.layers = layers
-        self.per_batch = per_batch
-        self.snapshots = {name: [] for name in layers}
-
-    def record(self):
-        for name in self.layers:
-            weights = self.model.get_layer(name).trainable_weights
-            self.snapshots[name].append(np.concatenate([w.numpy().ravel() for w in weights]))
-
-    def on_train_begin(self, logs=None):
-        if not any(self.snapshots.values()):
-            self.record()
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.per_batch:
-            self.record()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if not self.per_batch:
-            self.record()
 
 
 def test_summaries_for_each_group_are_written_and_readable(tmp_path):
@@ -93,7 +67,7 @@ def test_every_n_batches_gathers_the_weights_of_those_batches():
     x, y = make_data(samples=64)
     model = make_model()
     monitor = kk.callbacks.KoopmanMonitor(every=3, window=8)
-    recorder = WeightRecorder(["hidden"], per_batch=True)
+    recorder = weight_recorder(["hidden"], per_batch=True)
     model.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0,
               callbacks=[recorder, monitor])
     # 16 batches: snapshots at the start and after batches 3, 6, 9, 12, 15.
@@ -117,7 +91,7 @@ def test_state_survives_two_fit_calls_without_a_duplicate_snapshot():
     x, y = make_data()
     model = make_model()
     monitor = kk.callbacks.KoopmanMonitor(window=10)
-    recorder = WeightRecorder(["out"])
+    recorder = weight_recorder(["out"])
     model.fit(x, y, epochs=3, verbose=0, callbacks=[monitor, recorder])
     model.fit(x, y, epochs=3, verbose=0, callbacks=[monitor, recorder])
     assert monitor.step == 6 and monitor.buffers["out"].count == 7
