@@ -31,18 +31,10 @@ import numpy as np  # noqa: E402
 
 import keras_koopman as kk  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dmd_speed import make_data  # noqa: E402  (the same data as the speed benchmark)
+
 RANK = 8
-
-
-def make_data(n, m, seed=0):
-    """Rank-8 linear dynamics (4 damped oscillations) plus 1e-3 noise, float32 ``[m, n]``."""
-    rng = np.random.default_rng(seed)
-    eigenvalues = np.array([0.99, 0.98, 0.96, 0.95]) * np.exp(1j * np.array([0.2, 0.5, 0.9, 1.4]))
-    powers = eigenvalues[None, :] ** np.arange(m)[:, None]
-    modes = rng.standard_normal((n, 4)) + 1j * rng.standard_normal((n, 4))
-    x = 2.0 * (powers @ modes.T).real
-    x += 1e-3 * np.abs(x).max() * rng.standard_normal((m, n))
-    return x.astype(np.float32)
 
 
 def numpy_eigenvalues(x, rank):
@@ -184,7 +176,6 @@ def main():
     text = "\n".join(lines)
     print(text)
     if args.output:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from _results import write_section
 
         write_section("GPU check of the JAX path (`bench/gpu_check_jax.py`)", text, args.output)

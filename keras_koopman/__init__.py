@@ -36,10 +36,10 @@ _ENGINE = {"dmd": ("keras_koopman.dmd", "keras_koopman.portable.engine"),
 
 
 def _engine(name):
-    from keras_koopman._backend import is_tensorflow
+    from keras_koopman._backend import implementation
 
     tensorflow, portable = _ENGINE[name]
-    return getattr(importlib.import_module(tensorflow if is_tensorflow() else portable), name)
+    return implementation(f"{tensorflow}:{name}", f"{portable}:{name}")
 
 __all__ = [
     "DMDResult",

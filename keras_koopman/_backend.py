@@ -58,6 +58,16 @@ def backend():
 _CHECKED = None
 
 
+def implementation(tensorflow, portable):
+    """The object named ``"module:name"`` by ``tensorflow`` on the TensorFlow backend, by
+    ``portable`` on JAX and PyTorch (imported on first use): the one place where the package
+    picks between its TensorFlow code and :mod:`keras_koopman.portable`."""
+    import importlib
+
+    module, name = (tensorflow if is_tensorflow() else portable).split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def is_tensorflow():
     """Whether Keras runs on TensorFlow (the backend every part of the package supports)."""
     return backend() == "tensorflow"

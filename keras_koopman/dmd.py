@@ -37,14 +37,14 @@ import keras_koopman._requires_tensorflow  # noqa: F401  (Keras on TensorFlow, c
 import dataclasses
 import math
 
-import numpy as np
 import tensorflow as tf
 
 from keras_koopman import result
 from keras_koopman._tf import cached_function
 from keras_koopman.host_dmd import (RANK_ENERGY, RANK_FIXED,  # noqa: F401  (re-exported)
                                     RANK_OPTIMAL, check_dt, check_method, check_solver,
-                                    floor_epsilon, gavish_donoho_omega, parse_rank)
+                                    floor_epsilon, gavish_donoho_omega, parse_rank,
+                                    check_snapshot_shape, real_array)
 from keras_koopman._validation import DataError
 
 __all__ = ["DMDResult", "dmd", "dmd_batch"]
@@ -362,10 +362,7 @@ class DMDResult(result.DMDResult):
         return tf.math.real(tf.matmul(weights, tf.convert_to_tensor(self.modes), transpose_b=True))
 
 
-_LAYOUTS = {
-    2: ("[m, n]", "row k = state at step k"),
-    3: ("[batch, m, n]", "row k of each sequence = its state at step k"),
-}
+_LAYOUTS = {2: "[m, n]", 3: "[batch, m, n]"}
 
 
 def to_snapshots(snapshots, name="snapshots", ndim=2):
@@ -389,29 +386,9 @@ def to_snapshots(snapshots, name="snapshots", ndim=2):
       ValueError: ragged input, the wrong number of dimensions, fewer than 2 time steps, no
         features or an empty batch.
     """
-    layout, rows = _LAYOUTS[ndim]
+    layout = _LAYOUTS[ndim]
     tensor = _real_tensor(snapshots, name, layout)
-    shape = tuple(tensor.shape)
-    if len(shape) != ndim:
-        raise ValueError(
-            f"{name} must be {ndim}-D and time-major {layout} ({rows}); got shape {shape}"
-        )
-
-    def below(dimension, minimum):
-        return dimension is not None and dimension < minimum
-
-    if ndim == 3 and below(shape[0], 1):
-        raise ValueError(f"{name} needs at least 1 sequence (batch >= 1); got shape {shape}")
-    if below(shape[-2], 2):
-        raise ValueError(
-            f"{name} needs at least 2 time steps (m >= 2 rows of the time-major {layout}); "
-            f"got shape {shape}"
-        )
-    if below(shape[-1], 1):
-        raise ValueError(
-            f"{name} needs at least 1 feature (n >= 1 columns of the time-major {layout}); "
-            f"got shape {shape}"
-        )
+    check_snapshot_shape(tuple(tensor.shape), name, ndim)
     return tensor
 
 
@@ -428,27 +405,7 @@ def _real_tensor(snapshots, name, layout):
                 f"{name} must hold real numbers (float32 or float64); got dtype {tensor.dtype.name}"
             )
         return tensor
-    try:
-        array = np.asarray(snapshots)
-    except ValueError as error:  # ragged nested lists
-        raise ValueError(
-            f"{name} must be a rectangular array, time-major {layout}; got a ragged "
-            f"{type(snapshots).__name__}"
-        ) from error
-    except Exception as error:  # objects NumPy cannot read as an array at all
-        raise TypeError(
-            f"{name} must be an array or tensor {layout}; got {type(snapshots).__name__}"
-        ) from error
-    kind = array.dtype.kind
-    if kind in "biu":
-        array = array.astype(np.float64)
-    elif kind == "f" and array.dtype not in (np.float32, np.float64):
-        array = array.astype(np.float32 if array.dtype.itemsize < 4 else np.float64)
-    elif kind != "f":
-        raise TypeError(
-            f"{name} must hold real numbers (float32 or float64); got dtype {array.dtype}"
-        )
-    return tf.convert_to_tensor(array)
+    return tf.convert_to_tensor(real_array(snapshots, name, layout))
 
 
 def guard_finite(gram):

@@ -97,6 +97,57 @@ def floor_epsilon(data_dtype, solver):
     return 10.0 * max(data_eps, solver_eps)
 
 
+def real_array(snapshots, name="snapshots", layout="[m, n]"):
+    """Array-like ``snapshots`` as a float32 or float64 NumPy array, with the errors every
+    engine gives (``keras_koopman.dmd`` and the portable one): ``ValueError`` for ragged input,
+    ``TypeError`` for objects or non-real numbers; ints and bools become float64, float16 and
+    bfloat16 float32."""
+    try:
+        array = np.asarray(snapshots)
+    except ValueError as error:  # ragged nested lists
+        raise ValueError(
+            f"{name} must be a rectangular array, time-major {layout}; got a ragged "
+            f"{type(snapshots).__name__}"
+        ) from error
+    except Exception as error:  # objects NumPy cannot read as an array at all
+        raise TypeError(
+            f"{name} must be an array or tensor {layout}; got {type(snapshots).__name__}"
+        ) from error
+    kind = array.dtype.kind
+    if kind in "biu":
+        array = array.astype(np.float64)
+    elif kind == "f" and array.dtype not in (np.float32, np.float64):
+        array = array.astype(np.float32 if array.dtype.itemsize < 4 else np.float64)
+    elif kind != "f":
+        raise TypeError(
+            f"{name} must hold real numbers (float32 or float64); got dtype {array.dtype}"
+        )
+    return array
+
+
+def check_snapshot_shape(shape, name="snapshots", ndim=2):
+    """``ValueError`` (naming ``name`` and the shape) unless ``shape`` is time-major ``[m, n]``
+    (``ndim=3``: ``[batch, m, n]``) with ``m >= 2``, ``n >= 1`` and ``batch >= 1``; a ``None``
+    size (known only at run time) passes."""
+    layout, rows = ({2: ("[m, n]", "row k = state at step k"),
+                     3: ("[batch, m, n]", "row k of each sequence = its state at step k")}[ndim])
+    if len(shape) != ndim:
+        raise ValueError(
+            f"{name} must be {ndim}-D and time-major {layout} ({rows}); got shape {shape}")
+
+    def below(dimension, minimum):
+        return dimension is not None and dimension < minimum
+
+    if ndim == 3 and below(shape[0], 1):
+        raise ValueError(f"{name} needs at least 1 sequence (batch >= 1); got shape {shape}")
+    if below(shape[-2], 2):
+        raise ValueError(f"{name} needs at least 2 time steps (m >= 2 rows of the time-major "
+                         f"{layout}); got shape {shape}")
+    if below(shape[-1], 1):
+        raise ValueError(f"{name} needs at least 1 feature (n >= 1 columns of the time-major "
+                         f"{layout}); got shape {shape}")
+
+
 def gavish_donoho_omega(beta):
     """Gavish-Donoho coefficient omega(beta) for the optimal hard threshold with unknown noise.
 

@@ -10,7 +10,7 @@ import numpy as np
 from keras import ops
 
 from keras_koopman import _engine
-from keras_koopman._backend import is_tensorflow
+from keras_koopman._backend import implementation
 from keras_koopman._validation import check_choice, check_int
 from keras_koopman.callbacks.base import KoopmanCallback
 from keras_koopman.callbacks._tracking import DATA_FAILURES, shared_last_axis
@@ -441,10 +441,5 @@ class KoopmanAccelerator(KoopmanCallback):
 def _compiled_loss():
     """The probe's loss function of the backend: one ``tf.function`` on TensorFlow; on JAX and
     PyTorch the model's own call and ``compute_loss``."""
-    if is_tensorflow():
-        from keras_koopman._tf import compiled_loss
-
-        return compiled_loss
-    from keras_koopman.portable.device import model_loss
-
-    return model_loss
+    return implementation("keras_koopman._tf:compiled_loss",
+                          "keras_koopman.portable.device:model_loss")

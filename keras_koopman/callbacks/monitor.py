@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from keras_koopman._backend import backend, io_failures
+from keras_koopman._backend import backend, implementation, io_failures
 from keras_koopman._validation import DataError, check_int, check_int_or, check_log_dir
 from keras_koopman.callbacks.step_gather import StepGather, supported
 from keras_koopman.records import SpectrumRecord
@@ -339,13 +339,8 @@ for _name in ("observables", "window", "rank", "method", "tolerance", "sketch", 
 def _tracker_class():
     """The tracker of the Keras backend: TensorFlow's compiled one, or the backend-neutral
     path's (JAX, torch)."""
-    if backend() == "tensorflow":
-        from keras_koopman.callbacks.tracker import KoopmanTracker
-
-        return KoopmanTracker
-    from keras_koopman.portable.tracker import PortableTracker
-
-    return PortableTracker
+    return implementation("keras_koopman.callbacks.tracker:KoopmanTracker",
+                          "keras_koopman.portable.tracker:PortableTracker")
 
 
 def _summary_logger(log_dir):

@@ -22,6 +22,7 @@ def to_snapshots(snapshots, name="snapshots", ndim=2):
     (float16 and bfloat16 become float32; ints and bools float64)."""
     import keras
 
+    layout = "[m, n]" if ndim == 2 else "[batch, m, n]"
     if isinstance(snapshots, keras.Variable):
         snapshots = snapshots.value
     if keras.ops.is_tensor(snapshots):
@@ -35,36 +36,8 @@ def to_snapshots(snapshots, name="snapshots", ndim=2):
                             f"{dtype}")
         tensor = snapshots
     else:
-        try:
-            array = np.asarray(snapshots)
-        except ValueError as error:  # ragged nested lists
-            raise ValueError(f"{name} must be a rectangular array, time-major [m, n]; got a "
-                             f"ragged {type(snapshots).__name__}") from error
-        except Exception as error:
-            raise TypeError(f"{name} must be an array or tensor [m, n]; got "
-                            f"{type(snapshots).__name__}") from error
-        kind = array.dtype.kind
-        if kind in "biu":
-            array = array.astype(np.float64)
-        elif kind == "f" and array.dtype not in (np.float32, np.float64):
-            array = array.astype(np.float32 if array.dtype.itemsize < 4 else np.float64)
-        elif kind != "f":
-            raise TypeError(f"{name} must hold real numbers (float32 or float64); got dtype "
-                            f"{array.dtype}")
-        tensor = dev.to_tensor(array)
-    shape = tuple(tensor.shape)
-    layout = "[m, n]" if ndim == 2 else "[batch, m, n]"
-    if len(shape) != ndim:
-        raise ValueError(f"{name} must be {ndim}-D and time-major {layout} (row k = state at "
-                         f"step k); got shape {shape}")
-    if ndim == 3 and shape[0] < 1:
-        raise ValueError(f"{name} needs at least 1 sequence (batch >= 1); got shape {shape}")
-    if shape[-2] < 2:
-        raise ValueError(f"{name} needs at least 2 time steps (m >= 2 rows of the time-major "
-                         f"{layout}); got shape {shape}")
-    if shape[-1] < 1:
-        raise ValueError(f"{name} needs at least 1 feature (n >= 1 columns of the time-major "
-                         f"{layout}); got shape {shape}")
+        tensor = dev.to_tensor(host_dmd.real_array(snapshots, name, layout))
+    host_dmd.check_snapshot_shape(tuple(tensor.shape), name, ndim)
     return tensor
 
 

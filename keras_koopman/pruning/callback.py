@@ -9,7 +9,7 @@ import numpy as np
 from keras_koopman._validation import check_int, check_log_dir
 from keras_koopman.callbacks.base import KoopmanCallback
 from keras_koopman.callbacks.monitor import KoopmanMonitor
-from keras_koopman._backend import is_tensorflow
+from keras_koopman._backend import implementation
 from keras_koopman.host_dmd import parse_rank
 from keras_koopman.pruning.wrapper import attach_callback, detach_callback, pruning_wrappers
 
@@ -306,8 +306,5 @@ def _mask_update_function():
     """The backend's mask update: one ``tf.function`` on TensorFlow
     (:mod:`keras_koopman.pruning.masks`), ``keras.ops`` and host solves on JAX and PyTorch
     (:mod:`keras_koopman.portable.masks`)."""
-    if is_tensorflow():
-        from keras_koopman.pruning.masks import mask_update_function
-    else:
-        from keras_koopman.portable.masks import mask_update_function
-    return mask_update_function
+    return implementation("keras_koopman.pruning.masks:mask_update_function",
+                          "keras_koopman.portable.masks:mask_update_function")

@@ -19,8 +19,9 @@ import tensorflow as tf
 
 from keras_koopman.buffers.ring import chronological_gram, float64_products, order_slots
 from keras_koopman.dmd import assemble_gram, floor_epsilon, gram_solve, guard_finite
+from keras_koopman.portable.masks import on_weight_scale  # keras.ops: every backend
 
-__all__ = ["kth_smallest", "mask_update_function", "select_smallest"]
+__all__ = ["kth_smallest", "mask_update_function", "on_weight_scale", "select_smallest"]
 
 
 def koopman_graph_scores(state, keep, code, value, newest, horizon=None, values=None):
@@ -82,15 +83,6 @@ def koopman_graph_scores(state, keep, code, value, newest, horizon=None, values=
     scores = scores * tf.cast(keep, tf.float64)
     valid = finite & (singular[0] > 0) & tf.reduce_all(tf.math.is_finite(scores))
     return scores, valid
-
-
-def on_weight_scale(scores, values, keep):
-    """``scores`` scaled to the root mean square of the kept ``values`` (float64 ``[n]``)."""
-    keep = tf.cast(keep, tf.float64)
-    kept = tf.maximum(tf.reduce_sum(keep), 1.0)
-    size = tf.sqrt(tf.reduce_sum(scores * scores * keep) / kept)
-    target = tf.sqrt(tf.reduce_sum(values * values * keep) / kept)
-    return tf.where(size > 0, scores * (target / tf.where(size > 0, size, 1.0)), scores)
 
 
 _DIGIT = 16  # bits per pass of the radix selection (4 passes over a float64)
