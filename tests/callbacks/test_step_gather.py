@@ -3,7 +3,8 @@
 import keras
 import numpy as np
 import pytest
-from test_monitor import WeightRecorder, make_data, make_model
+from helpers import weight_recorder
+from test_monitor import make_data, make_model
 
 import keras_koopman as kk
 
@@ -13,7 +14,7 @@ def reference_trajectory(batches, seed=0, samples=64, batch_size=8):
     model fitted with steps_per_execution=1 and a plain per-batch recorder."""
     x, y = make_data(samples=samples)
     model = make_model(seed)
-    recorder = WeightRecorder(["hidden"], per_batch=True)
+    recorder = weight_recorder(["hidden"], per_batch=True)
     epochs = batches * batch_size // samples
     model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=False, verbose=0,
               callbacks=[recorder])
@@ -86,7 +87,7 @@ def test_a_second_compile_gathers_from_the_new_train_function():
     monitor = kk.callbacks.KoopmanMonitor(every=2, window=10)
     model.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0, callbacks=[monitor])
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse", jit_compile=True)
-    recorder = WeightRecorder(["hidden"], per_batch=True)
+    recorder = weight_recorder(["hidden"], per_batch=True)
     model.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0,
               callbacks=[recorder, monitor])
     second = np.stack(recorder.snapshots["hidden"])  # start of the 2nd fit, then 8 batches
@@ -122,7 +123,7 @@ def test_a_custom_loop_that_calls_only_the_hooks_is_gathered_from_the_batch_hook
 
     x, y = make_data()
     model = make_model()
-    recorder = WeightRecorder(["hidden"], per_batch=True)
+    recorder = weight_recorder(["hidden"], per_batch=True)
     monitor = kk.callbacks.KoopmanMonitor(every=2, window=8)
     optimizer, loss = keras.optimizers.SGD(0.05), keras.losses.MeanSquaredError()
 
@@ -167,7 +168,7 @@ def test_a_fit_that_raises_leaves_no_gathering_in_later_fits_without_the_monitor
     # At most the rest of the interrupted epoch's budget (8 batches, 3 run) can still gather.
     assert monitor.step - before[0] <= 5
     # A later fit with the monitor installs it again and gathers exactly its batches.
-    recorder = WeightRecorder(["hidden"], per_batch=True)
+    recorder = weight_recorder(["hidden"], per_batch=True)
     model.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0,
               callbacks=[recorder, monitor])
     np.testing.assert_allclose(monitor.buffers["hidden"].snapshots().numpy(),
@@ -180,7 +181,7 @@ def test_two_per_batch_monitors_on_one_model_both_gather():
     model = make_model()
     hidden = kk.callbacks.KoopmanMonitor(observables=["hidden"], every=2, window=8)
     out = kk.callbacks.KoopmanMonitor(observables=["out"], every=2, window=8)
-    recorder = WeightRecorder(["hidden", "out"], per_batch=True)
+    recorder = weight_recorder(["hidden", "out"], per_batch=True)
     model.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0,
               callbacks=[recorder, hidden, out])
     assert hidden.step == out.step == 4
