@@ -99,7 +99,7 @@ def check_backend():
             f"this part of keras-koopman needs the TensorFlow backend of Keras 3 (Keras is "
             f"using {name!r}). On {name}, keras_koopman.dmd, SnapshotBuffer, KoopmanMonitor "
             f"(without backup_dir), every decision callback, NegativeSobolev, dmd_batch and "
-            f"suggest_depth work (pruning on PyTorch too, not on JAX yet); the TensorFlow "
+            f"suggest_depth and pruning work; the TensorFlow "
             f"tracker, backup_dir and sketched buffers need TensorFlow for now. "
             f"{_HOW_TO}")
 

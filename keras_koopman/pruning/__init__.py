@@ -23,15 +23,6 @@ True
 """
 
 
-from keras_koopman._backend import backend as _backend
-
-if _backend() == "jax":
-    raise ImportError(
-        "keras_koopman.pruning runs on the TensorFlow and PyTorch backends of Keras, not yet on "
-        "JAX: Keras's JAX optimizer applies weight constraints inside its own stateless scope, "
-        "where the wrapper's mask variables are not mapped, so the masks cannot hold the pruned "
-        "weights at zero there. Use KERAS_BACKEND=tensorflow or torch for pruning.")
-
 from keras_koopman.pruning.callback import UpdateKoopmanPruning, koopman_scores
 from keras_koopman.pruning.schedule import ConstantSparsity, PolynomialDecay, PruningSchedule
 from keras_koopman.pruning.wrapper import (

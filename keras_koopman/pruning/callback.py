@@ -255,6 +255,7 @@ class UpdateKoopmanPruning(KoopmanCallback):
         has all its scores shrunk or inflated by ``|lambda|^t``, and the global threshold can
         empty it (measured: 0.08 validation accuracy in a seed of the CNN bench at 90%).
         """
+        self.monitor._sync_state()  # JAX: the weights and masks back in their variables
         names = [name for _, pool in pools for name in pool]
         chosen = set(names)
         others = [name for name in self._groups if name not in chosen]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 
@@ -20,19 +22,43 @@ _DEFAULT_ATTRIBUTES = ("kernel", "embeddings")
 
 @keras.saving.register_keras_serializable(package="keras_koopman")
 class MaskConstraint(keras.constraints.Constraint):
-    """Multiplies a weight by its mask after every optimizer step (then applies ``inner``)."""
+    """Multiplies a weight by its mask after every optimizer step (then applies ``inner``).
+
+    On JAX the optimizer applies constraints in a stateless scope of its own that maps only
+    the trainable and optimizer variables: read there, the mask (a non-trainable weight,
+    dropped from memory while Keras trains on JAX) would be its initializer's ones, and
+    nothing would stay pruned. So the wrapper's forward pass in training, where Keras maps
+    every model variable to the train step's state, hands this constraint the mask's traced
+    value (:meth:`hold`), and the constraint uses it once, in the same train step.
+    """
 
     def __init__(self, mask, inner=None):
         self.mask = mask
         self.inner = inner
+        self._held = None
+
+    def hold(self, value):
+        """The mask's value in the train step being traced (JAX), for the next call."""
+        self._held = value
 
     def __call__(self, w):
         if self.inner is not None:
             w = self.inner(w)
-        return w * keras.ops.cast(self.mask, w.dtype)
+        mask, self._held = (self.mask if self._held is None else self._held), None
+        return w * keras.ops.cast(mask, w.dtype)
 
     def get_config(self):  # the mask is a weight of the wrapper, rebuilt with it
         return {}
+
+
+def _mask_constraint(weight):
+    """The :class:`MaskConstraint` a wrapper put on ``weight``."""
+    constraint = weight.constraint
+    if not isinstance(constraint, MaskConstraint):
+        raise RuntimeError(
+            f"the constraint of {weight.path} was replaced after KoopmanPruning wrapped it "
+            f"(it is {type(constraint).__name__}); the pruning mask no longer holds")
+    return constraint
 
 
 def prunable_weights(layer):
@@ -58,7 +84,9 @@ class KoopmanPruning(keras.layers.Wrapper):
     Training a model that holds these wrappers needs :class:`UpdateKoopmanPruning` among the
     callbacks of ``fit``: without it the train step fails with an error naming it, with or
     without XLA (``jit_compile``), also in a later ``fit`` that would reuse a train step traced
-    with the callback (see :func:`attach_callback`). Inference needs no callback. One gap: a
+    with the callback (see :func:`attach_callback`). On JAX such a ``fit`` trains on with a
+    warning and the masks fixed (pruned weights stay zero): an error raised while Keras traces
+    JAX's first train step would lose the model's weights. Inference needs no callback. One gap: a
     ``fit`` with the callback that is interrupted (Ctrl-C, an exception) ends without Keras's
     ``on_train_end``, so the model stays cleared to train until the next ``fit`` with the
     callback ends.
@@ -129,7 +157,19 @@ class KoopmanPruning(keras.layers.Wrapper):
             # under XLA too, which drops Assert ops.
             if not self._callback_active:
                 self._refused = True
-                raise RuntimeError(_missing_callback(self.name))
+                if backend() != "jax":
+                    raise RuntimeError(_missing_callback(self.name))
+                # On JAX an error raised while the first train step of a fit is traced
+                # loses every weight of the model (Keras has dropped them from the
+                # variables and holds them only in that step's state), so train on with the
+                # masks held by the constraint, fixed, and say so.
+                warnings.warn(
+                    f"{self.name}: fit without kk.pruning.UpdateKoopmanPruning() among its "
+                    "callbacks: the pruning masks stay as they are (pruned weights stay "
+                    "zero) and are not updated. Add it: model.fit(..., callbacks=[kk.pruning."
+                    "UpdateKoopmanPruning()]). (On TensorFlow and PyTorch this fit is refused; "
+                    "on JAX an error raised while Keras traces the train step would lose the "
+                    "model's weights.)", stacklevel=2)
             # And in the graph, for a train function traced in an earlier fit with the callback
             # and reused by a later one without it (no retrace). detach_callback makes a
             # model compiled with XLA retrace instead, as XLA drops this op.
@@ -141,6 +181,9 @@ class KoopmanPruning(keras.layers.Wrapper):
                 tf.debugging.assert_positive(
                     tf.convert_to_tensor(self.callback_attached),
                     message=_missing_callback(self.name))
+            elif backend() == "jax":  # see MaskConstraint
+                for weight, mask in self.masked:
+                    _mask_constraint(weight).hold(mask.value)
         return self.layer(inputs, *args, **kwargs)
 
     def compute_output_shape(self, input_shape):

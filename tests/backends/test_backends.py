@@ -97,6 +97,13 @@ def test_the_backend_path_needs_no_tensorflow(backend):
         "model.fit(xs, ys, epochs=12, batch_size=128, shuffle=False, verbose=0, callbacks=cbs)\n"
         "print(len(m.history) > 0, m.errors)\n"
         "print(float(kk.spectrum.spectral_radius([0.5, -1.2j])))\n"
+        "wide = keras.Sequential([keras.Input((3,)), keras.layers.Dense(8), keras.layers.Dense(1)])\n"
+        "pruned = kk.pruning.prune_koopman(wide, 0.5)\n"
+        "pruned.compile('adam', 'mse')\n"
+        "pruned.fit(xs, ys, epochs=5, verbose=0,\n"
+        "           callbacks=[kk.pruning.UpdateKoopmanPruning(window=3)])\n"
+        "kernels = [layer.get_weights()[0] for layer in kk.pruning.strip_pruning(pruned).layers]\n"
+        "print(sum(k.size - np.count_nonzero(k) for k in kernels))  # half of 24 + 8\n"
         "try:\n"
         "    kk.callbacks.KoopmanMonitor(log_dir='logs')\n"
         "except ImportError as error:\n"
@@ -104,5 +111,5 @@ def test_the_backend_path_needs_no_tensorflow(backend):
         "print(sorted(k for k in sys.modules if k.split('.')[0] == 'tensorflow'))\n")
     done = run(code, backend, JAX_ENABLE_X64="1")
     assert done.returncode == 0, done.stderr[-4000:]
-    assert done.stdout.splitlines() == ["0.9", "8 0.9", "True []", "1.2", "log_dir: True",
-                                         "[]"]
+    assert done.stdout.splitlines() == ["0.9", "8 0.9", "True []", "1.2", "16",
+                                         "log_dir: True", "[]"]
