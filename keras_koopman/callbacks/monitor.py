@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from keras_koopman._backend import backend, implementation, io_failures
+from keras_koopman._backend import backend, implementation, io_failures, is_tensorflow
 from keras_koopman._validation import DataError, check_int, check_int_or, check_log_dir
 from keras_koopman.callbacks.step_gather import StepGather, supported
 from keras_koopman.records import SpectrumRecord
@@ -102,9 +102,10 @@ class KoopmanMonitor(keras.callbacks.Callback):
                  backup_dir=None, unit_modes=True):
         super().__init__()
         self.every = check_int_or(every, "every", ("epoch",))
-        if every != "epoch":
+        if every != "epoch" and is_tensorflow():
             # Only then a batch hook: any callback with one makes Keras run every callback
-            # synchronously after each batch, which costs a host sync per batch.
+            # synchronously after each batch, which costs a host sync per batch. (JAX and
+            # torch gather around the train function, always: no hook there.)
             self.on_train_batch_end = self._on_train_batch_end
         self.tracker = _tracker_class()(observables, window, rank, method, tolerance, sketch,
                                         storage_dtype, snapshot_memory)

@@ -22,11 +22,20 @@ under a ``tf.distribute`` strategy (the train step runs per replica there) nor w
 ``run_eagerly=True``: the monitor then gathers from its batch hook, which
 :meth:`StepGather.batch_end` schedules (counting the batches that ``steps_per_execution`` hides,
 and skipping snapshots that would leave the window before the end of the epoch).
+
+On JAX and PyTorch the gather runs on the host around each train step instead
+(:class:`_HostDispatch`): Keras's train function is wrapped, and after each step the
+monitors' gathers are dispatched (on JAX one jitted, donated write from the step's returned
+state, the weights never synced back into the model's variables; on torch in-place copies of
+the live variables). The monitor then needs no batch hook, and Keras keeps dispatching its
+callbacks asynchronously (a batch hook makes it read every batch's logs to the host).
 """
 
 from __future__ import annotations
 
-from keras_koopman._backend import is_tensorflow
+import warnings
+
+from keras_koopman._backend import backend, is_tensorflow
 
 __all__ = ["StepGather", "supported"]
 
@@ -35,7 +44,7 @@ def supported(model):
     """Whether the gather can run inside ``model``'s train step: not under a distribution
     strategy (the step runs once per replica there) nor eagerly."""
     if not is_tensorflow():
-        return False  # JAX, torch: the monitor gathers from its batch hook
+        return True  # JAX, torch: on the host around each train step (_HostDispatch)
     import tensorflow as tf
 
     strategy = getattr(model, "distribute_strategy", None)
@@ -71,13 +80,18 @@ class StepGather:
         self._built = {}        # Keras's train function -> (ours, device counter, steps a call)
         self._counter = None    # the device batch counter in use (steps_per_execution > 1)
         self._last_batch = -1
+        self._dispatch = None   # JAX, torch: the _HostDispatch this gather is installed in
+        self._read = None       # JAX: reads the groups' weights from a train step's state
 
     # ----------------------------------------------------------------------------------------
     def install(self, model):
         """Puts the gathering train function in place of ``model.train_function``. Returns
         ``False`` (nothing installed; the monitor gathers from its batch hook) when another
         monitor's gathering function is in place, or when the train function is not compiled
-        with XLA and runs one step a call."""
+        with XLA and runs one step a call. On JAX and PyTorch it always installs
+        (:class:`_HostDispatch`)."""
+        if not is_tensorflow():
+            return self._install_on_host(model)
         per_call = int(getattr(model, "steps_per_execution", 1) or 1)
         if not getattr(model, "jit_compile", False) and per_call == 1:
             # Without XLA around it, the nested XLA gather copies its buffers on every call
@@ -107,8 +121,45 @@ class StepGather:
         self.active, self._budget = True, 0
         return True
 
+    def _install_on_host(self, model):
+        model.make_train_function()
+        current = model.train_function
+        dispatch = getattr(current, "_koopman_dispatch", None)
+        if dispatch is None or dispatch.model is not model:  # Keras's own function
+            if self._model is not model:
+                self._model, self._built = model, {}
+            if current not in self._built:  # a re-compiled model: a new one
+                self._built = {current: _HostDispatch(model, current)}
+            dispatch = self._built[current]
+        if self not in dispatch.gatherers:
+            dispatch.gatherers.append(self)
+        self._dispatch, self._model = dispatch, model
+        self._read = self.tracker.state_reader(model) if backend() == "jax" else None
+        model.train_function = dispatch.function
+        self.active, self._budget = True, 0
+        return True
+
+    def after_step(self, state):
+        """What :class:`_HostDispatch` runs after each train step (``state``: JAX's training
+        state the step returned, ``None`` on torch)."""
+        if not self._armed():
+            return
+        action = self._next_batch()
+        if action == "skip":
+            self.tracker.skip()
+        elif action == "gather":
+            self.tracker.gather(None if state is None else self._read(state))
+
     def remove(self, model):
         """Puts Keras's train function back."""
+        if self._dispatch is not None:
+            dispatch, self._dispatch = self._dispatch, None
+            if self in dispatch.gatherers:
+                dispatch.gatherers.remove(self)
+            if not dispatch.gatherers and model.train_function is dispatch.function:
+                model.train_function = dispatch.original
+            self.active, self._budget = False, 0
+            return
         if self.active and model is self._model:
             current = model.train_function
             if getattr(current, "_koopman_owner", None) is self:
@@ -176,20 +227,27 @@ class StepGather:
         return train_function
 
     def _alternate(self, gathering, original):
-        every, tracker = self.every, self.tracker
+        tracker = self.tracker
 
         def train_function(iterator):
             if not self._armed():
                 return original(iterator)
-            self.batches += 1
-            if self.batches % every:
-                return original(iterator)
-            if self.plan is not None and self.batches < self.plan[0]:
-                tracker.skip()  # would leave the window before the end of the epoch
-                return original(iterator)
-            return gathering(iterator)
+            action = self._next_batch()
+            if action == "skip":
+                tracker.skip()
+            return gathering(iterator) if action == "gather" else original(iterator)
 
         return train_function
+
+    def _next_batch(self):
+        """Counts one batch; returns what follows it: ``"gather"``, ``"skip"`` (a snapshot
+        that would leave the window before the end of the epoch: only counted) or ``None``."""
+        self.batches += 1
+        if self.batches % self.every:
+            return None
+        if self.plan is not None and self.batches < self.plan[0]:
+            return "skip"
+        return "gather"
 
     # ----------------------------------------------------------------------------------------
     # the batch hook's schedule, where the train function cannot gather
@@ -226,6 +284,8 @@ class StepGather:
             self.plan, self._budget = None, None
             return
         batches_ahead = int(batches_ahead)
+        if self._dispatch is not None:
+            per_call = 1  # the host dispatch counts steps, not calls
         self._budget = -(-batches_ahead // max(int(per_call), 1))
         last = self.batches + batches_ahead
         last_gather = last - last % self.every
@@ -234,3 +294,66 @@ class StepGather:
     def disarm(self):
         """No gathering until the next :meth:`plan_until` (the end of an epoch)."""
         self._budget = 0
+
+
+class _HostDispatch:
+    """Keras's train function on JAX or PyTorch with the installed gathers run after each
+    train step (:meth:`StepGather.after_step`), shared by every monitor of the model that
+    gathers every ``N`` batches.
+
+    One step a call: the wrapper calls Keras's function, then the gathers. JAX with
+    ``steps_per_execution=K > 1``, whose train function runs its jitted step ``K`` times in
+    Python: Keras's own builder (``_make_function``) makes the train function again around a
+    step that gathers after it (traced once per compiled model), so that exactly the weights
+    after batches ``N, 2N, ...`` are taken there too.
+    """
+
+    def __init__(self, model, original):
+        self.model, self.original, self.gatherers = model, original, []
+        jax = backend() == "jax"
+        per_call = int(getattr(model, "steps_per_execution", 1) or 1)
+
+        def after(state):
+            for gatherer in tuple(self.gatherers):
+                gatherer.after_step(state)
+
+        if not jax:
+            def function(*args):
+                logs = original(*args)
+                after(None)
+                return logs
+        elif per_call == 1 or not hasattr(model, "_make_function"):
+            if per_call > 1:
+                warnings.warn("this Keras has no JAXTrainer._make_function: with "
+                              "steps_per_execution > 1 each call's last weights are gathered "
+                              "as one batch's", stacklevel=3)
+
+            def function(state, data):
+                logs, state = original(state, data)
+                after(state)
+                return logs, state
+        else:
+            function = self._rebuilt(model, after)
+        function._koopman_dispatch = self
+        self.function = function
+
+    @staticmethod
+    def _rebuilt(model, after):
+        make = model._make_function
+
+        def make_gathering(step_function, *args, **kwargs):
+            def step(state, data):
+                logs, state = step_function(state, data)
+                after(state)
+                return logs, state
+
+            return make(step, *args, **kwargs)
+
+        kept = model.train_function
+        model._make_function = make_gathering
+        try:
+            model.make_train_function(force=True)
+            return model.train_function
+        finally:
+            del model._make_function
+            model.train_function = kept

@@ -93,18 +93,33 @@ class PortableTracker(TrackerCore):
         return [*self._rings.buffers, *self._rings.grams]
 
     # ----------------------------------------------------------------------------------------
-    def gather(self):
-        """Appends one snapshot of every group (no host read); returns the new step."""
+    def gather(self, values=None):
+        """Appends one snapshot of every group (no host read); returns the new step.
+        ``values``: the groups' tensors (as :meth:`state_reader` reads them), else the
+        variables' values."""
         if self.disabled or self._rings is None:
             return None
         slot = self._written % self.window
-        ring.write(self._rings, [[v.value for v in variables] for variables in self._weights],
-                   slot)
+        if values is None:
+            values = [[v.value for v in variables] for variables in self._weights]
+        ring.write(self._rings, values, slot)
         for stale in self._stale:
             stale.add(slot)
         self._written += 1
         self.step += 1
         return self.step
+
+    def state_reader(self, model):
+        """JAX: a function of the training state a Keras train step returns (``(trainable,
+        non_trainable, optimizer, metrics)`` value lists) to the watched groups' arrays, for
+        :meth:`gather`: the weights are read there without syncing them into the model."""
+        where = {}
+        for k, variables in enumerate((model.trainable_variables,
+                                       model.non_trainable_variables)):
+            for i, variable in enumerate(variables):
+                where.setdefault(id(variable), (k, i))
+        places = [[where[id(v)] for v in variables] for variables in self._weights]
+        return lambda state: [[state[k][i] for k, i in group] for group in places]
 
     def skip(self):
         """Counts a snapshot that is not taken: the step advances, the buffers do not."""

@@ -169,18 +169,50 @@ def test_monitor_records_match_an_independent_dmd_of_the_weights():
     assert monitor.errors == []
 
 
-def test_monitor_every_n_batches_gathers_the_weights_after_those_batches():
+@pytest.mark.parametrize("per_call", [1, 4])
+def test_monitor_every_n_batches_gathers_the_weights_after_those_batches(per_call):
+    if per_call > 1 and BACKEND == "torch":
+        pytest.skip("Keras on PyTorch runs one step a call")
     x, y = make_data(samples=96)
-    model = make_model(seed=1)
-    monitor = kk.callbacks.KoopmanMonitor(every=2, window=8, rank=3, analyze_every=1)
+    # The reference: a twin trained one step a call, its weights recorded after every batch.
+    twin = make_model(seed=1)
     recorder = weight_recorder(["hidden"], per_batch=True)
-    model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[monitor, recorder])
+    twin.fit(x, y, epochs=3, batch_size=16, shuffle=False, verbose=0, callbacks=[recorder])
+    model = make_model(seed=1)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse",
+                  steps_per_execution=per_call)
+    monitor = kk.callbacks.KoopmanMonitor(every=2, window=8, rank=3, analyze_every=1)
+    model.fit(x, y, epochs=3, batch_size=16, shuffle=False, verbose=0, callbacks=[monitor])
     # 6 batches per epoch, a snapshot after every second: 9 + the starting weights.
     assert monitor.step == 9
     trajectory = np.stack(recorder.snapshots["hidden"]).astype(np.float64)
     every_second = np.concatenate([trajectory[:1], trajectory[2::2]])  # start, batch 2, 4...
+    np.testing.assert_allclose(host(monitor.buffers["hidden"].snapshots()), every_second[-8:],
+                               rtol=1e-5, atol=1e-6)
     values, _ = numpy_exact_modes(every_second[-8:], 3)
     assert_same_spectrum(values, monitor.latest("hidden").eigenvalues, 5e-3)
+    np.testing.assert_allclose(np.concatenate([w.ravel() for w in
+                                               model.get_layer("hidden").get_weights()]),
+                               trajectory[-1], rtol=1e-5, atol=1e-6)  # training unchanged
+
+
+def test_two_monitors_gathering_every_n_batches_each_take_their_own():
+    x, y = make_data(samples=96)
+    twin = make_model(seed=3)
+    recorder = weight_recorder(["out"], per_batch=True)
+    twin.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0, callbacks=[recorder])
+    trajectory = np.stack(recorder.snapshots["out"]).astype(np.float64)  # start + 12 batches
+    model = make_model(seed=3)
+    second = kk.callbacks.KoopmanMonitor(every=2, window=4, observables=["out"])
+    third = kk.callbacks.KoopmanMonitor(every=3, window=4, observables=["out"])
+    model.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0,
+              callbacks=[second, third])
+    for monitor, every in ((second, 2), (third, 3)):
+        assert monitor.step == 12 // every
+        np.testing.assert_allclose(host(monitor.buffers["out"].snapshots()),
+                                   trajectory[::every][-4:], rtol=1e-5, atol=1e-6)
+    if BACKEND != "tensorflow":  # no batch hook: Keras keeps its callbacks asynchronous
+        assert keras.callbacks.CallbackList([second, third], model=model)._async_train
 
 
 def test_nan_weights_are_survived_with_one_warning_and_training_goes_on():
