@@ -2,8 +2,9 @@
 
 Layout under ``<backup_dir>/koopman_monitor``:
 
-* ``epoch-<E>/``: one saved state, ``E`` the epoch training resumes from with it: a TensorFlow
-  checkpoint of the buffers' variables and ``state.json`` (counters, and how many records of
+* ``epoch-<E>/``: one saved state, ``E`` the epoch training resumes from with it: the
+  buffers' arrays (on TensorFlow a checkpoint of their variables, ``buffers.*``; on JAX and
+  PyTorch ``buffers.npz``) and ``state.json`` (counters, and how many records of
   the history belong to it). Written under a temporary name and renamed into place, so a kill
   never leaves a half-written state; the two newest are kept, so whichever of the monitor and
   ``BackupAndRestore`` saved last before a kill, the state that matches the other is there.
@@ -22,7 +23,7 @@ import zipfile
 
 import numpy as np
 
-from keras_koopman._tf import read_variables, write_variables
+from keras_koopman._backend import is_tensorflow
 from keras_koopman._validation import DataError
 from keras_koopman.records import History
 
@@ -67,7 +68,7 @@ class Backup:
         temporary = os.path.join(self.root, f".partial-{epoch:06d}-{os.getpid()}")
         shutil.rmtree(temporary, ignore_errors=True)
         os.makedirs(temporary)
-        write_variables(os.path.join(temporary, "buffers"), variables)
+        _write_arrays(os.path.join(temporary, "buffers"), variables)
         with open(os.path.join(temporary, "state.json"), "w") as file:
             json.dump({"state": state, "records": len(history)}, file)
         final = self._folder(epoch)
@@ -90,8 +91,25 @@ class Backup:
             raise DataError(f"the saved state {path} is damaged: {error!r}") from error
 
     def read_variables(self, epoch, variables):
-        """Restores the checkpointed buffers of ``epoch`` into ``variables``."""
-        read_variables(os.path.join(self._folder(epoch), "buffers"), variables)
+        """Restores the saved buffers of ``epoch``: on TensorFlow into ``variables`` (returns
+        ``None``); on JAX and PyTorch, whose tracker holds arrays, returns them as NumPy
+        arrays, in order (``variables``: the arrays they replace, to check against)."""
+        path = os.path.join(self._folder(epoch), "buffers")
+        if is_tensorflow():
+            from keras_koopman._tf import read_variables
+
+            read_variables(path, variables)
+            return None
+        try:
+            with np.load(path + ".npz") as saved:
+                arrays = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        except _DAMAGED as error:
+            raise DataError(f"the saved buffers {path}.npz are damaged: {error!r}") from error
+        shapes = [tuple(a.shape) for a in arrays]
+        if shapes != [tuple(v.shape) for v in variables]:
+            raise DataError(f"the saved buffers {path}.npz hold arrays of shapes {shapes}, "
+                            "not the watched groups'")
+        return arrays
 
     def read_history(self, count):
         """The first ``count`` records, as a :class:`~keras_koopman.records.History`; chunks
@@ -136,6 +154,19 @@ class Backup:
     def remove(self):
         shutil.rmtree(self.root, ignore_errors=True)
         self._saved_records = None
+
+
+def _write_arrays(path, variables):
+    """The buffers at ``path``: a TensorFlow checkpoint of ``variables``, or on JAX and
+    PyTorch one ``.npz`` of the arrays (written inside the temporary folder, renamed whole)."""
+    if is_tensorflow():
+        from keras_koopman._tf import write_variables
+
+        write_variables(path, variables)
+        return
+    import keras
+
+    np.savez(path + ".npz", *[keras.ops.convert_to_numpy(v) for v in variables])
 
 
 def _atomic_savez(path, arrays):

@@ -35,7 +35,9 @@ class KoopmanMonitor(keras.callbacks.Callback):
 
     The work is done by a :class:`~keras_koopman.callbacks.KoopmanTracker` (:attr:`tracker`;
     on Keras's JAX and PyTorch backends a :class:`~keras_koopman.portable.tracker.
-    PortableTracker`, which gathers from the Keras hooks, never inside the train step, and has
+    PortableTracker`, which gathers at the end of an epoch from the Keras hook and every ``N``
+    batches on the host around each train step, with no batch hook (JAX: from the state the
+    step returns; exactly the weights after batches ``N``, ``2N``, ... there too), and has
     no sketched, packed or bfloat16 storage nor ``backup_dir`` yet), written through
     :attr:`logger`; decision callbacks (:class:`~keras_koopman.callbacks.
     KoopmanCallback`) read its records and forward every hook to it when it is not listed.
@@ -113,9 +115,6 @@ class KoopmanMonitor(keras.callbacks.Callback):
                               else check_int(analyze_every, "analyze_every", 1))
         log_dir = check_log_dir(log_dir)
         self.logger = _summary_logger(log_dir)(log_dir, on_error=self.tracker.report)
-        if backup_dir is not None and backend() != "tensorflow":
-            raise ValueError(f"backup_dir needs the TensorFlow backend for now (Keras runs on "
-                             f"{backend()}); got backup_dir={backup_dir!r}")
         self.backup_dir = check_log_dir(backup_dir, "backup_dir")
         self.backup = None
         if self.backup_dir:
@@ -321,7 +320,9 @@ class KoopmanMonitor(keras.callbacks.Callback):
             raise DataError("the saved state is of another gathering schedule (every=) than "
                             f"this monitor's (every={self.every!r})")
         history = self.backup.read_history(count)
-        self.backup.read_variables(epoch, self.tracker.variables)  # last: all reads succeeded
+        arrays = self.backup.read_variables(epoch, self.tracker.variables)  # the last read
+        if arrays is not None:  # JAX, torch: the tracker's arrays anew
+            self.tracker.load_variables(arrays)
         self.tracker.load_state_dict(state["tracker"], history)
         self._since_analysis = schedule["since_analysis"]
         if self._step_gather is not None:

@@ -87,10 +87,18 @@ class PortableTracker(TrackerCore):
 
     @property
     def variables(self):
-        """The device arrays of the rings (buffers, then Gram matrices)."""
+        """The device arrays of the rings (buffers, Gram matrices, NaN/Inf counts): what
+        ``backup_dir`` saves."""
         if self._rings is None:
             return []
-        return [*self._rings.buffers, *self._rings.grams]
+        return [*self._rings.buffers, *self._rings.grams, self._rings.bad]
+
+    def load_variables(self, arrays):
+        """Puts saved :attr:`variables` (host arrays, same order and shapes) in the rings."""
+        groups = len(self._rings.buffers)
+        self._rings.buffers = [dev.to_tensor(a, self._rings.dtype) for a in arrays[:groups]]
+        self._rings.grams = [dev.to_tensor(a, "float64") for a in arrays[groups:2 * groups]]
+        self._rings.bad = dev.to_tensor(arrays[2 * groups], "int64")
 
     # ----------------------------------------------------------------------------------------
     def gather(self, values=None):
@@ -210,10 +218,13 @@ class PortableTracker(TrackerCore):
                 "stored": dict(self._stored), "written": self._written,
                 "nonfinite_groups": sorted(self.nonfinite_groups),
                 "errors": list(self.errors), "warned": [list(key) for key in self._warned],
-                "last_analysed": self._last_analysed}
+                "last_analysed": self._last_analysed,
+                "stale": [sorted(int(slot) for slot in slots) for slots in self._stale],
+                "bad_at_restart": self._bad_at_restart.tolist()}
 
     def load_state_dict(self, state, history):
-        """Restores :meth:`state_dict` output and its ``history`` (the arrays separately)."""
+        """Restores :meth:`state_dict` output and its ``history`` (the arrays first, by
+        :meth:`load_variables`)."""
         self.check_layout(state["layout"])
         self.step, self.epoch = state["step"], state["epoch"]
         self._stored = dict(state["stored"])
@@ -222,6 +233,8 @@ class PortableTracker(TrackerCore):
         self.errors = list(state["errors"])
         self._warned = {tuple(key) for key in state["warned"]}
         self._last_analysed = state["last_analysed"]
+        self._stale = [set(slots) for slots in state["stale"]]
+        self._bad_at_restart = np.asarray(state["bad_at_restart"], np.int64)
         self._synced_bad = dev.to_host(self._rings.bad).astype(np.int64)
         self.history = History(history)
 

@@ -1,6 +1,8 @@
 """Resuming after SIGKILL: a real training process is killed mid-fit and started again with the
-same command; history and TensorBoard steps must equal those of an uninterrupted run."""
+same command; history and TensorBoard steps must equal those of an uninterrupted run. On each
+Keras backend installed (JAX and PyTorch save the tracker's arrays as .npz)."""
 
+import importlib.util
 import json
 import os
 import signal
@@ -53,8 +55,14 @@ print(json.dumps({"history": [[r.epoch, r.step, r.group, r.eigenvalues.real.toli
 '''
 
 
-def run(script, work, kill_at):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
+BACKENDS = [pytest.param(name, marks=pytest.mark.skipif(
+    importlib.util.find_spec(name) is None, reason=f"{name} is not installed"))
+    for name in ("tensorflow", "jax", "torch")]
+
+
+def run(script, work, kill_at, backend):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND=backend,
+               JAX_ENABLE_X64="1", CUDA_VISIBLE_DEVICES="")
     return subprocess.run([sys.executable, str(script), str(work), kill_at], env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -68,26 +76,27 @@ def tensorboard_steps(logs):
             for tag in accumulator.Tags()["tensors"]}
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+@pytest.fixture(scope="module", params=BACKENDS)
+def uninterrupted(request, tmp_path_factory):
     work = tmp_path_factory.mktemp("uninterrupted")
     script = work / "train.py"
     script.write_text(CHILD)
-    done = run(script, work, "none")
+    done = run(script, work, "none", request.param)
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1]), tensorboard_steps(work / "logs")
+    return (json.loads(done.stdout.strip().splitlines()[-1]), tensorboard_steps(work / "logs"),
+            request.param)
 
 
 @pytest.mark.parametrize("kill_at", ["mid-epoch", "between-saves"])
 def test_a_killed_fit_resumes_with_the_history_and_steps_of_an_uninterrupted_run(
         tmp_path, uninterrupted, kill_at):
-    expected, expected_events = uninterrupted
+    expected, expected_events, backend = uninterrupted
     script = tmp_path / "train.py"
     script.write_text(CHILD)
-    killed = run(script, tmp_path, kill_at)
+    killed = run(script, tmp_path, kill_at, backend)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert (tmp_path / "backup" / "koopman_monitor").is_dir()
-    resumed = run(script, tmp_path, kill_at)  # the same command again
+    resumed = run(script, tmp_path, kill_at, backend)  # the same command again
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     result = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert not result["errors"] and not expected["errors"]
