@@ -4,10 +4,10 @@ TensorFlow is the reference backend: every part of the package runs on it. On JA
 the backend-neutral path (:mod:`keras_koopman.portable`) serves :func:`keras_koopman.dmd`,
 :class:`keras_koopman.SnapshotBuffer`, :class:`~keras_koopman.callbacks.KoopmanMonitor` and
 :class:`~keras_koopman.callbacks.KoopmanEarlyStopping`, ``KoopmanRestart``,
-``KoopmanAccelerator``, :class:`~keras_koopman.losses.NegativeSobolev` and (on PyTorch) the
-pruning wrapper;
+``KoopmanAccelerator``, :class:`~keras_koopman.losses.NegativeSobolev` and the pruning
+wrapper;
 the parts not ported yet say so when they are first used (``ImportError`` for a module,
-``ValueError`` for an argument: ``backup_dir``, sketched and bfloat16 buffers).
+``ValueError`` for an argument: sketched and bfloat16 buffers).
 
 On JAX, float64 needs ``jax_enable_x64`` (without it JAX silently computes float64 requests in
 float32, and a float32 Gram matrix of weight snapshots loses the small motions DMD is about):
@@ -97,10 +97,10 @@ def check_backend():
     if name != "tensorflow":
         raise ImportError(
             f"this part of keras-koopman needs the TensorFlow backend of Keras 3 (Keras is "
-            f"using {name!r}). On {name}, keras_koopman.dmd, SnapshotBuffer, KoopmanMonitor "
-            f"(without backup_dir), every decision callback, NegativeSobolev, dmd_batch and "
-            f"suggest_depth and pruning work; the TensorFlow "
-            f"tracker, backup_dir and sketched buffers need TensorFlow for now. "
+            f"using {name!r}). On {name}, keras_koopman.dmd, SnapshotBuffer, KoopmanMonitor, "
+            f"every decision callback, NegativeSobolev, dmd_batch, suggest_depth and pruning "
+            f"work; the TensorFlow tracker and sketched or bfloat16 buffers need TensorFlow "
+            f"for now. "
             f"{_HOW_TO}")
 
 
