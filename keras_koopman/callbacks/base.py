@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from keras_koopman._backend import is_tensorflow
 from keras_koopman.callbacks.monitor import KoopmanMonitor
 
 __all__ = ["KoopmanCallback", "check_monitor"]
@@ -52,9 +53,10 @@ class KoopmanCallback(keras.callbacks.Callback):
     def __init__(self, monitor):
         super().__init__()
         self.monitor = check_monitor(monitor)
-        if monitor.every != "epoch":
-            # A batch hook only where the monitor gathers per batch (see KoopmanMonitor); a
-            # subclass's own batch hook runs after the forwarding.
+        if monitor.every != "epoch" and is_tensorflow():
+            # A batch hook only where the monitor gathers per batch from one (TensorFlow; on
+            # JAX and torch it gathers around the train step, and a hook would make Keras
+            # run every callback synchronously); a subclass's own hook runs after it.
             own = self.on_train_batch_end
 
             def on_train_batch_end(batch, logs=None):

@@ -233,8 +233,11 @@ class PortableTracker(TrackerCore):
         self.errors = list(state["errors"])
         self._warned = {tuple(key) for key in state["warned"]}
         self._last_analysed = state["last_analysed"]
-        self._stale = [set(slots) for slots in state["stale"]]
-        self._bad_at_restart = np.asarray(state["bad_at_restart"], np.int64)
+        # (Absent from a state saved by an older version: every row recomputed, no restart.)
+        held = range(min(self._written, self.window))
+        self._stale = [set(slots) for slots in state.get("stale", [held] * len(self._stale))]
+        self._bad_at_restart = np.asarray(state.get("bad_at_restart", [0] * len(self._stale)),
+                                          np.int64)
         self._synced_bad = dev.to_host(self._rings.bad).astype(np.int64)
         self.history = History(history)
 

@@ -44,6 +44,14 @@ class MaskConstraint(keras.constraints.Constraint):
     def __call__(self, w):
         if self.inner is not None:
             w = self.inner(w)
+        if self._held is None and getattr(self.mask, "_value", True) is None:
+            # JAX, and the forward pass held nothing: the mask is purged and would read as
+            # ones. Keep the weight as it is rather than unmask it, and say so.
+            warnings.warn(f"{self.mask.path}: the pruning mask is not visible to the "
+                          "optimizer's constraint in this JAX train step (the wrapper's "
+                          "forward pass did not run in it); pruned weights are not held at "
+                          "zero in this step", RuntimeWarning, stacklevel=2)
+            return w
         mask, self._held = (self.mask if self._held is None else self._held), None
         return w * keras.ops.cast(mask, w.dtype)
 
@@ -51,14 +59,16 @@ class MaskConstraint(keras.constraints.Constraint):
         return {}
 
 
-def _mask_constraint(weight):
-    """The :class:`MaskConstraint` a wrapper put on ``weight``."""
-    constraint = weight.constraint
-    if not isinstance(constraint, MaskConstraint):
-        raise RuntimeError(
-            f"the constraint of {weight.path} was replaced after KoopmanPruning wrapped it "
-            f"(it is {type(constraint).__name__}); the pruning mask no longer holds")
-    return constraint
+def _check_constraints(wrappers):
+    """``ValueError`` (when a fit with the callback starts, before any trace) for a wrapped
+    weight whose :class:`MaskConstraint` was replaced after the wrapper was built."""
+    for wrapper in wrappers:
+        for weight, _ in wrapper.masked:
+            if not isinstance(weight.constraint, MaskConstraint):
+                raise ValueError(
+                    f"the constraint of {weight.path} was replaced after KoopmanPruning "
+                    f"wrapped it (it is {type(weight.constraint).__name__}); the pruning mask "
+                    "no longer holds. Set a constraint on the layer before wrapping it")
 
 
 def prunable_weights(layer):
@@ -181,9 +191,14 @@ class KoopmanPruning(keras.layers.Wrapper):
                 tf.debugging.assert_positive(
                     tf.convert_to_tensor(self.callback_attached),
                     message=_missing_callback(self.name))
-            elif backend() == "jax":  # see MaskConstraint
-                for weight, mask in self.masked:
-                    _mask_constraint(weight).hold(mask.value)
+        if backend() == "jax" and training is not False:
+            # See MaskConstraint. Also with training=None: Keras's JAX train step passes
+            # training=True only to a model whose call() takes it, and a subclassed model's
+            # call(self, x) leaves it None for the layers inside.
+            for weight, mask in self.masked:
+                constraint = weight.constraint
+                if isinstance(constraint, MaskConstraint):  # else _check_constraints warns
+                    constraint.hold(mask.value)
         return self.layer(inputs, *args, **kwargs)
 
     def compute_output_shape(self, input_shape):
@@ -232,13 +247,17 @@ def attach_callback(model, wrappers):
     the step, the one in which ``tf.function`` lets the optimizer create its variables, and
     the cached function would refuse to create them in the next trace.
     """
+    _check_constraints(wrappers)
     refused = False
     for wrapper in wrappers:
         refused = refused or wrapper._refused
         wrapper._refused = False
         wrapper._callback_active = True
         wrapper.callback_attached.assign(1)
-    if refused and model is not None and getattr(model, "train_function", None) is not None:
+    # (TensorFlow only: a JAX step traced without the callback is the same step, and a
+    # rebuild would drop a monitor's gathering train function installed before this.)
+    if (refused and backend() == "tensorflow" and model is not None
+            and getattr(model, "train_function", None) is not None):
         model.make_train_function(force=True)
 
 

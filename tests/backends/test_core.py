@@ -210,14 +210,15 @@ def test_two_monitors_gathering_every_n_batches_each_take_their_own():
     model = make_model(seed=3)
     second = kk.callbacks.KoopmanMonitor(every=2, window=4, observables=["out"])
     third = kk.callbacks.KoopmanMonitor(every=3, window=4, observables=["out"])
+    stop = kk.callbacks.KoopmanEarlyStopping(second)  # a decision callback forwards hooks
     model.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0,
-              callbacks=[second, third])
+              callbacks=[second, third, stop])
     for monitor, every in ((second, 2), (third, 3)):
         assert monitor.step == 12 // every
         np.testing.assert_allclose(host(monitor.buffers["out"].snapshots()),
                                    trajectory[::every][-4:], rtol=1e-5, atol=1e-6)
     if BACKEND != "tensorflow":  # no batch hook: Keras keeps its callbacks asynchronous
-        assert keras.callbacks.CallbackList([second, third], model=model)._async_train
+        assert keras.callbacks.CallbackList([second, third, stop], model=model)._async_train
 
 
 def test_nan_weights_are_survived_with_one_warning_and_training_goes_on():
@@ -696,6 +697,33 @@ def test_a_step_schedule_prunes_between_batches_to_the_exact_count():
     for weight, mask in masks_and_kernels(pruned):  # 8 more steps of Adam after the last
         assert np.all(weight[mask == 0] == 0.0)
         assert np.any(weight[mask == 1] != 0.0)
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="TensorFlow builds a subclassed model's "
+                    "wrappers in the first trace, after on_train_begin, where the update "
+                    "needs them built: not supported there yet")
+def test_pruning_holds_in_a_subclassed_model_whose_call_takes_no_training_argument():
+    class Net(keras.Model):  # Keras passes no training flag to the layers of this call
+        def __init__(self):
+            super().__init__()
+            self.hidden = kk.pruning.KoopmanPruning(keras.layers.Dense(16, activation="tanh"),
+                                                    0.5, criterion="magnitude")
+            self.out = keras.layers.Dense(1)
+
+        def call(self, x):
+            return self.out(self.hidden(x))
+
+    x, y = pruning_data()
+    keras.utils.set_random_seed(0)
+    net = Net()
+    net.compile(keras.optimizers.Adam(1e-2), "mse")
+    net.fit(x, y, epochs=4, batch_size=32, verbose=0,
+            callbacks=[kk.pruning.UpdateKoopmanPruning(window=3)])
+    (weight, mask), = net.hidden.masked
+    kernel, kept = weight.numpy(), mask.numpy()
+    assert int((kept == 0).sum()) == kept.size // 2
+    assert np.all(kernel[kept == 0] == 0.0)  # after more epochs of Adam
+    assert np.any(kernel[kept == 1] != 0.0)
 
 
 @pytest.mark.parametrize("horizon", [None, 6])
