@@ -28,7 +28,9 @@ On JAX and PyTorch the gather runs on the host around each train step instead
 monitors' gathers are dispatched (on JAX one jitted, donated write from the step's returned
 state, the weights never synced back into the model's variables; on torch in-place copies of
 the live variables). The monitor then needs no batch hook, and Keras keeps dispatching its
-callbacks asynchronously (a batch hook makes it read every batch's logs to the host).
+callbacks asynchronously (a batch hook makes it read every batch's logs to the host). There
+is no batch-hook fallback on these backends: a loop that never calls ``model.train_function``
+(a ``fit`` of its own) gets no per-batch snapshots, only the epoch's.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ __all__ = ["StepGather", "supported"]
 
 
 def supported(model):
-    """Whether the gather can run inside ``model``'s train step: not under a distribution
-    strategy (the step runs once per replica there) nor eagerly."""
+    """Whether the gather can run inside ``model``'s train step: on TensorFlow not under a
+    distribution strategy (the step runs once per replica there) nor eagerly; on JAX and
+    PyTorch always (around the step, on the host)."""
     if not is_tensorflow():
         return True  # JAX, torch: on the host around each train step (_HostDispatch)
     import tensorflow as tf
