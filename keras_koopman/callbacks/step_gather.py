@@ -136,7 +136,10 @@ class StepGather:
             dispatch = self._built[current]
         if self not in dispatch.gatherers:
             dispatch.gatherers.append(self)
+        # Kept also when joining another monitor's dispatch: a later fit of this monitor alone
+        # reuses it (on JAX with steps_per_execution > 1, no second compile).
         self._dispatch, self._model = dispatch, model
+        self._built = {dispatch.original: dispatch}
         self._read = self.tracker.state_reader(model) if backend() == "jax" else None
         model.train_function = dispatch.function
         self.active, self._budget = True, 0

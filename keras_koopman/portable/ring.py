@@ -65,8 +65,6 @@ def write(rings, weights, slot):
                     offset += flat.shape[0]
                 rings.bad[g] += (~torch.isfinite(buffer[slot]).all()).to(rings.bad.dtype)
         return
-    import jax.numpy as jnp
-
     buffers, rings.bad = _jax_write(tuple(rings.buffers), rings.bad,
                                     tuple(tuple(group) for group in weights),
                                     np.int32(slot))  # a NumPy scalar: no device op to wait on
