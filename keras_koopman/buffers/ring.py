@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
+from keras_koopman._sketch import make_sketch, no_modes_error
 from keras_koopman._tf import cached_function
 from keras_koopman._validation import DataError, check_dtype, check_int
 from keras_koopman.dmd import (
@@ -27,8 +28,6 @@ __all__ = ["SnapshotBuffer", "GramReader"]
 # Columns per block when stored snapshots are widened to float64 for a product: bounds the
 # transient copy to window * _BLOCK * 8 bytes.
 _BLOCK = 1 << 18
-# Sketch rows each sum this many sampled weights at most (see SnapshotBuffer's ``sketch``).
-_DENSITY = 64
 
 
 def float64_products(a, b):
@@ -96,34 +95,16 @@ def refresh_function(storage_dtype):
     return cached_function(("refresh_gram", tf.as_dtype(storage_dtype).name), build)
 
 
-class _Sketch:
-    """A fixed sparse random projection ``R^n -> R^k``: row ``i`` sums ``density`` distinct
-    weights (sampled once, without replacement, from a seeded generator) with random signs,
-    scaled by ``sqrt(n / (k * density))`` so that norms are kept on average. Only the
-    ``k * density`` sampled indices are stored and read: memory and time per snapshot do not
-    grow with ``n``."""
-
-    def __init__(self, n, k, density, seed):
-        rng = np.random.default_rng(seed)
-        picked = np.sort(rng.choice(n, size=k * density, replace=False)).astype(np.int64)
-        rows = rng.permutation(np.repeat(np.arange(k, dtype=np.int32), density))
-        self.indices, self.rows = picked, rows
-        self.signs = rng.choice(np.array([-1.0, 1.0]), size=k * density)
-        self.scale = float(np.sqrt(n / (k * density)))
-        self.k, self.density = k, density
-
-    def project(self, parts, sizes, dtype):
-        """``S x`` for ``x`` given as consecutive 1-D ``parts`` of lengths ``sizes``."""
-        values, start = [], 0
-        for part, size in zip(parts, sizes):
-            low, high = np.searchsorted(self.indices, [start, start + size])
-            if high > low:
-                local = (self.indices[low:high] - start).astype(np.int32)
-                values.append(tf.gather(part, local))
-            start += size
-        values = tf.concat(values, axis=0) if len(values) > 1 else values[0]
-        signed = values * tf.constant(self.signs * self.scale, dtype)
-        return tf.math.unsorted_segment_sum(signed, self.rows, self.k)
+def _project(sketch, parts, sizes, dtype):
+    """``S x`` of a :class:`~keras_koopman._sketch.Sketch` for ``x`` given as consecutive 1-D
+    ``parts`` of lengths ``sizes`` (graph mode)."""
+    values = []
+    for part, piece in zip(parts, sketch.pieces(sizes)):
+        if piece is not None:
+            local, coefficients = piece
+            values.append(tf.gather(part, local) * tf.constant(coefficients, dtype))
+    values = tf.concat(values, axis=0) if len(values) > 1 else values[0]
+    return tf.math.unsorted_segment_sum(values, sketch.rows, sketch.k)
 
 
 class GramReader:
@@ -184,10 +165,7 @@ class GramReader:
         check_method(method)
         dt = check_dt(dt)
         if modes and not self.has_modes:
-            raise ValueError(
-                f"this buffer is sketched (sketch={self.sketch}): its modes would live "
-                "in the sketch space, not on the weights; call dmd(modes=False) for the spectrum, "
-                "or use an unsketched buffer for modes")
+            raise no_modes_error(self.sketch)
         stored = len(self)
         if stored < 2:
             raise ValueError(f"{type(self).__name__}.dmd needs at least 2 snapshots; {stored} "
@@ -268,18 +246,7 @@ class SnapshotBuffer(GramReader):
         self._dtype = check_dtype(dtype)
         self._storage = (self._dtype if storage_dtype is None else check_dtype(
             storage_dtype, "storage_dtype", (tf.float32, tf.float64, tf.bfloat16)))
-        self._sketch = None
-        if sketch is not None:
-            k = check_int(sketch, "sketch", 1)
-            if k >= self._n:
-                raise ValueError(f"sketch must be smaller than n_features = {self._n} "
-                                 f"(or None); got {k}")
-            density = (min(_DENSITY, self._n // k) if sketch_density is None else
-                       check_int(sketch_density, "sketch_density", 1))
-            if k * density > self._n:
-                raise ValueError(f"sketch * sketch_density = {k * density} exceeds "
-                                 f"n_features = {self._n}")
-            self._sketch = _Sketch(self._n, k, density, check_int(seed, "seed", 0))
+        self._sketch = make_sketch(self._n, sketch, sketch_density, seed)
         self._width = self._n if self._sketch is None else self._sketch.k
         with tf.name_scope(name):
             self._buffer = tf.Variable(
@@ -340,7 +307,7 @@ class SnapshotBuffer(GramReader):
         """Bytes held by the buffer's variables and sketch indices."""
         total = sum(int(np.prod(v.shape)) * v.dtype.size for v in self.variables)
         if self._sketch is not None:
-            total += self._sketch.indices.nbytes + self._sketch.rows.nbytes
+            total += self._sketch.nbytes
         return total
 
     @property
@@ -418,7 +385,7 @@ class SnapshotBuffer(GramReader):
         if self._sketch is not None:
             # Only the sampled weights are read, the finiteness check included: a NaN in a
             # weight the sketch does not sample cannot reach the buffer.
-            parts = [self._sketch.project(parts, sizes, self._dtype)]
+            parts = [_project(self._sketch, parts, sizes, self._dtype)]
         return ring_append(self.variables, parts, update_gram)
 
     def refresh_op(self):

@@ -166,7 +166,10 @@ def _write_arrays(path, variables):
         return
     import keras
 
-    np.savez(path + ".npz", *[keras.ops.convert_to_numpy(v) for v in variables])
+    # bfloat16 (which NumPy has no dtype of) saved as float32: exact, and cast back on load.
+    np.savez(path + ".npz", *[keras.ops.convert_to_numpy(
+        keras.ops.cast(v, "float32") if keras.backend.standardize_dtype(v.dtype) == "bfloat16"
+        else v) for v in variables])
 
 
 def _atomic_savez(path, arrays):

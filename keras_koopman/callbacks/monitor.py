@@ -37,8 +37,8 @@ class KoopmanMonitor(keras.callbacks.Callback):
     on Keras's JAX and PyTorch backends a :class:`~keras_koopman.portable.tracker.
     PortableTracker`, which gathers at the end of an epoch from the Keras hook and every ``N``
     batches on the host around each train step, with no batch hook (JAX: from the state the
-    step returns; exactly the weights after batches ``N``, ``2N``, ... there too), and has
-    no sketched, packed or bfloat16 storage yet), written through
+    step returns; exactly the weights after batches ``N``, ``2N``, ... there too), which
+    sketches as TensorFlow does but has no packed or bfloat16 storage yet), written through
     :attr:`logger`; decision callbacks (:class:`~keras_koopman.callbacks.
     KoopmanCallback`) read its records and forward every hook to it when it is not listed.
     Buffers survive repeated ``fit`` calls on the same model; a rebuilt model gets new buffers,

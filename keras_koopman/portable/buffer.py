@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from keras_koopman import host_dmd
+from keras_koopman._sketch import make_sketch, no_modes_error
 from keras_koopman._validation import check_int
 from keras_koopman.portable import device as dev
 from keras_koopman.portable import ring
@@ -27,15 +28,24 @@ class RingReader:
     ``_rings``, ``_group``, ``count``, ``window``, ``n_features``, ``dtype``, ``refresh()``
     and ``__len__``."""
 
-    sketch = property(lambda self: None, doc="Always ``None`` here (no sketching yet).")
-    has_modes = property(lambda self: True)
+    @property
+    def sketch(self):
+        """``k`` of a sketched buffer, else ``None``."""
+        projection = self._rings.projections[self._group]
+        return None if projection is None else projection.k
+
+    @property
+    def has_modes(self):
+        """Whether :meth:`dmd` can form modes (``False`` for a sketched buffer)."""
+        return self.sketch is None
 
     def snapshots(self):
-        """The stored snapshots ``[len(self), n_features]``, oldest first (a backend tensor)."""
+        """The stored snapshots ``[len(self), n_features]``, oldest first (a backend tensor;
+        ``[len(self), sketch]`` for a sketched buffer)."""
         import keras
 
         order = dev.to_tensor(chronological(self.count, self.window).astype(np.int32))
-        return keras.ops.take(self._rings.buffers[self._group], order, axis=0)
+        return keras.ops.take(self._rings.snapshot_array(self._group), order, axis=0)
 
     def gram(self):
         """Float64 Gram matrix ``S S^T`` of ``S = snapshots()`` (NumPy, on the host)."""
@@ -48,17 +58,21 @@ class RingReader:
         """DMD of the stored snapshots through the Gram matrix (as the TensorFlow buffer's:
         the same result as ``kk.dmd(self.snapshots(), rank, method, dt, solver="gram")``).
 
+        A sketched buffer has no modes: ``modes=True`` raises there.
+
         Raises:
           ValueError: fewer than 2 snapshots stored, or bad arguments.
         """
         host_dmd.parse_rank(rank)
         host_dmd.check_method(method)
         host_dmd.check_dt(dt)
+        if modes and not self.has_modes:
+            raise no_modes_error(self.sketch)
         if len(self) < 2:
             raise ValueError(f"{type(self).__name__}.dmd needs at least 2 snapshots; "
                              f"{len(self)} stored so far")
-        return gram_dmd(self.gram(), self.n_features, self.dtype, rank, method, dt,
-                        self._modes if modes else None)
+        return gram_dmd(self.gram(), self.sketch or self.n_features, self.dtype, rank,
+                        method, dt, self._modes if modes else None)
 
     def _modes(self, combination):
         """The modes read from the ring in place: the coefficients of each chronological
@@ -66,7 +80,7 @@ class RingReader:
         combination = np.asarray(combination)
         slots = np.zeros((self.window, combination.shape[1]), combination.dtype)
         slots[chronological(self.count, self.window)] = combination
-        return dev.modes(self._rings.buffers[self._group], slots)
+        return dev.modes(self._rings.snapshot_array(self._group), slots)
 
 
 class SnapshotBuffer(RingReader):
@@ -77,8 +91,8 @@ class SnapshotBuffer(RingReader):
     buffer is donated, on torch ``copy_``) and marks its Gram row stale; :meth:`gram` and
     :meth:`dmd` compute the stale rows in one float64 product with the buffer, then the
     ``[window, window]`` eigenproblems run on the host. Same results as the TensorFlow buffer
-    (:class:`keras_koopman.buffers.SnapshotBuffer`); its ``sketch`` and
-    ``storage_dtype="bfloat16"`` are TensorFlow-only for now.
+    (:class:`keras_koopman.buffers.SnapshotBuffer`), the same sketch from the same seed, and
+    the same centred bfloat16 storage.
 
     Snapshots are time-major: :meth:`snapshots` returns ``[len(self), n_features]``, oldest
     first.
@@ -88,6 +102,13 @@ class SnapshotBuffer(RingReader):
       window: how many of the latest snapshots are kept (at least 2).
       dtype: ``"float32"`` (default) or ``"float64"``.
       name: a name for the buffer (its ``repr``).
+      sketch: ``None`` (store snapshots in full) or ``k < n_features``: store a ``k``-number
+        sparse random sketch of each snapshot (see the TensorFlow buffer; no modes then).
+      storage_dtype: ``None`` (the dtype) or ``"bfloat16"`` (float32 snapshots only): half
+        the memory; each snapshot is stored as its bfloat16 difference from the first one
+        after a reset, kept in float32, as TensorFlow's buffer does.
+      sketch_density: weights summed per sketch coordinate (``None``: ``min(64, n // k)``).
+      seed: seed of the sketch.
 
     Example (with ``KERAS_BACKEND=jax`` or ``torch``):
 
@@ -114,25 +135,22 @@ class SnapshotBuffer(RingReader):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be 'float32' or 'float64'; got {dtype!r}")
         self._dtype = dtype
-        check_int(seed, "seed", 0)  # (the sketch's seed: accepted, as there is no sketch)
-        unsupported = {key: value for key, value in (("sketch", sketch),
-                                                     ("sketch_density", sketch_density))
-                       if value is not None}
-        if storage_dtype not in (None, dtype):
-            unsupported["storage_dtype"] = storage_dtype
-        if unsupported:
-            raise ValueError(f"{', '.join(sorted(unsupported))} of SnapshotBuffer need the "
-                             f"TensorFlow backend for now (Keras runs on "
-                             f"{keras.backend.backend()}); got {unsupported}")
+        storage = dtype if storage_dtype is None else str(storage_dtype)
+        if storage not in (dtype, "bfloat16") or (storage == "bfloat16" and dtype != "float32"):
+            raise ValueError(f"storage_dtype must be None, the dtype or 'bfloat16' (for "
+                             f"dtype='float32'); got {storage_dtype!r}")
+        sketch = make_sketch(self._n, sketch, sketch_density, seed)
         self.name = name
-        self._rings, self._group = ring.Rings([self._n], self._window, dtype), 0
+        self._rings = ring.Rings([self._n], self._window, storage,
+                                 None if sketch is None else [(sketch, [self._n])])
+        self._group = 0
         self._count = 0
         self._stale = set()
 
     n_features = property(lambda self: self._n)
     window = property(lambda self: self._window)
     dtype = property(lambda self: self._dtype)
-    storage_dtype = property(lambda self: self._dtype)
+    storage_dtype = property(lambda self: self._rings.dtype)
     count = property(lambda self: self._count,
                      doc="How many snapshots were appended in total (not capped at window).")
     nbytes = property(lambda self: self._rings.nbytes)
@@ -148,8 +166,9 @@ class SnapshotBuffer(RingReader):
         return min(self._count, self._window)
 
     def __repr__(self):
+        extra = "" if self.sketch is None else f", sketch={self.sketch}"
         return (f"SnapshotBuffer(n_features={self._n}, window={self._window}, "
-                f"dtype={self._dtype!r}, count={self._count})")
+                f"dtype={self._dtype!r}{extra}, count={self._count})")
 
     def append(self, x):
         """Appends one snapshot ``x`` ``[n_features]``; the oldest drops out when full.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from keras_koopman import host_dmd
+from keras_koopman._sketch import make_sketch
 from keras_koopman.callbacks._tracking import (DATA_FAILURES, TrackerCore, _distinct_columns,
                                                host_ring, unit_layout)
 from keras_koopman.callbacks.plan import plan_storage
@@ -28,19 +29,13 @@ class PortableTracker(TrackerCore):
     device and read by :meth:`sync`; :meth:`analyse` computes the new Gram rows on the device
     and reads every group's ``[window, window]`` Gram matrix in one transfer.
 
-    Same arguments as :class:`~keras_koopman.callbacks.KoopmanTracker`; ``storage_dtype`` must
-    be ``"float32"`` and groups are never sketched or packed here (a group too large for
-    ``snapshot_memory`` raises at :meth:`watch`).
+    Same arguments as :class:`~keras_koopman.callbacks.KoopmanTracker`. Groups are sketched
+    and stored in bfloat16 as there (the same map from the same seed; bfloat16 centred on the
+    first snapshot) but never packed: every group's write is in the one dispatch already.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.storage_dtype != "float32":
-            raise ValueError(f"storage_dtype={self.storage_dtype!r} needs the TensorFlow "
-                             "backend for now; use 'float32'")
-        if self.sketch not in ("auto", None):
-            raise ValueError(f"sketch={self.sketch!r} needs the TensorFlow backend for now; use "
-                             "sketch='auto' (groups are stored in full here) or None")
         self._rings = None
         self._weights = []
         self._written = 0  # snapshots in the rings since the last restart (finite or not)
@@ -50,19 +45,13 @@ class PortableTracker(TrackerCore):
 
     # ----------------------------------------------------------------------------------------
     def watch(self, model):
-        """As :meth:`KoopmanTracker.watch`; ``ValueError`` also when a group would need a
-        sketch (more than ``snapshot_memory`` bytes of snapshots), which is TensorFlow-only."""
+        """As :meth:`KoopmanTracker.watch`."""
         groups = self._resolve(model)  # raises before anything changes
-        sizes = {name: sum(int(np.prod(v.shape)) for v in variables)
-                 for name, variables in groups.items()}
+        shapes = {name: [int(np.prod(v.shape)) for v in variables]
+                  for name, variables in groups.items()}
+        sizes = {name: sum(parts) for name, parts in shapes.items()}
         sketches = plan_storage(sizes, self.window, self.sketch, self.storage_dtype,
                                 self.snapshot_memory, self.method).sketches if sizes else {}
-        if sketches:
-            raise ValueError(f"groups {sorted(sketches)} hold more weights than "
-                             f"snapshot_memory={self.snapshot_memory} bytes can store over a "
-                             f"window of {self.window}; sketching them needs the TensorFlow "
-                             "backend for now: raise snapshot_memory, shorten the window or "
-                             "watch fewer layers (observables=[...])")
         self.groups = groups
         self._model = model
         by_layer = not callable(self.observables) and self.observables != "model"
@@ -75,7 +64,11 @@ class PortableTracker(TrackerCore):
             self.report("set-up", ValueError("no observable group has trainable weights to "
                                              "watch; nothing is recorded"))
             return False
-        self._rings = ring.Rings(list(sizes.values()), self.window)
+        self._rings = ring.Rings(
+            list(sizes.values()), self.window, self.storage_dtype,
+            sketches=[None if name not in sketches else
+                      (make_sketch(sizes[name], sketches[name]), shapes[name])
+                      for name in sizes])
         self.buffers = {name: _GroupView(self, index, size)
                         for index, (name, size) in enumerate(sizes.items())}
         self._weights = list(self.groups.values())
@@ -91,14 +84,12 @@ class PortableTracker(TrackerCore):
         ``backup_dir`` saves."""
         if self._rings is None:
             return []
-        return [*self._rings.buffers, *self._rings.grams, self._rings.bad]
+        return [*self._rings.arrays, self._rings.bad]
 
     def load_variables(self, arrays):
         """Puts saved :attr:`variables` (host arrays, same order and shapes) in the rings."""
-        groups = len(self._rings.buffers)
-        self._rings.buffers = [dev.to_tensor(a, self._rings.dtype) for a in arrays[:groups]]
-        self._rings.grams = [dev.to_tensor(a, "float64") for a in arrays[groups:2 * groups]]
-        self._rings.bad = dev.to_tensor(arrays[2 * groups], "int64")
+        self._rings.load(arrays[:-1])
+        self._rings.bad = dev.to_tensor(np.asarray(arrays[-1]), "int64")
 
     # ----------------------------------------------------------------------------------------
     def gather(self, values=None):
@@ -172,8 +163,9 @@ class PortableTracker(TrackerCore):
             for index, name in enumerate(self.buffers):
                 if name in eligible:
                     gram = grams[index][np.ix_(order, order)]
-                    outputs[name] = host_ring(gram, self.buffers[name].n_features, code, value,
-                                              floor, self.method, self.tolerance)
+                    view = self.buffers[name]
+                    outputs[name] = host_ring(gram, view.sketch or view.n_features, code,
+                                              value, floor, self.method, self.tolerance)
         except DATA_FAILURES as error:
             self.report("analysis", error)
             return []
@@ -184,10 +176,10 @@ class PortableTracker(TrackerCore):
         :func:`keras_koopman.callbacks.tracker.mode_unit_weights`), one float32 product on the
         device per layer; ``None`` for a group without a common last axis."""
         layout = self._units.get(name)
-        if layout is None:
+        if layout is None or self.buffers[name].sketch is not None:
             return None
         try:
-            return _mode_unit_weights(self._rings.buffers[list(self.buffers).index(name)],
+            return _mode_unit_weights(self._rings.snapshot_array(list(self.buffers).index(name)),
                                       combination, self._written, self.window, *layout)
         except DATA_FAILURES as error:
             self.report("per-unit mode weights", error, name)
@@ -208,7 +200,7 @@ class PortableTracker(TrackerCore):
 
     def layout(self):
         """``{group: [n_features, window, sketch, storage dtype]}``."""
-        return {name: [b.n_features, self.window, None, "float32"]
+        return {name: [b.n_features, self.window, b.sketch, self.storage_dtype]
                 for name, b in self.buffers.items()}
 
     def state_dict(self):
@@ -239,6 +231,7 @@ class PortableTracker(TrackerCore):
         self._bad_at_restart = np.asarray(state.get("bad_at_restart", [0] * len(self._stale)),
                                           np.int64)
         self._synced_bad = dev.to_host(self._rings.bad).astype(np.int64)
+        self._rings.reference_set = self._written > 0
         self.history = History(history)
 
 

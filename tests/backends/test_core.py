@@ -135,6 +135,73 @@ def test_snapshot_buffer_refuses_bad_snapshots_and_keeps_its_contents():
         kk.SnapshotBuffer(n_features=3, window=1)
 
 
+def dense_sketch(n, k, density=None, seed=0):
+    """The ``[k, n]`` matrix of the sketch a buffer draws for these arguments, built from its
+    sampled indices, rows and signs with NumPy."""
+    from keras_koopman._sketch import make_sketch
+
+    sketch = make_sketch(n, k, density, seed)
+    matrix = np.zeros((k, n))
+    np.add.at(matrix, (sketch.rows, sketch.indices), sketch.signs * sketch.scale)
+    return matrix
+
+
+@pytest.mark.parametrize("dtype,tolerance", [("float64", 1e-8), ("float32", 2e-3)])
+def test_a_sketched_buffer_stores_the_sketch_and_keeps_the_eigenvalues(dtype, tolerance):
+    n, k = 50_000, 128
+    rng = np.random.default_rng(0)
+    modes = rng.standard_normal((n, 4))
+    x = (np.array([1.0, 0.9, 0.7, 0.5])[None] ** np.arange(10)[:, None]) @ modes.T
+    buffer = kk.SnapshotBuffer(n, 10, dtype=dtype, sketch=k)
+    for row in x:
+        buffer.append(as_backend(row.astype(dtype)))
+    assert buffer.sketch == k and not buffer.has_modes
+    expected = x @ dense_sketch(n, k).T  # the same map on every backend, from the same seed
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(host(buffer.snapshots()), expected, rtol=0,
+                               atol=scale * (1e-12 if dtype == "float64" else 1e-6))
+    eigenvalues = np.sort_complex(host(buffer.dmd(rank=4, modes=False).eigenvalues))
+    np.testing.assert_allclose(eigenvalues, [0.5, 0.7, 0.9, 1.0], atol=tolerance)
+    assert buffer.nbytes < n * 10 * 8 / 5  # the sketch, not the vectors
+    with pytest.raises(ValueError, match="sketched"):
+        buffer.dmd(rank=4)
+    with pytest.raises(ValueError, match="sketch must be smaller"):
+        kk.SnapshotBuffer(10, 4, sketch=10)
+
+
+def test_bfloat16_storage_keeps_the_motion_from_the_first_snapshot_in_half_the_memory():
+    import ml_dtypes
+
+    rng = np.random.default_rng(0)
+    modes = rng.standard_normal((3_000, 4))
+    x = 1.0 + 0.1 * (np.array([1.0, 0.9, 0.7, 0.5])[None] ** np.arange(8)[:, None]) @ modes.T
+    x = x.astype(np.float32)
+    full = kk.SnapshotBuffer(3_000, 8)
+    half = kk.SnapshotBuffer(3_000, 8, storage_dtype="bfloat16")
+    for row in x:
+        full.append(as_backend(row))
+        half.append(as_backend(row))
+    assert keras.backend.standardize_dtype(half.storage_dtype) == "bfloat16"
+    assert half.nbytes < 0.65 * full.nbytes
+    # What it stores: the differences from the first snapshot rounded to bfloat16 (ml_dtypes,
+    # not the backend), plus that first snapshot in float32.
+    stored = (x - x[0]).astype(ml_dtypes.bfloat16).astype(np.float64) + x[0]
+    np.testing.assert_allclose(host(half.snapshots()), stored, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(host(half.gram()), stored @ stored.T, rtol=1e-6)
+    assert np.max(np.abs(stored - x)) < 2**-8 * np.max(np.abs(x - x[0]))
+    result = half.dmd(rank=4)
+    np.testing.assert_allclose(np.sort_complex(host(result.eigenvalues)), [0.5, 0.7, 0.9, 1.0],
+                               atol=0.02)
+    assert tuple(result.modes.shape) == (3_000, 4)
+    half.reset()  # the next snapshot is the new reference
+    half.append(as_backend(x[3]))
+    half.append(as_backend(x[5]))
+    again = (x[[3, 5]] - x[3]).astype(ml_dtypes.bfloat16).astype(np.float64) + x[3]
+    np.testing.assert_allclose(host(half.snapshots()), again, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="storage_dtype"):
+        kk.SnapshotBuffer(10, 4, storage_dtype="float16")
+
+
 # ------------------------------------------------------------------------------------------
 # the monitor inside fit
 def make_data(seed=0, samples=64):
@@ -171,6 +238,46 @@ def test_monitor_records_match_an_independent_dmd_of_the_weights():
         assert_same_spectrum(values, record.eigenvalues, 5e-3)
         assert record.metrics["spectral_radius"] == pytest.approx(np.abs(values).max(),
                                                                   rel=5e-3)
+    assert monitor.errors == []
+
+
+def test_a_group_past_the_memory_budget_is_sketched_and_analysed_from_the_sketch():
+    x, y = make_data()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(600, name="wide"),
+                              keras.layers.Dense(2, name="out")])
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    # wide: 4,200 weights, out: 1,202; in full 5 * 4 * 5,402 bytes > the 40,000-byte budget.
+    monitor = kk.callbacks.KoopmanMonitor(window=5, rank=3, snapshot_memory=40_000)
+    recorder = weight_recorder(["wide", "out"])
+    model.fit(x, y, epochs=6, batch_size=16, verbose=0, callbacks=[monitor, recorder])
+    assert monitor.buffers["wide"].sketch == 2048 and monitor.buffers["out"].sketch is None
+    trajectory = np.stack(recorder.snapshots["wide"])[-5:].astype(np.float64)
+    sketched = trajectory @ dense_sketch(4200, 2048).T
+    np.testing.assert_allclose(host(monitor.buffers["wide"].snapshots()), sketched,
+                               rtol=1e-5, atol=1e-5)
+    values, _ = numpy_exact_modes(sketched, 3)
+    assert_same_spectrum(values, monitor.latest("wide").eigenvalues, 5e-3)
+    values, _ = numpy_exact_modes(np.stack(recorder.snapshots["out"])[-5:].astype(np.float64), 3)
+    assert_same_spectrum(values, monitor.latest("out").eigenvalues, 5e-3)
+    assert monitor.errors == []
+
+
+def test_a_bfloat16_monitor_records_the_spectrum_of_what_it_stores():
+    import ml_dtypes
+
+    x, y = make_data()
+    model = make_model()
+    monitor = kk.callbacks.KoopmanMonitor(window=6, rank=3, storage_dtype="bfloat16")
+    recorder = weight_recorder(["hidden"])
+    model.fit(x, y, epochs=9, batch_size=16, verbose=0, callbacks=[monitor, recorder])
+    trajectory = np.stack(recorder.snapshots["hidden"]).astype(np.float32)  # start + 9 epochs
+    start = trajectory[0]  # the first snapshot since the (only) reset
+    stored = (trajectory - start).astype(ml_dtypes.bfloat16).astype(np.float64) + start
+    np.testing.assert_allclose(host(monitor.buffers["hidden"].snapshots()), stored[-6:],
+                               rtol=0, atol=1e-6)
+    values, _ = numpy_exact_modes(stored[-6:], 3)
+    assert_same_spectrum(values, monitor.latest("hidden").eigenvalues, 5e-3)
     assert monitor.errors == []
 
 

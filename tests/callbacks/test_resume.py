@@ -1,6 +1,8 @@
 """Resuming after SIGKILL: a real training process is killed mid-fit and started again with the
 same command; history and TensorBoard steps must equal those of an uninterrupted run. On each
-Keras backend installed (JAX and PyTorch save the tracker's arrays as .npz)."""
+Keras backend installed (JAX and PyTorch save the tracker's arrays as .npz), with a snapshot
+every epoch, and with one every 2 batches into sketched and bfloat16 buffers (saved Gram rows
+still to compute, references, a host batch count)."""
 
 import importlib.util
 import json
@@ -18,7 +20,7 @@ import json, os, signal, sys
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 import numpy as np, keras, keras_koopman as kk
 
-work, kill_at = sys.argv[1], sys.argv[2]
+work, kill_at, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 rng = np.random.default_rng(0)
 x = rng.standard_normal((64, 6)).astype("float32")
 y = np.tanh(x @ rng.standard_normal((6, 2))).astype("float32")
@@ -28,7 +30,7 @@ model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="t
 model.compile(keras.optimizers.SGD(0.05), "mse")
 backup_dir = os.path.join(work, "backup")
 monitor = kk.callbacks.KoopmanMonitor(window=4, log_dir=os.path.join(work, "logs"),
-                                      backup_dir=backup_dir)
+                                      backup_dir=backup_dir, **options)
 marker = os.path.join(work, "killed")
 
 def kill():
@@ -60,10 +62,17 @@ BACKENDS = [pytest.param(name, marks=pytest.mark.skipif(
     for name in ("tensorflow", "jax", "torch")]
 
 
-def run(script, work, kill_at, backend):
+# "hidden" (56 weights) is sketched to 20 numbers; "out" (18) is stored in full; 4 batches an
+# epoch, so every=2 gathers twice in one and the mid-epoch kill falls after a gather.
+OPTIONS = {"epoch": {}, "every 2, sketch, bfloat16": {"every": 2, "sketch": 20,
+                                                      "storage_dtype": "bfloat16"}}
+
+
+def run(script, work, kill_at, backend, options):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND=backend,
                JAX_ENABLE_X64="1", CUDA_VISIBLE_DEVICES="")
-    return subprocess.run([sys.executable, str(script), str(work), kill_at], env=env,
+    return subprocess.run([sys.executable, str(script), str(work), kill_at,
+                           json.dumps(OPTIONS[options])], env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -76,12 +85,14 @@ def tensorboard_steps(logs):
             for tag in accumulator.Tags()["tensors"]}
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=[pytest.param((b.values[0], o), marks=b.marks,
+                                                     id=f"{b.values[0]}-{o}")
+                                        for b in BACKENDS for o in OPTIONS])
 def uninterrupted(request, tmp_path_factory):
     work = tmp_path_factory.mktemp("uninterrupted")
     script = work / "train.py"
     script.write_text(CHILD)
-    done = run(script, work, "none", request.param)
+    done = run(script, work, "none", *request.param)
     assert done.returncode == 0, done.stderr[-3000:]
     return (json.loads(done.stdout.strip().splitlines()[-1]), tensorboard_steps(work / "logs"),
             request.param)
@@ -90,13 +101,13 @@ def uninterrupted(request, tmp_path_factory):
 @pytest.mark.parametrize("kill_at", ["mid-epoch", "between-saves"])
 def test_a_killed_fit_resumes_with_the_history_and_steps_of_an_uninterrupted_run(
         tmp_path, uninterrupted, kill_at):
-    expected, expected_events, backend = uninterrupted
+    expected, expected_events, (backend, options) = uninterrupted
     script = tmp_path / "train.py"
     script.write_text(CHILD)
-    killed = run(script, tmp_path, kill_at, backend)
+    killed = run(script, tmp_path, kill_at, backend, options)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert (tmp_path / "backup" / "koopman_monitor").is_dir()
-    resumed = run(script, tmp_path, kill_at, backend)  # the same command again
+    resumed = run(script, tmp_path, kill_at, backend, options)  # the same command again
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     result = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert not result["errors"] and not expected["errors"]
