@@ -261,6 +261,13 @@ def test_a_group_past_the_memory_budget_is_sketched_and_analysed_from_the_sketch
     values, _ = numpy_exact_modes(np.stack(recorder.snapshots["out"])[-5:].astype(np.float64), 3)
     assert_same_spectrum(values, monitor.latest("out").eigenvalues, 5e-3)
     assert monitor.errors == []
+    # An int sketches every group with more than twice as many weights; None never sketches.
+    explicit = kk.callbacks.KoopmanMonitor(window=5, sketch=700)
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[explicit])
+    assert explicit.buffers["wide"].sketch == 700 and explicit.buffers["out"].sketch is None
+    never = kk.callbacks.KoopmanMonitor(window=5, sketch=None, snapshot_memory=1)
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[never])
+    assert all(b.sketch is None for b in never.buffers.values())
 
 
 def test_a_bfloat16_monitor_records_the_spectrum_of_what_it_stores():
