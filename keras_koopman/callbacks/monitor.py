@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 
 from keras_koopman._backend import backend, implementation, io_failures, is_tensorflow
 from keras_koopman._validation import DataError, check_int, check_int_or, check_log_dir
+from keras_koopman._warnings import user_stacklevel
 from keras_koopman.callbacks.step_gather import StepGather, supported
 from keras_koopman.records import SpectrumRecord
 
@@ -133,6 +136,8 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self._step_gather = None if every == "epoch" else StepGather(self.tracker, self.every)
         self._in_graph = False  # gathering inside the train function in this fit
         self._calls_seen = 0
+        self._calls_at_epoch = 0
+        self._own_loop_warned = False
         self._jax = backend() == "jax"
 
 
@@ -198,7 +203,8 @@ class KoopmanMonitor(keras.callbacks.Callback):
                     tracker.gather()  # the weights training starts from
         self._in_fit, self._fit_token, self._last_event = True, token, {}
         self._in_graph = (self._step_gather is not None and not tracker.disabled
-                          and supported(self.model) and self._step_gather.install(self.model))
+                          and supported(self.model)
+                          and self._step_gather.install(self.model, token))
         self._calls_seen = 0 if self._step_gather is None else self._step_gather.calls
         self.logger.open(self.model, None if self._resume_pending else tracker.epoch)
         # The tab's modes view: per-unit weights of the leading modes, only for summaries.
@@ -210,9 +216,9 @@ class KoopmanMonitor(keras.callbacks.Callback):
             self.tracker.epoch = epoch
             if self._step_gather is not None:
                 self._step_gather.epoch_begin()
-            if self._step_gather is not None:
                 self._step_gather.plan_until((self.params or {}).get("steps"),
                                              getattr(self.model, "steps_per_execution", 1))
+                self._calls_at_epoch = self._step_gather.calls
 
     def _on_train_batch_end(self, batch, logs=None):
         if self.disabled or not self._once("batch", self.tracker.epoch, batch):
@@ -243,6 +249,8 @@ class KoopmanMonitor(keras.callbacks.Callback):
             self.tracker.gather()
         if self._in_graph:
             self._step_gather.disarm()  # armed again by the next epoch's plan
+            if not is_tensorflow() and self._step_gather.calls == self._calls_at_epoch:
+                self._warn_own_loop()
         self._analysis_due()
         self.logger.flush()
         if self.backup and not self.disabled:
@@ -251,6 +259,18 @@ class KoopmanMonitor(keras.callbacks.Callback):
                 self.backup.save(epoch + 1, state, self.tracker.variables, self.tracker.history)
             except io_failures() as error:
                 self.tracker.report("saving to backup_dir", error)
+
+    def _warn_own_loop(self):
+        """JAX, PyTorch: an epoch ran without ``model.train_function``, which is where the
+        every-``N`` snapshots are taken there (no batch hook): say so once."""
+        if self._own_loop_warned:
+            return
+        self._own_loop_warned = True
+        warnings.warn(
+            f"KoopmanMonitor(every={self.every}) took no snapshot in this epoch: on "
+            f"{backend()} it gathers around model.train_function after each step, and this "
+            "training loop did not call it (a loop of its own). Use every='epoch' with such a "
+            "loop, or Keras's fit / train_on_batch.", RuntimeWarning, stacklevel=user_stacklevel())
 
     def on_train_end(self, logs=None):
         if not self._in_fit:

@@ -30,7 +30,10 @@ state, the weights never synced back into the model's variables; on torch in-pla
 the live variables). The monitor then needs no batch hook, and Keras keeps dispatching its
 callbacks asynchronously (a batch hook makes it read every batch's logs to the host). There
 is no batch-hook fallback on these backends: a loop that never calls ``model.train_function``
-(a ``fit`` of its own) gets no per-batch snapshots, only the epoch's.
+(a ``fit`` of its own) gets no snapshots, and the monitor warns once at the end of its first
+epoch. Gatherers that a ``fit`` which raised left in the dispatch (their ``on_train_end``
+never ran) are dropped when a monitor installs for the next ``fit``; a later ``fit`` with no
+monitor at all runs them within their one-epoch budget.
 """
 
 from __future__ import annotations
@@ -85,16 +88,19 @@ class StepGather:
         self._last_batch = -1
         self._dispatch = None   # JAX, torch: the _HostDispatch this gather is installed in
         self._read = None       # JAX: reads the groups' weights from a train step's state
+        self._fit = None        # JAX, torch: the token of the fit this gather was installed for
 
     # ----------------------------------------------------------------------------------------
-    def install(self, model):
+    def install(self, model, fit=None):
         """Puts the gathering train function in place of ``model.train_function``. Returns
         ``False`` (nothing installed; the monitor gathers from its batch hook) when another
         monitor's gathering function is in place, or when the train function is not compiled
         with XLA and runs one step a call. On JAX and PyTorch it always installs
-        (:class:`_HostDispatch`)."""
+        (:class:`_HostDispatch`); ``fit``: a token of the ``fit`` being started, the same for
+        every monitor in it (gatherers left in the dispatch by an earlier fit that raised are
+        dropped)."""
         if not is_tensorflow():
-            return self._install_on_host(model)
+            return self._install_on_host(model, fit)
         per_call = int(getattr(model, "steps_per_execution", 1) or 1)
         if not getattr(model, "jit_compile", False) and per_call == 1:
             # Without XLA around it, the nested XLA gather copies its buffers on every call
@@ -124,7 +130,7 @@ class StepGather:
         self.active, self._budget = True, 0
         return True
 
-    def _install_on_host(self, model):
+    def _install_on_host(self, model, fit):
         model.make_train_function()
         current = model.train_function
         dispatch = getattr(current, "_koopman_dispatch", None)
@@ -134,6 +140,12 @@ class StepGather:
             if current not in self._built:  # a re-compiled model: a new one
                 self._built = {current: _HostDispatch(model, current)}
             dispatch = self._built[current]
+        for stale in [g for g in dispatch.gatherers if g._fit != fit]:
+            # Left by a fit that raised (its on_train_end never ran): it would gather into
+            # its monitor's buffers during this fit.
+            dispatch.gatherers.remove(stale)
+            stale._dispatch, stale.active, stale._budget = None, False, 0
+        self._fit = fit
         if self not in dispatch.gatherers:
             dispatch.gatherers.append(self)
         # Kept also when joining another monitor's dispatch: a later fit of this monitor alone

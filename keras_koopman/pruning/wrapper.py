@@ -8,6 +8,7 @@ import keras
 import numpy as np
 
 from keras_koopman._backend import backend
+from keras_koopman._warnings import user_stacklevel
 
 from keras_koopman.pruning.schedule import PruningSchedule, check_sparsity
 
@@ -50,7 +51,7 @@ class MaskConstraint(keras.constraints.Constraint):
             warnings.warn(f"{self.mask.path}: the pruning mask is not visible to the "
                           "optimizer's constraint in this JAX train step (the wrapper's "
                           "forward pass did not run in it); pruned weights are not held at "
-                          "zero in this step", RuntimeWarning, stacklevel=2)
+                          "zero in this step", RuntimeWarning, stacklevel=user_stacklevel())
             return w
         mask, self._held = (self.mask if self._held is None else self._held), None
         return w * keras.ops.cast(mask, w.dtype)
@@ -179,7 +180,7 @@ class KoopmanPruning(keras.layers.Wrapper):
                     "zero) and are not updated. Add it: model.fit(..., callbacks=[kk.pruning."
                     "UpdateKoopmanPruning()]). (On TensorFlow and PyTorch this fit is refused; "
                     "on JAX an error raised while Keras traces the train step would lose the "
-                    "model's weights.)", stacklevel=2)
+                    "model's weights.)", stacklevel=user_stacklevel())
             # And in the graph, for a train function traced in an earlier fit with the callback
             # and reused by a later one without it (no retrace). detach_callback makes a
             # model compiled with XLA retrace instead, as XLA drops this op.

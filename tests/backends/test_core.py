@@ -335,6 +335,50 @@ def test_two_monitors_gathering_every_n_batches_each_take_their_own():
         assert keras.callbacks.CallbackList([second, third, stop], model=model)._async_train
 
 
+def test_a_monitor_of_a_fit_that_raised_does_not_gather_in_the_next_fit():
+    x, y = make_data()
+    model = make_model(seed=4)
+
+    class Boom(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                raise RuntimeError("boom")
+
+    first = kk.callbacks.KoopmanMonitor(every=2, window=4, observables=["out"])
+    with pytest.raises(RuntimeError, match="boom"):
+        model.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[first, Boom()])
+    step, held = first.step, host(first.buffers["out"].snapshots())
+    second = kk.callbacks.KoopmanMonitor(every=2, window=4, observables=["out"])
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[second])
+    assert first.step == step  # nothing gathered into the first monitor's buffers
+    np.testing.assert_array_equal(host(first.buffers["out"].snapshots()), held)
+    assert second.step == 8  # 16 batches, every 2
+    final = np.concatenate([w.ravel() for w in model.get_layer("out").get_weights()])
+    np.testing.assert_allclose(host(second.buffers["out"].snapshots())[-1], final, rtol=1e-6)
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="TensorFlow gathers from a batch hook there")
+def test_a_loop_that_never_calls_the_train_function_is_told_every_n_takes_nothing():
+    model = make_model(seed=5)
+    monitor = kk.callbacks.KoopmanMonitor(every=2, window=4)
+    callbacks = keras.callbacks.CallbackList([monitor], model=model, epochs=2, steps=4)
+    callbacks.on_train_begin()
+    start = monitor.step
+    kernel = model.get_layer("out").kernel
+    with pytest.warns(RuntimeWarning, match="did not call it") as caught:
+        for epoch in range(2):
+            callbacks.on_epoch_begin(epoch)
+            for batch in range(4):  # a step of its own: not model.train_function
+                callbacks.on_train_batch_begin(batch)
+                kernel.assign(kernel * 0.9)
+                callbacks.on_train_batch_end(batch)
+            callbacks.on_epoch_end(epoch)
+    callbacks.on_train_end()
+    ours = [w for w in caught if "did not call it" in str(w.message)]
+    assert len(ours) == 1 and ours[0].filename == __file__  # once, at the user's line
+    assert monitor.step == start  # no snapshot was taken, and none is made up
+
+
 def test_nan_weights_are_survived_with_one_warning_and_training_goes_on():
     x, y = make_data()
     model = make_model(seed=2)
@@ -891,8 +935,11 @@ def test_a_pruned_model_trains_only_with_the_callback_and_strips_to_the_same_mod
     pruned.compile(keras.optimizers.Adam(1e-2), "mse")
     initial = [w.copy() for w, _ in masks_and_kernels(pruned)]
     if BACKEND == "jax":  # trains on, warned, masks fixed (a refusal would lose the weights)
-        with pytest.warns(UserWarning, match="UpdateKoopmanPruning"):
+        with pytest.warns(UserWarning, match="UpdateKoopmanPruning") as caught:
             pruned.fit(x, y, epochs=1, verbose=0)
+        # Raised inside Keras's trace of the step, the warning names the user's fit line.
+        assert {w.filename for w in caught if "UpdateKoopmanPruning" in str(w.message)} == {
+            __file__}
         for old, (new, mask) in zip(initial, masks_and_kernels(pruned)):
             assert np.all(mask == 1) and not np.array_equal(old, new)
     else:
