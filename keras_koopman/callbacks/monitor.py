@@ -41,7 +41,7 @@ class KoopmanMonitor(keras.callbacks.Callback):
     PortableTracker`, which gathers at the end of an epoch from the Keras hook and every ``N``
     batches on the host around each train step, with no batch hook (JAX: from the state the
     step returns; exactly the weights after batches ``N``, ``2N``, ... there too), which
-    sketches as TensorFlow does but has no packed or bfloat16 storage yet), written through
+    sketches and stores bfloat16 as TensorFlow does, but never packs), written through
     :attr:`logger`; decision callbacks (:class:`~keras_koopman.callbacks.
     KoopmanCallback`) read its records and forward every hook to it when it is not listed.
     Buffers survive repeated ``fit`` calls on the same model; a rebuilt model gets new buffers,
@@ -49,7 +49,11 @@ class KoopmanMonitor(keras.callbacks.Callback):
     watched; a group whose weights turn NaN or Inf is skipped from then on (one warning,
     :attr:`nonfinite_groups`). Data failures (NaN/Inf, a failed decomposition, an event file
     that cannot be written) warn once, are recorded in :attr:`errors`, and training goes on;
-    configuration mistakes (an unknown layer name) raise when ``fit`` starts.
+    configuration mistakes (an unknown layer name) raise when ``fit`` starts. A model that
+    TensorFlow's ``fit`` builds only in its first train step (a subclassed model, a
+    ``Sequential`` without an ``Input``) is watched from the first hook after that step: its
+    initial weights are gone by then, so step 0 is counted but not stored, and an unknown
+    layer name raises at the end of the first batch.
 
     Args:
       observables: ``"layers"`` (one group per layer with trainable weights, named after the
@@ -138,6 +142,7 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self._calls_seen = 0
         self._calls_at_epoch = 0
         self._own_loop_warned = False
+        self._watch_pending = False  # TensorFlow: a model fit builds in its first step
         self._jax = backend() == "jax"
 
 
@@ -194,16 +199,17 @@ class KoopmanMonitor(keras.callbacks.Callback):
         if self._in_fit and self._fit_token == token:
             return  # already started in this fit (by a decision callback or Keras)
         tracker = self.tracker
+        self._watch_pending = False
         if not tracker.watching(self.model):
-            if tracker.watch(self.model):  # ValueError for an unknown layer name
-                self._since_analysis = 0  # a new trajectory, a new schedule
-                if self.backup and self.backup.saved_epochs():
-                    self._resume_pending = True  # once the epoch to resume is known
-                else:
-                    tracker.gather()  # the weights training starts from
+            if is_tensorflow() and not self.model.built:
+                # TensorFlow builds a subclassed model (or a Sequential without an Input) in
+                # the first trace of its train step: watch it once that has run.
+                self._watch_pending = True
+            elif tracker.watch(self.model):  # ValueError for an unknown layer name
+                self._new_trajectory(start=True)
         self._in_fit, self._fit_token, self._last_event = True, token, {}
         self._in_graph = (self._step_gather is not None and not tracker.disabled
-                          and supported(self.model)
+                          and not self._watch_pending and supported(self.model)
                           and self._step_gather.install(self.model, token))
         self._calls_seen = 0 if self._step_gather is None else self._step_gather.calls
         self.logger.open(self.model, None if self._resume_pending else tracker.epoch)
@@ -220,7 +226,30 @@ class KoopmanMonitor(keras.callbacks.Callback):
                                              getattr(self.model, "steps_per_execution", 1))
                 self._calls_at_epoch = self._step_gather.calls
 
+    def _new_trajectory(self, start):
+        """After :meth:`KoopmanTracker.watch`: resume from ``backup_dir`` if it holds a state,
+        else take the weights training starts from (``start``), or count them as a snapshot
+        not taken (a model built only in its first train step: those weights are gone)."""
+        self._since_analysis = 0  # a new trajectory, a new schedule
+        if self.backup and self.backup.saved_epochs():
+            self._resume_pending = True  # once the epoch to resume is known
+            if not start:
+                self._resume(self.tracker.epoch)
+        elif start:
+            self.tracker.gather()
+        else:
+            self.tracker.skip()  # step 0, as for a model built before fit
+
+    def _watch_late(self):
+        """TensorFlow: watches a model that ``fit`` built in its first train step (the first
+        hook after it; ``ValueError`` there for an unknown layer name)."""
+        if self._watch_pending and self.model.built:
+            self._watch_pending = False
+            if self.tracker.watch(self.model):
+                self._new_trajectory(start=False)
+
     def _on_train_batch_end(self, batch, logs=None):
+        self._watch_late()
         if self.disabled or not self._once("batch", self.tracker.epoch, batch):
             return
         gather = self._step_gather
@@ -240,6 +269,7 @@ class KoopmanMonitor(keras.callbacks.Callback):
             self.tracker.skip()
 
     def on_epoch_end(self, epoch, logs=None):
+        self._watch_late()
         if not self._once("epoch_end", epoch):
             return
         self._resume(epoch)

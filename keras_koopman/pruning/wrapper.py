@@ -31,11 +31,17 @@ class MaskConstraint(keras.constraints.Constraint):
     nothing would stay pruned. So the wrapper's forward pass in training, where Keras maps
     every model variable to the train step's state, hands this constraint the mask's traced
     value (:meth:`hold`), and the constraint uses it once, in the same train step.
+
+    ``owner``: the :class:`KoopmanPruning` wrapper, whose guard (training needs
+    :class:`~keras_koopman.pruning.UpdateKoopmanPruning`) runs here too: the optimizer applies
+    constraints only in training, also in a model whose ``call`` takes no ``training``
+    argument and so passes none to the wrapper.
     """
 
-    def __init__(self, mask, inner=None):
+    def __init__(self, mask, inner=None, owner=None):
         self.mask = mask
         self.inner = inner
+        self.owner = owner
         self._held = None
 
     def hold(self, value):
@@ -43,6 +49,8 @@ class MaskConstraint(keras.constraints.Constraint):
         self._held = value
 
     def __call__(self, w):
+        if self.owner is not None:
+            self.owner._guard(in_constraint=True)
         if self.inner is not None:
             w = self.inner(w)
         if self._held is None and getattr(self.mask, "_value", True) is None:
@@ -156,42 +164,17 @@ class KoopmanPruning(keras.layers.Wrapper):
         for weight in weights:
             mask = self.add_weight(name=f"{weight.name}_mask", shape=weight.shape,
                                    initializer="ones", trainable=False, dtype=weight.dtype)
-            weight.constraint = MaskConstraint(mask, weight.constraint)
+            weight.constraint = MaskConstraint(mask, weight.constraint, owner=self)
             self.masked.append((weight, mask))
-        self.callback_attached = self.add_weight(name="callback_attached", shape=(),
-                                                 initializer="zeros", trainable=False,
-                                                 dtype="int32")
+        # Built inside the first train step (TensorFlow, a subclassed model): attached already
+        # if attach_callback ran before.
+        self.callback_attached = self.add_weight(
+            name="callback_attached", shape=(), trainable=False, dtype="int32",
+            initializer="ones" if self._callback_active else "zeros")
 
     def call(self, inputs, *args, training=None, **kwargs):
         if training:
-            # Checked in Python whenever the train step is traced (or runs eagerly): this holds
-            # under XLA too, which drops Assert ops.
-            if not self._callback_active:
-                self._refused = True
-                if backend() != "jax":
-                    raise RuntimeError(_missing_callback(self.name))
-                # On JAX an error raised while the first train step of a fit is traced
-                # loses every weight of the model (Keras has dropped them from the
-                # variables and holds them only in that step's state), so train on with the
-                # masks held by the constraint, fixed, and say so.
-                warnings.warn(
-                    f"{self.name}: fit without kk.pruning.UpdateKoopmanPruning() among its "
-                    "callbacks: the pruning masks stay as they are (pruned weights stay "
-                    "zero) and are not updated. Add it: model.fit(..., callbacks=[kk.pruning."
-                    "UpdateKoopmanPruning()]). (On TensorFlow and PyTorch this fit is refused; "
-                    "on JAX an error raised while Keras traces the train step would lose the "
-                    "model's weights.)", stacklevel=user_stacklevel())
-            # And in the graph, for a train function traced in an earlier fit with the callback
-            # and reused by a later one without it (no retrace). detach_callback makes a
-            # model compiled with XLA retrace instead, as XLA drops this op.
-            # (TensorFlow only: a JAX train step is traced anew after detach_callback, and a
-            # PyTorch one runs this Python check at every step.)
-            if backend() == "tensorflow":
-                import tensorflow as tf
-
-                tf.debugging.assert_positive(
-                    tf.convert_to_tensor(self.callback_attached),
-                    message=_missing_callback(self.name))
+            self._guard()
         if backend() == "jax" and training is not False:
             # See MaskConstraint. Also with training=None: Keras's JAX train step passes
             # training=True only to a model whose call() takes it, and a subclassed model's
@@ -201,6 +184,38 @@ class KoopmanPruning(keras.layers.Wrapper):
                 if isinstance(constraint, MaskConstraint):  # else _check_constraints warns
                     constraint.hold(mask.value)
         return self.layer(inputs, *args, **kwargs)
+
+    def _guard(self, in_constraint=False):
+        """Training needs :class:`UpdateKoopmanPruning`: checked in the forward pass with
+        ``training=True`` and in the mask constraint (which the optimizer applies only in
+        training, whatever ``training`` the model's ``call`` passes on)."""
+        # In Python whenever the train step is traced (or runs eagerly): this holds under XLA
+        # too, which drops Assert ops.
+        if not self._callback_active and not (in_constraint and self._refused):
+            self._refused = True
+            if backend() != "jax":
+                raise RuntimeError(_missing_callback(self.name))
+            # On JAX an error raised while the first train step of a fit is traced loses
+            # every weight of the model (Keras has dropped them from the variables and
+            # holds them only in that step's state), so train on with the masks held by the
+            # constraint, fixed, and say so.
+            warnings.warn(
+                f"{self.name}: fit without kk.pruning.UpdateKoopmanPruning() among its "
+                "callbacks: the pruning masks stay as they are (pruned weights stay "
+                "zero) and are not updated. Add it: model.fit(..., callbacks=[kk.pruning."
+                "UpdateKoopmanPruning()]). (On TensorFlow and PyTorch this fit is refused; "
+                "on JAX an error raised while Keras traces the train step would lose the "
+                "model's weights.)", stacklevel=user_stacklevel())
+        # And in the graph, for a train function traced in an earlier fit with the callback
+        # and reused by a later one without it (no retrace). detach_callback makes a model
+        # compiled with XLA retrace instead, as XLA drops this op. (TensorFlow only: a JAX
+        # train step is traced anew after detach_callback, and a PyTorch one runs this
+        # Python check at every step.)
+        if backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.debugging.assert_positive(tf.convert_to_tensor(self.callback_attached),
+                                         message=_missing_callback(self.name))
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
@@ -254,7 +269,8 @@ def attach_callback(model, wrappers):
         refused = refused or wrapper._refused
         wrapper._refused = False
         wrapper._callback_active = True
-        wrapper.callback_attached.assign(1)
+        if wrapper.built:  # else build() sets the weight from the flag
+            wrapper.callback_attached.assign(1)
     # (TensorFlow only: a JAX step traced without the callback is the same step, and a
     # rebuild would drop a monitor's gathering train function installed before this.)
     if (refused and backend() == "tensorflow" and model is not None
@@ -275,7 +291,8 @@ def detach_callback(model, wrappers):
     """
     for wrapper in wrappers:
         wrapper._callback_active = False
-        wrapper.callback_attached.assign(0)
+        if wrapper.built:
+            wrapper.callback_attached.assign(0)
     compiled = backend() == "jax" or getattr(model, "jit_compile", False)
     if model is not None and compiled and hasattr(model, "train_function"):
         model.train_function = None
