@@ -158,17 +158,31 @@ class UpdateKoopmanPruning(KoopmanCallback):
             self._zeros = {}
         self._by_step = any(w.schedule is not None and w.schedule.unit == "step"
                             for w in self.wrappers)
+        self._step_ran = False  # a step ran whose update is still to do
 
     def on_train_end(self, logs=None):
         detach_callback(self.model, self.wrappers)
         super().on_train_end(logs)
 
-    def on_train_batch_end(self, batch, logs=None):
-        # Keras decides before on_train_begin whether batch hooks run, so this one always
-        # exists (as TF-MOT's step callback does); it returns at once without step schedules.
-        if self._by_step:
+    def on_train_batch_begin(self, batch, logs=None):
+        # Step schedules: the update after step t runs from the hook before step t + 1 (or at
+        # the end of the epoch). A begin hook, which Keras runs on the training thread before
+        # the step, and which leaves its callbacks asynchronous on JAX and PyTorch (an end
+        # hook makes Keras read every batch's logs to the host). It exists whatever the
+        # schedules are, as Keras looks for hooks before on_train_begin, and returns at once
+        # without step schedules.
+        self._step_update()
+        self._step_ran = self._by_step
+
+    def _step_update(self):
+        if self._step_ran:
+            self._step_ran = False
             self._update("step", self._step)
             self._step += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._step_update()  # the epoch's last step, before the monitor's snapshot of it
+        super().on_epoch_end(epoch, logs)
 
     def decide(self, epoch, logs):
         self._update("epoch", self._epoch)

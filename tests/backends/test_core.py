@@ -887,10 +887,26 @@ def test_a_step_schedule_prunes_between_batches_to_the_exact_count():
         return out
 
     update._apply = recording
-    pruned.fit(x, y, epochs=4, batch_size=32, verbose=0, callbacks=[update])
+    if BACKEND != "tensorflow":  # a begin hook: Keras keeps its callbacks asynchronous
+        assert keras.callbacks.CallbackList([update], model=pruned)._async_train
+    after = []  # the kernels after each step, through Keras (an independent recorder)
+
+    class Kernels(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            after.append(np.concatenate([w.ravel() for w, _ in masks_and_kernels(self.model)]))
+
+    pruned.fit(x, y, epochs=4, batch_size=32, verbose=0, callbacks=[update, Kernels()])
     assert [u["step"] for u in update.updates] == [4, 8, 12, 16, 20, 24]
+    previous = np.ones_like(seen[0])
     for record, masks in zip(update.updates, seen):
         assert int((masks == 0).sum()) == int(np.floor(record["sparsity"] * masks.size))
+        # The update after step t is in place for step t + 1, whose weights it holds at zero
+        # (the entries it prunes were not zero after step t).
+        t, new = record["step"], (masks == 0) & (previous == 1)
+        assert np.all(after[t + 1][masks == 0] == 0.0)
+        assert np.all(after[t][new] != 0.0)
+        previous = masks
+    assert previous.sum() < previous.size  # (something was pruned)
     for earlier, later in zip(seen, seen[1:]):
         assert np.all(later[earlier == 0] == 0)  # pruned entries stay pruned
     for weight, mask in masks_and_kernels(pruned):  # 8 more steps of Adam after the last
