@@ -35,6 +35,7 @@ that compiled the train step).
 
 Run:  python bench/scale.py                      (about 15 minutes here)
       python bench/scale.py --sizes 1e6 --layers 200 --output /tmp/r.md
+      python bench/scale.py --backends tensorflow jax torch    (the big layer on each backend)
 """
 
 import argparse
@@ -73,11 +74,42 @@ def _reset_peak():
         refs.write("5")
 
 
+def _dynamics(layer, u, v):
+    """``move(k)`` sets the layer's kernel to ``W_0 + u diag(lambda^k) v`` (TensorFlow: one
+    XLA-compiled function; JAX and PyTorch: ``keras.ops``)."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        u, v = tf.constant(u), tf.constant(v)
+        start = tf.Variable(layer.kernel.value)  # W_0
+        lambdas = tf.constant(EIGENVALUES, tf.float32)
+
+        @tf.function(jit_compile=True)
+        def move(k):
+            powers = lambdas ** tf.cast(k, tf.float32)
+            layer.kernel.assign(start + tf.matmul(u * powers, v))
+
+        return move
+    import numpy as np
+
+    ops = keras.ops
+    u, v = ops.convert_to_tensor(u), ops.convert_to_tensor(v)
+    start = ops.convert_to_tensor(np.array(keras.ops.convert_to_numpy(layer.kernel.value)))
+    lambdas = np.asarray(EIGENVALUES, np.float32)
+
+    def move(k):
+        powers = ops.convert_to_tensor(lambdas ** np.float32(k))
+        layer.kernel.assign(start + ops.matmul(u * powers[None, :], v))
+
+    return move
+
+
 def one(size, config):
     """Runs one configuration in this process; returns its figures."""
     import numpy as np
     import keras
-    import tensorflow as tf
 
     import keras_koopman as kk
 
@@ -86,16 +118,9 @@ def one(size, config):
     model = keras.Sequential([keras.Input((d,)), keras.layers.Dense(d, name="big")])
     layer = model.get_layer("big")
     rng = np.random.default_rng(0)
-    u = tf.constant((rng.standard_normal((d, 3)) / np.sqrt(d)).astype(np.float32))
-    v = tf.constant(rng.standard_normal((3, d)).astype(np.float32))
-    start = tf.Variable(layer.kernel.value)  # W_0
-    lambdas = tf.constant(EIGENVALUES, tf.float32)
-
-    @tf.function(jit_compile=True)
-    def move(k):
-        powers = lambdas ** tf.cast(k, tf.float32)
-        layer.kernel.assign(start + tf.matmul(u * powers, v))
-
+    u = (rng.standard_normal((d, 3)) / np.sqrt(d)).astype(np.float32)
+    v = rng.standard_normal((3, d)).astype(np.float32)
+    move = _dynamics(layer, u, v)
     move(0)
     move(1)  # compiled, transients freed: the baseline below is the model's own memory
     baseline = _status("VmRSS")
@@ -140,7 +165,8 @@ def one(size, config):
     return {
         "size": size, "config": config, "n": buffer.n_features,
         "stored": ("sketch %d" % buffer.sketch if buffer.sketch else "full")
-        + (" bfloat16" if buffer.storage_dtype == tf.bfloat16 else ""),
+        + (" bfloat16" if getattr(buffer.storage_dtype, "name", buffer.storage_dtype)
+           == "bfloat16" else ""),
         "bytes": buffer.nbytes, "peak": peak, "first": first,
         "snapshot_ms": 1e3 * float(np.median(snapshot_times[1:])),
         "analysis_ms": 1e3 * float(np.median(analysis_times[1:])),
@@ -220,6 +246,47 @@ def gather_traces(monitor):
     return trace_count("gather")
 
 
+def _run_one(size, config, backend=None):
+    env = dict(os.environ)
+    if backend is not None:
+        env.update(KERAS_BACKEND=backend, JAX_ENABLE_X64="1")
+    done = subprocess.run([sys.executable, __file__, "--one", f"{size},{config}"],
+                          capture_output=True, text=True, timeout=1800, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"{size:.0e} {config} {backend or ''} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def by_backend(args):
+    """``--backends``: every size and configuration on each backend, one table."""
+    started = time.time()
+    lines = ["| weights | configuration | backend | stored as | buffers (MiB) | extra peak memory "
+             "(MiB) | first snapshot (s) | per snapshot (ms) | per analysis (ms) | eigenvalue "
+             "error |", "|---:|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for size in (float(s) for s in args.sizes.split(",")):
+        for config in CONFIGS:
+            if config in ("full", "bfloat16") and size > FULL_LIMIT:
+                continue
+            for backend in args.backends:
+                row = _run_one(size, config, backend)
+                lines.append(f"| {row['n']:,} | {config} | {backend} | {row['stored']} | "
+                             f"{row['bytes'] / 2**20:.1f} | {row['peak'] / 2**20:.1f} | "
+                             f"{row['first']:.2f} | {row['snapshot_ms']:.2f} | "
+                             f"{row['analysis_ms']:.2f} | {row['error']:.1e} |")
+                print(lines[-1], f"[{time.time() - started:.0f} s]", flush=True)
+    command = "python bench/scale.py " + " ".join(
+        a for a in sys.argv[1:] if not a.startswith("--output") and a != args.output)
+    body = "\n".join([
+        *header(command.strip()),
+        f"- as the section above (one `Dense(d, d)` layer, window {WINDOW}, rank 4, true "
+        f"eigenvalues {{1, {', '.join(map(str, EIGENVALUES))}}}), each row in a process of its "
+        f"own with `KERAS_BACKEND` set; run time {time.time() - started:.0f} s",
+        "- the dynamics are set with one XLA function on TensorFlow and with `keras.ops` on "
+        "JAX and PyTorch (not timed); snapshots and analyses through the monitor's hooks",
+        "", *lines])
+    report("Scaling up on each Keras backend (`bench/scale.py --backends`)", body, args.output)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1e6,1e7,1e8")
@@ -227,6 +294,9 @@ def main():
     parser.add_argument("--output", default=RESULTS)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # "size,config": child process
     parser.add_argument("--tiny", type=int, help=argparse.SUPPRESS)  # child process
+    parser.add_argument("--backends", nargs="+", choices=("tensorflow", "jax", "torch"),
+                        help="the big-layer rows on each Keras backend, side by side (no "
+                             "tiny-layers part: packing is TensorFlow's)")
     args = parser.parse_args()
     if args.one:
         size, config = args.one.split(",")
@@ -235,17 +305,15 @@ def main():
     if args.tiny:
         print(json.dumps(tiny_layers(args.tiny)))
         return
+    if args.backends:
+        return by_backend(args)
     started = time.time()
     rows = []
     for size in (float(s) for s in args.sizes.split(",")):
         for config in CONFIGS:
             if config in ("full", "bfloat16") and size > FULL_LIMIT:
                 continue
-            done = subprocess.run([sys.executable, __file__, "--one", f"{size},{config}"],
-                                  capture_output=True, text=True, timeout=1800)
-            if done.returncode != 0:
-                raise SystemExit(f"{size:.0e} {config} failed:\n{done.stderr[-3000:]}")
-            row = json.loads(done.stdout.strip().splitlines()[-1])
+            row = _run_one(size, config)
             rows.append(row)
             print(f"{size:.0e} {config:9s} {row['stored']:22s} buffers {row['bytes'] / 2**20:8.1f} MiB"
                   f"  extra peak {row['peak'] / 2**20:8.1f} MiB  first {row['first']:6.2f} s"

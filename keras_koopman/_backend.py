@@ -6,8 +6,8 @@ the backend-neutral path (:mod:`keras_koopman.portable`) serves :func:`keras_koo
 :class:`~keras_koopman.callbacks.KoopmanEarlyStopping`, ``KoopmanRestart``,
 ``KoopmanAccelerator``, :class:`~keras_koopman.losses.NegativeSobolev` and the pruning
 wrapper;
-the parts not ported yet say so when they are first used (``ImportError`` for a module,
-``ValueError`` for an argument: bfloat16 buffers).
+what is TensorFlow's alone (the ``KoopmanTracker`` class, ``tf.distribute``) says so when it
+is first used (``ImportError``).
 
 On JAX, float64 needs ``jax_enable_x64`` (without it JAX silently computes float64 requests in
 float32, and a float32 Gram matrix of weight snapshots loses the small motions DMD is about):
@@ -99,8 +99,8 @@ def check_backend():
             f"this part of keras-koopman needs the TensorFlow backend of Keras 3 (Keras is "
             f"using {name!r}). On {name}, keras_koopman.dmd, SnapshotBuffer, KoopmanMonitor, "
             f"every decision callback, NegativeSobolev, dmd_batch, suggest_depth and pruning "
-            f"work; the TensorFlow tracker and bfloat16 buffers need TensorFlow "
-            f"for now. "
+            f"work (sketched and bfloat16 buffers too); the TensorFlow tracker itself needs "
+            f"TensorFlow. "
             f"{_HOW_TO}")
 
 

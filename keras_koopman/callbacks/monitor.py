@@ -210,9 +210,11 @@ class KoopmanMonitor(keras.callbacks.Callback):
         self._in_fit, self._fit_token, self._last_event = True, token, {}
         self._in_graph = (self._step_gather is not None and not tracker.disabled
                           and not self._watch_pending and supported(self.model)
-                          and self._step_gather.install(self.model, token))
+                          and self._step_gather.install(self.model, self.params))
         self._calls_seen = 0 if self._step_gather is None else self._step_gather.calls
-        self.logger.open(self.model, None if self._resume_pending else tracker.epoch)
+        resuming = self._resume_pending or (self._watch_pending and self.backup
+                                            and self.backup.saved_epochs())
+        self.logger.open(self.model, None if resuming else tracker.epoch)
         # The tab's modes view: per-unit weights of the leading modes, only for summaries.
         tracker.unit_modes = self.unit_modes and self.logger.active
 

@@ -185,7 +185,9 @@ class KoopmanRestart(KoopmanCallback):
     circle means divergence; a loss that did not improve while some layer's weights do not
     move means stagnation. Either restarts training: every layer is drawn again from its own
     initializers with a new seed, the optimizer state is put back to what it was at the start,
-    and training carries on from the current epoch. A deterministic initializer (zeros, a
+    and training carries on from the current epoch. (On TensorFlow an optimizer that the
+    first train step builds, as for a subclassed model, has only its step count and learning
+    rate at the start: those are put back, its slots such as Adam's moments carry on.) A deterministic initializer (zeros, a
     constant) would give the same weights again: those variables are drawn from a default
     suited to the layer instead (:func:`default_initializer`: He normal for kernels of ReLU-like
     layers, Glorot uniform for tanh, sigmoid, linear and the rest; zeros for biases). When the

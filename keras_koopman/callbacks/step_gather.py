@@ -88,7 +88,7 @@ class StepGather:
         self._last_batch = -1
         self._dispatch = None   # JAX, torch: the _HostDispatch this gather is installed in
         self._read = None       # JAX: reads the groups' weights from a train step's state
-        self._fit = None        # JAX, torch: the token of the fit this gather was installed for
+        self._fit = None        # what identifies the fit this gather was installed for
 
     # ----------------------------------------------------------------------------------------
     def install(self, model, fit=None):
@@ -96,9 +96,9 @@ class StepGather:
         ``False`` (nothing installed; the monitor gathers from its batch hook) when another
         monitor's gathering function is in place, or when the train function is not compiled
         with XLA and runs one step a call. On JAX and PyTorch it always installs
-        (:class:`_HostDispatch`); ``fit``: a token of the ``fit`` being started, the same for
-        every monitor in it (gatherers left in the dispatch by an earlier fit that raised are
-        dropped)."""
+        (:class:`_HostDispatch`). ``fit``: what identifies the ``fit`` being started, the same
+        object for every monitor in it (Keras's params dict); a gathering function or gatherer
+        left by an earlier fit that raised (never put back) is dropped."""
         if not is_tensorflow():
             return self._install_on_host(model, fit)
         per_call = int(getattr(model, "steps_per_execution", 1) or 1)
@@ -111,7 +111,10 @@ class StepGather:
         current = model.train_function
         owner = getattr(current, "_koopman_owner", None)
         if owner is not None and owner is not self and owner.active:
-            return False
+            if owner._fit is fit:
+                return False  # another monitor of this fit gathers in the train function
+            owner.active, owner._budget = False, 0  # left by a fit that raised: unwrapped
+        self._fit = fit
         # Ours or another's left over by a fit that raised: unwrap it.
         original = getattr(current, "_koopman_original", current)
         if self._model is not model:
@@ -140,7 +143,7 @@ class StepGather:
             if current not in self._built:  # a re-compiled model: a new one
                 self._built = {current: _HostDispatch(model, current)}
             dispatch = self._built[current]
-        for stale in [g for g in dispatch.gatherers if g._fit != fit]:
+        for stale in [g for g in dispatch.gatherers if g._fit is not fit]:
             # Left by a fit that raised (its on_train_end never ran): it would gather into
             # its monitor's buffers during this fit.
             dispatch.gatherers.remove(stale)

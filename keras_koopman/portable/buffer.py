@@ -35,6 +35,17 @@ class RingReader:
         return None if projection is None else projection.k
 
     @property
+    def nbytes(self):
+        """Bytes held by this buffer's arrays and sketch indices."""
+        return self._rings.group_nbytes(self._group)
+
+    @property
+    def storage_dtype(self):
+        """The dtype the snapshots are stored in (``"bfloat16"``: centred on a float32
+        reference, see :class:`~keras_koopman.portable.ring.Rings`)."""
+        return self._rings.dtype
+
+    @property
     def has_modes(self):
         """Whether :meth:`dmd` can form modes (``False`` for a sketched buffer)."""
         return self.sketch is None
@@ -150,17 +161,17 @@ class SnapshotBuffer(RingReader):
     n_features = property(lambda self: self._n)
     window = property(lambda self: self._window)
     dtype = property(lambda self: self._dtype)
-    storage_dtype = property(lambda self: self._rings.dtype)
     count = property(lambda self: self._count,
                      doc="How many snapshots were appended in total (not capped at window).")
-    nbytes = property(lambda self: self._rings.nbytes)
 
     @property
     def variables(self):
-        """The buffer's device arrays: the snapshots and the Gram matrix (on JAX valid until
-        the next :meth:`append`, which donates them to the in-place update: copy them to
-        keep them)."""
-        return [self._rings.buffers[0], self._rings.grams[0]]
+        """The buffer's device arrays (on JAX valid until the next :meth:`append`, which
+        donates them to the in-place update: copy them to keep them): the stored snapshots and
+        their Gram matrix, and for bfloat16 storage the float32 reference, the cross products
+        with it and its squared norm (the snapshots are then differences from the reference,
+        the Gram matrix theirs: :meth:`snapshots` and :meth:`gram` put them together)."""
+        return self._rings.arrays
 
     def __len__(self):
         return min(self._count, self._window)

@@ -115,14 +115,18 @@ class Rings:
 
         return keras.ops.cast(buffer, self.compute) + self.references[group][None, :]
 
+    def group_nbytes(self, group):
+        """Bytes of one group's buffer, Gram matrix, reference and sketch indices."""
+        n, projection = self.stored[group], self.projections[group]
+        total = self.window * n * _ITEMSIZE[self.dtype] + self.window**2 * 8
+        if self.centred:
+            total += 4 * n + 8 * self.window + 8
+        return total + (0 if projection is None else projection.sketch.nbytes)
+
     @property
     def nbytes(self):
-        """Bytes of the buffers, the Gram matrices, the references and the sketches' indices."""
-        item = _ITEMSIZE[self.dtype]
-        total = sum(self.window * n * item + self.window**2 * 8 for n in self.stored)
-        if self.centred:
-            total += sum(4 * n + 8 * self.window + 8 for n in self.stored)
-        return total + sum(p.sketch.nbytes for p in self.projections if p is not None)
+        """Bytes of every group (:meth:`group_nbytes`)."""
+        return sum(self.group_nbytes(g) for g in range(len(self.stored)))
 
 
 _ITEMSIZE = {"float32": 4, "float64": 8, "bfloat16": 2}
@@ -313,7 +317,10 @@ def gram_rows(rings, group, slots):
                                    device=buffer.device)
             cross = torch.zeros(rings.window, dtype=torch.float64, device=buffer.device)
             for start in range(0, buffer.shape[1], _TORCH_CHUNK):
-                block = buffer[:, start:start + _TORCH_CHUNK].to(torch.float64)
+                block = buffer[:, start:start + _TORCH_CHUNK]
+                if rings.centred:  # bfloat16 -> float64 through float32: 4x faster on a CPU
+                    block = block.to(torch.float32)
+                block = block.to(torch.float64)
                 products += block[index] @ block.T
                 if rings.centred:
                     cross += block @ rings.references[group][

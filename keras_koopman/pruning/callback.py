@@ -171,9 +171,12 @@ class UpdateKoopmanPruning(KoopmanCallback):
         # hook makes Keras read every batch's logs to the host). It exists whatever the
         # schedules are, as Keras looks for hooks before on_train_begin, and returns at once
         # without step schedules.
+        self.monitor._watch_late()  # TensorFlow: a model built in the first step (groups)
         self._step_update()
         self._step_ran = self._by_step
 
+    def on_test_begin(self, logs=None):
+        self._step_update()  # the epoch's last step, before fit's validation sees the masks
     def _step_update(self):
         if self._step_ran:
             self._step_ran = False

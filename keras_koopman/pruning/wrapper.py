@@ -194,6 +194,11 @@ class KoopmanPruning(keras.layers.Wrapper):
         if not self._callback_active and not (in_constraint and self._refused):
             self._refused = True
             if backend() != "jax":
+                if in_constraint:
+                    # Eager (PyTorch, run_eagerly): the optimizer has just stepped; at least
+                    # keep the pruned weights at zero before refusing.
+                    for weight, mask in self.masked:
+                        weight.assign(weight.value * keras.ops.cast(mask.value, weight.dtype))
                 raise RuntimeError(_missing_callback(self.name))
             # On JAX an error raised while the first train step of a fit is traced loses
             # every weight of the model (Keras has dropped them from the variables and
