@@ -923,6 +923,27 @@ def test_a_step_schedule_prunes_between_batches_to_the_exact_count():
         assert np.any(weight[mask == 1] != 0.0)
 
 
+def test_an_update_after_an_epochs_last_step_is_in_place_for_its_validation():
+    x, y = pruning_data()  # 8 batches of 32: step 7 is the epoch's last
+    schedule = kk.pruning.ConstantSparsity(0.5, begin_step=7, frequency=100, unit="step")
+    pruned = kk.pruning.prune_koopman(pruning_mlp(), 0.5, schedule=schedule,
+                                      criterion="magnitude")
+    pruned.compile(keras.optimizers.Adam(1e-2), "mse")
+    seen = {}
+
+    class AtValidation(keras.callbacks.Callback):  # listed after the update
+        def on_test_begin(self, logs=None):
+            if "masks" not in seen:
+                seen["masks"] = [m for _, m in masks_and_kernels(self.model)]
+
+    update = kk.pruning.UpdateKoopmanPruning(window=3)
+    pruned.fit(x, y, epochs=1, batch_size=32, verbose=0, validation_data=(x, y),
+               callbacks=[update, AtValidation()])
+    assert [u["step"] for u in update.updates] == [7]
+    zeros = sum(int((m == 0).sum()) for m in seen["masks"])
+    assert zeros == sum(int(np.floor(0.5 * m.size)) for m in seen["masks"]) > 0
+
+
 @pytest.mark.parametrize("unit", ["epoch", "step"])
 def test_pruning_holds_in_a_subclassed_model_whose_call_takes_no_training_argument(unit):
     # (On TensorFlow the wrappers are built in the first trace of the train step, after
