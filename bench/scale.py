@@ -76,7 +76,7 @@ def _reset_peak():
 
 def _dynamics(layer, u, v):
     """``move(k)`` sets the layer's kernel to ``W_0 + u diag(lambda^k) v`` (TensorFlow: one
-    XLA-compiled function; JAX and PyTorch: ``keras.ops``)."""
+    XLA-compiled function; JAX and PyTorch: ``keras.ops``), and returns once it is set."""
     import keras
 
     if keras.backend.backend() == "tensorflow":
@@ -102,6 +102,10 @@ def _dynamics(layer, u, v):
     def move(k):
         powers = ops.convert_to_tensor(lambdas ** np.float32(k))
         layer.kernel.assign(start + ops.matmul(u * powers[None, :], v))
+        if keras.backend.backend() == "jax":
+            # JAX dispatches asynchronously: without this wait the timed snapshot after a move
+            # would also wait for the move's matmul (an O(n) product not part of monitoring).
+            layer.kernel.value.block_until_ready()
 
     return move
 
