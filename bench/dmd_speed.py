@@ -422,7 +422,7 @@ def backends_table(args):
             rows.append(f"| {n:,} | {m} | PyDMD anchor | {anchor['seconds']:.4f} | | | | | | |")
     text = "\n".join([
         *header(command),
-        "- data as in the section above; each backend's cells in processes of their own, with "
+        "- data as in \"DMD speed\"; each backend's cells in processes of their own, with "
         "one PyDMD anchor per (n, m) in the same run (ratios: PyDMD seconds / seconds)",
         "- kk.dmd: one shot, modes included; buffer.dmd: the streaming buffer's DMD with "
         "modes; modes=False: the spectrum only (what the monitor runs); append: one snapshot "

@@ -242,7 +242,7 @@ def backends_table(args):
     body = "\n".join([
         *header(f"python bench/monitor_overhead.py --backends {' '.join(args.backends)} "
                 f"--epochs {args.epochs} --repeats {args.repeats}"),
-        f"- set-up as in the section above; each backend in a process of its own; medians "
+        f"- set-up as in \"Monitor overhead\"; each backend in a process of its own; medians "
         f"over {args.repeats} repeats; batch rows at Keras's default jit_compile (no XLA on a "
         f"CPU-only machine for TensorFlow; JAX always jits its train step)",
         "",

@@ -282,7 +282,7 @@ def by_backend(args):
         a for a in sys.argv[1:] if not a.startswith("--output") and a != args.output)
     body = "\n".join([
         *header(command.strip()),
-        f"- as the section above (one `Dense(d, d)` layer, window {WINDOW}, rank 4, true "
+        f"- set-up as in \"Scaling up: sketched and bfloat16 snapshots\" (one `Dense(d, d)` layer, window {WINDOW}, rank 4, true "
         f"eigenvalues {{1, {', '.join(map(str, EIGENVALUES))}}}), each row in a process of its "
         f"own with `KERAS_BACKEND` set; run time {time.time() - started:.0f} s",
         "- the dynamics are set with one XLA function on TensorFlow and with `keras.ops` on "
