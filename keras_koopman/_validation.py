@@ -36,6 +36,22 @@ def check_int(value, name, minimum=None, maximum=None):
     return int(value)
 
 
+MAX_SNAPSHOTS = 2**14
+"""The most snapshots one DMD takes: every engine forms their ``[m, m]`` float64 Gram matrix (2
+GiB at this size) and solves its eigenproblem on the host (minutes at this size)."""
+
+
+def check_window(value, minimum, name="window"):
+    """``value`` as an int between ``minimum`` and :data:`MAX_SNAPSHOTS` (the errors of
+    :func:`check_int`, the upper bound explained)."""
+    value = check_int(value, name, minimum)
+    if value > MAX_SNAPSHOTS:
+        raise ValueError(f"{name} must be at most {MAX_SNAPSHOTS:,}: a DMD of a window forms its "
+                         f"[{name}, {name}] float64 Gram matrix and solves its eigenproblem on "
+                         f"the host; got {value!r}")
+    return value
+
+
 def check_number(value, name, low=0.0, high=None, *, open_low=False, open_high=False,
                  allow_inf=False):
     """``value`` as a float: ``TypeError`` unless it is a real number (bools refused),

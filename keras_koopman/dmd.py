@@ -469,7 +469,9 @@ def dmd(snapshots, rank=None, method="exact", dt=1.0, *, solver="auto", modes=Tr
 
     Args:
       snapshots: array or tensor ``[m, n]``, **time-major**: row ``k`` is the state at step ``k``
-        (``m >= 2`` steps, ``n >= 1`` features), float32 or float64.
+        (``2 <= m <= 16384`` steps, ``n >= 1`` features), float32 or float64. PyDMD's
+        ``[n, m]`` layout is its transpose: more rows than 16,384 are refused with that hint
+        (the ``[m, m]`` float64 Gram matrix would not fit).
       rank: ``None`` for the Gavish-Donoho optimal hard threshold (unknown noise level); an int
         for a fixed rank (clipped to the numerical rank of the data); a float in (0, 1) for the
         smallest rank holding that fraction of the singular-value energy ``sum(s**2)``.

@@ -30,7 +30,7 @@ import numbers
 
 import numpy as np
 
-from keras_koopman._validation import check_choice, check_int, check_number
+from keras_koopman._validation import MAX_SNAPSHOTS, check_choice, check_int, check_number
 
 __all__ = ["batch_gram_solve", "gram_solve", "svd_solve", "select_rank_batch", "summary",
            "summary_batch", "window_motion"]
@@ -127,8 +127,8 @@ def real_array(snapshots, name="snapshots", layout="[m, n]"):
 
 def check_snapshot_shape(shape, name="snapshots", ndim=2):
     """``ValueError`` (naming ``name`` and the shape) unless ``shape`` is time-major ``[m, n]``
-    (``ndim=3``: ``[batch, m, n]``) with ``m >= 2``, ``n >= 1`` and ``batch >= 1``; a ``None``
-    size (known only at run time) passes."""
+    (``ndim=3``: ``[batch, m, n]``) with ``2 <= m <= MAX_SNAPSHOTS``, ``n >= 1`` and
+    ``batch >= 1``; a ``None`` size (known only at run time) passes."""
     layout, rows = ({2: ("[m, n]", "row k = state at step k"),
                      3: ("[batch, m, n]", "row k of each sequence = its state at step k")}[ndim])
     if len(shape) != ndim:
@@ -146,6 +146,14 @@ def check_snapshot_shape(shape, name="snapshots", ndim=2):
     if below(shape[-1], 1):
         raise ValueError(f"{name} needs at least 1 feature (n >= 1 columns of the time-major "
                          f"{layout}); got shape {shape}")
+    m, n = shape[-2], shape[-1]
+    if m is not None and m > MAX_SNAPSHOTS:
+        hint = ("; rows are time steps: if yours are features (PyDMD's [n, m] layout), pass "
+                "the transpose" if n is not None and n < m else "")
+        raise ValueError(f"{name} has {m:,} time steps (rows of the time-major {layout}); DMD "
+                         f"forms their [m, m] float64 Gram matrix and solves its eigenproblem "
+                         f"on the host, so m is at most {MAX_SNAPSHOTS:,}{hint}; got shape "
+                         f"{shape}")
 
 
 def gavish_donoho_omega(beta):

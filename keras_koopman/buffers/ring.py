@@ -8,7 +8,7 @@ from tensorflow.compiler.tf2xla.python import xla
 
 from keras_koopman._sketch import make_sketch, no_modes_error
 from keras_koopman._tf import cached_function
-from keras_koopman._validation import DataError, check_dtype, check_int
+from keras_koopman._validation import DataError, check_dtype, check_int, check_window
 from keras_koopman.dmd import (
     assemble_gram,
     check_dt,
@@ -242,7 +242,7 @@ class SnapshotBuffer(GramReader):
     def __init__(self, n_features, window, dtype="float32", name="snapshot_buffer", *,
                  sketch=None, storage_dtype=None, sketch_density=None, seed=0):
         self._n = check_int(n_features, "n_features", 1)
-        self._window = check_int(window, "window", 2)
+        self._window = check_window(window, 2)
         self._dtype = check_dtype(dtype)
         self._storage = (self._dtype if storage_dtype is None else check_dtype(
             storage_dtype, "storage_dtype", (tf.float32, tf.float64, tf.bfloat16)))

@@ -12,7 +12,7 @@ import numpy as np
 from keras_koopman import host_dmd
 from keras_koopman.host_dmd import check_method, parse_rank
 from keras_koopman._validation import (DataError, check_choice, check_int, check_int_or,
-                                       check_names, check_number)
+                                       check_names, check_number, check_window)
 from keras_koopman.records import History, SpectrumRecord
 
 __all__ = ["DATA_FAILURES", "TrackerCore", "UNIT_MODES", "host_ring", "shared_last_axis",
@@ -47,7 +47,7 @@ class TrackerCore:
             observables = check_names(observables, "observables (a list of layer names, "
                                       "'layers', 'model' or a callable)", allow_none=False)
         self.observables = observables
-        self.window = check_int(window, "window", 3)
+        self.window = check_window(window, 3)
         parse_rank(rank)
         self.rank = rank
         self.method = check_method(method)

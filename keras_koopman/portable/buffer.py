@@ -6,7 +6,7 @@ import numpy as np
 
 from keras_koopman import host_dmd
 from keras_koopman._sketch import make_sketch, no_modes_error
-from keras_koopman._validation import check_int
+from keras_koopman._validation import check_int, check_window
 from keras_koopman.portable import device as dev
 from keras_koopman.portable import ring
 from keras_koopman.portable.engine import gram_dmd
@@ -138,7 +138,7 @@ class SnapshotBuffer(RingReader):
         import keras
 
         self._n = check_int(n_features, "n_features", 1)
-        self._window = check_int(window, "window", 2)
+        self._window = check_window(window, 2)
         try:
             dtype = keras.backend.standardize_dtype(dtype)
         except (TypeError, ValueError) as error:

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from keras_koopman._validation import check_int, check_log_dir
+from keras_koopman._validation import check_int, check_log_dir, check_window
 from keras_koopman.callbacks.base import KoopmanCallback
 from keras_koopman.callbacks.monitor import KoopmanMonitor
 from keras_koopman._backend import implementation
@@ -111,7 +111,7 @@ class UpdateKoopmanPruning(KoopmanCallback):
     """
 
     def __init__(self, window=10, rank=None, log_dir=None, verbose=0, horizon=None):
-        window = check_int(window, "window", 3)
+        window = check_window(window, 3)
         self.horizon = None if horizon is None else check_int(horizon, "horizon", 0)
         parse_rank(rank)
         log_dir = check_log_dir(log_dir)

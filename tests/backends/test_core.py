@@ -18,6 +18,8 @@ from helpers import (assert_same_spectrum, linear_system, numpy_exact_modes, pha
                      weight_recorder)
 
 import keras_koopman as kk
+from keras_koopman import host_dmd
+from keras_koopman._validation import check_window
 
 BACKEND = keras.backend.backend()
 SOLVERS = ("svd", "gram")
@@ -82,6 +84,28 @@ def test_dmd_bad_input_gives_clear_errors():
         kk.dmd(good, method="fast")
     with pytest.raises(ValueError, match="all zero"):
         kk.dmd(np.zeros((4, 3)))
+
+
+def test_dmd_refuses_more_snapshots_than_its_gram_matrix_can_hold():
+    # PyDMD's [n features, m snapshots] layout passed as it is: 20,000 "time steps" would need
+    # a 3 GB [m, m] Gram matrix (JAX aborts the process when that allocation fails).
+    pydmd_layout = as_backend(np.zeros((20_000, 16), np.float32))
+    with pytest.raises(ValueError, match=r"snapshots has 20,000 time steps.*at most 16,384.*"
+                                         r"PyDMD's \[n, m\] layout\), pass the transpose"):
+        kk.dmd(pydmd_layout)
+    with pytest.raises(ValueError, match="at most 16,384"):
+        kk.dmd_batch(np.zeros((1, 16_385, 2), np.float32))
+    host_dmd.check_snapshot_shape((16_384, 10))  # the bound itself passes (shape check only)
+    with pytest.raises(ValueError, match="transpose") as wide:
+        host_dmd.check_snapshot_shape((16_385, 10))
+    with pytest.raises(ValueError, match="at most 16,384") as square:
+        host_dmd.check_snapshot_shape((16_385, 20_000))  # more features: no transpose hint
+    assert "transpose" not in str(square.value) and "(16385, 10)" in str(wide.value)
+    for make in (lambda: kk.SnapshotBuffer(n_features=3, window=16_385),
+                 lambda: kk.callbacks.KoopmanMonitor(window=16_385)):
+        with pytest.raises(ValueError, match="window must be at most 16,384"):
+            make()
+    assert check_window(16_384, 2) == 16_384  # (a buffer that wide holds a 2 GiB Gram matrix)
 
 
 def test_growth_rates_and_frequencies_are_analytic():
