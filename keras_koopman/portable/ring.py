@@ -26,7 +26,6 @@ from keras_koopman._backend import backend
 __all__ = ["Projection", "Rings", "gram_rows", "grams", "write"]
 
 _TORCH_CHUNK = 2**16  # columns per float64 product on torch (bounded temporary memory)
-_JAX_BLOCK = 2**13  # columns per float64 block of a whole Gram matrix on JAX
 
 
 class Projection:
@@ -226,6 +225,8 @@ def _jax_functions():
     import jax
     import jax.numpy as jnp
 
+    from keras_koopman.portable.device import jax_column_blocks
+
     def parts(tensors, projection, dtype):
         # (offset, values) of one group's snapshot: each tensor at its offset, or S x at 0
         # from the sampled weights only (a NaN in a weight the sketch does not sample cannot
@@ -277,21 +278,13 @@ def _jax_functions():
         return gram.at[slot, :].set(products).at[:, slot].set(products)
 
     def every_row(buffer):
-        # The whole Gram matrix as float64 products of column blocks small enough to stay in
-        # cache (measured, 20 x 1.1M float32 on a 2-core CPU: 26 ms in blocks of 2^13
-        # columns, 164 ms in blocks of 2^18, 300 ms as 20 fused rows).
-        blocks = buffer.shape[1] // _JAX_BLOCK
+        # The whole Gram matrix, as float64 products of column blocks.
+        def products(columns):
+            columns = columns.astype(jnp.float64)
+            return columns @ columns.T
 
-        def body(i, total):
-            block = jax.lax.dynamic_slice_in_dim(buffer, i * _JAX_BLOCK, _JAX_BLOCK, axis=1)
-            block = block.astype(jnp.float64)
-            return total + block @ block.T
-
-        total = jnp.zeros((buffer.shape[0],) * 2, jnp.float64)
-        if blocks:  # static: the body is traced only where a whole block exists
-            total = jax.lax.fori_loop(0, blocks, body, total)
-        rest = buffer[:, blocks * _JAX_BLOCK:].astype(jnp.float64)
-        return total + rest @ rest.T
+        return jax_column_blocks(products, (buffer,),
+                                 jnp.zeros((buffer.shape[0],) * 2, jnp.float64))
 
     return (jax.jit(write_all, donate_argnums=(0, 1)), jax.jit(row, donate_argnums=(1,)),
             jax.jit(every_row), jax.jit(references_of), jax.jit(cross_of))

@@ -51,6 +51,28 @@ def test_dmd_of_backend_tensors_finds_the_known_spectrum(rng, solver, method, dt
     np.testing.assert_allclose(predicted, x, atol=50 * tolerance * np.abs(x).max())
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_gram_matrix_of_wide_snapshots_matches_numpy(rng, dtype):
+    # 3 blocks of 2**13 columns and a rest (the blocked products on JAX), offset from zero
+    # (the centred float32 path); NumPy's float64 product as the reference.
+    from keras_koopman.portable import device as dev
+
+    x = (rng.standard_normal((9, 3 * 2**13 + 5)) + 3.0).astype(dtype)
+    wide = x.astype(np.float64)
+    reference = wide @ wide.T
+    if BACKEND == "tensorflow":
+        from keras_koopman.dmd import snapshot_gram as gram
+    else:
+        gram = dev.gram
+    tolerance = 1e-13 if dtype == "float64" else 1e-6
+    np.testing.assert_allclose(host(gram(as_backend(x))), reference,
+                               rtol=0, atol=tolerance * np.abs(reference).max())
+    values = np.array([0.97, 0.9 * np.exp(0.3j), 0.9 * np.exp(-0.3j)])
+    trajectory, _, _ = linear_system(values, n=3 * 2**13 + 5, m=12, rng=rng)
+    result = kk.dmd(as_backend(trajectory.astype(dtype)), rank=3, solver="gram")
+    assert_same_spectrum(values, host(result.eigenvalues), 1e-8 if dtype == "float64" else 1e-3)
+
+
 def test_dmd_agrees_with_numpy_and_pydmd_on_random_data(rng):
     pydmd = pytest.importorskip("pydmd")
     x = rng.standard_normal((30, 200))
