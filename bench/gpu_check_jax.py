@@ -1,40 +1,43 @@
-"""The GPU check of the JAX path, for a lent device machine with JAX (CUDA) and no TensorFlow.
+"""The GPU check of the Keras-backend path, for a lent device machine with JAX and PyTorch (CUDA)
+and no TensorFlow.
+
+For one Keras backend per process (``--backend jax``, the default, or ``torch``):
 
 1. ``kk.dmd`` (one shot, modes included) and ``kk.SnapshotBuffer`` (``window=m`` appends, then
-   ``dmd``) on JAX's default device (the GPU there) and on JAX's CPU device of the same
-   machine, at ``n`` features and ``m`` snapshots; a NumPy exact DMD in float64 (CPU) is the
-   accuracy anchor (PyDMD is not on that image).
-2. A monitored ``fit`` on JAX (digits MLP, 85k weights, ``KoopmanMonitor`` +
-   ``KoopmanEarlyStopping`` + ``KoopmanAccelerator``) against the same ``fit`` without them.
+   ``dmd`` with and without modes) at ``n`` features and ``m`` snapshots on the GPU and, for
+   JAX, on JAX's CPU device of the same machine; a NumPy exact DMD in float64 on the host is
+   the accuracy anchor (PyDMD is not on that image).
+2. Monitored ``fit`` on that backend's default device (the GPU there), digits MLPs of two widths:
+   plain, with ``KoopmanMonitor``, and with ``KoopmanMonitor`` + ``KoopmanEarlyStopping`` +
+   ``KoopmanAccelerator``, paired medians.
 
 It needs no TensorFlow: Keras and keras-koopman arrive as wheels (``bench/gpu_wheels.sh`` puts
-them in ``.whl/``, a few MiB). Prints the figures and, with ``--output``, writes them as the
-"GPU check of the JAX path" section of a RESULTS file; ``--json PATH`` also saves them raw.
-With no GPU the GPU rows say so and the rest runs (so the script is tested on CPU machines).
+them in ``.whl/``, a few MiB). Each part that fails is recorded (error and traceback) and the
+rest runs; ``--json PATH`` saves the figures after every part, so a run cut short keeps what it
+measured. ``--report A.json [B.json ...] --output bench/RESULTS.md`` (here, with no backend
+loaded) writes them as the "GPU check of the JAX path" section. With no GPU the rows say which
+device they ran on, so the script is tested on CPU machines.
 
-Run (device):  python bench/gpu_check_jax.py --json $OUT/gpu_jax.json
-Dry run here:  KERAS_BACKEND=jax python bench/gpu_check_jax.py --n 100000 --output /tmp/r.md
+Run (device):  KK_COMMIT=abc python bench/gpu_check_jax.py --backend jax --json $OUT/jax.json
+Dry run here:  python bench/gpu_check_jax.py --n 100000 --epochs 3 --repeats 1 --json /tmp/j.json
 """
 
 import argparse
+import contextlib
 import json
 import os
+import platform
 import sys
 import time
+import traceback
 
-os.environ["KERAS_BACKEND"] = "jax"
-os.environ.setdefault("JAX_ENABLE_X64", "1")
-
-import jax  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-import keras_koopman as kk  # noqa: E402
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dmd_speed import make_data  # noqa: E402  (the same data as the speed benchmark)
 
 RANK = 8
+TITLE = "GPU check of the JAX path (`bench/gpu_check_jax.py`)"
 
 
 def numpy_eigenvalues(x, rank):
@@ -45,6 +48,7 @@ def numpy_eigenvalues(x, rank):
 
 
 def deviation(reference, values):
+    """Largest relative distance of a reference eigenvalue to its nearest match (each used once)."""
     values, worst = list(values), 0.0
     for value in reference:
         j = min(range(len(values)), key=lambda i: abs(values[i] - value))
@@ -62,123 +66,255 @@ def best(function, repeats):
     return min(times)
 
 
-def engine_rows(n, m, reference):
-    rows = []
-    devices = [("gpu", d) for d in jax.devices() if d.platform == "gpu"][:1]
-    devices.append(("cpu", jax.devices("cpu")[0]))
+class Backend:
+    """Where the arrays go and how to wait for them, per Keras backend."""
+
+    def __init__(self, name):
+        self.name = name
+        if name == "jax":
+            import jax
+
+            self.lib = jax
+        else:
+            import torch
+
+            self.lib = torch
+
+    def version(self):
+        return self.lib.__version__
+
+    def devices(self):
+        if self.name == "jax":
+            found = [("gpu", d) for d in self.lib.devices() if d.platform == "gpu"][:1]
+            return found + [("cpu", self.lib.devices("cpu")[0])]
+        torch = self.lib
+        # Keras's torch backend puts every tensor on its one device (cuda when there is one).
+        return [("gpu", torch.device("cuda"))] if torch.cuda.is_available() else [
+            ("cpu", torch.device("cpu"))]
+
+    def kind(self, device):
+        if self.name == "jax":
+            return device.device_kind
+        return (self.lib.cuda.get_device_name(device) if device.type == "cuda"
+                else platform.processor() or "cpu")
+
+    def default_kind(self):
+        if self.name == "jax":
+            return self.kind(self.lib.devices()[0])
+        return self.kind(self.devices()[0][1])
+
+    def placed(self, device):
+        return (self.lib.default_device(device) if self.name == "jax"
+                else contextlib.nullcontext())
+
+    def put(self, x, device):
+        if self.name == "jax":
+            return self.lib.device_put(x, device)
+        return self.lib.as_tensor(x, device=device)
+
+    def wait(self, tensor):
+        if self.name == "jax":
+            tensor.block_until_ready()
+        elif tensor.is_cuda:
+            self.lib.cuda.synchronize()
+
+
+def engine_rows(kk, keras, backend, n, m, repeats):
+    host = lambda t: np.asarray(keras.ops.convert_to_numpy(t))  # noqa: E731
     x = make_data(n, m)
-    for label, device in devices:
-        with jax.default_device(device):
-            tensor = jax.device_put(x, device)
+    reference = numpy_eigenvalues(x, RANK)
+    rows = []
+    for label, device in backend.devices():
+        with backend.placed(device):
+            tensor = backend.put(x, device)
             holder = {}
 
             def one_shot():
                 result = kk.dmd(tensor, rank=RANK)
-                holder["dmd"] = np.asarray(result.eigenvalues)
-                result.modes.block_until_ready()
+                holder["dmd"] = host(result.eigenvalues)
+                backend.wait(result.modes)
 
             buffer = kk.SnapshotBuffer(n, window=m)
-            rows_ = [tensor[k] for k in range(m)]
+            snapshots = [tensor[k] for k in range(m)]
 
             def appends():
-                for row in rows_:
+                for row in snapshots:
                     buffer.append(row)
-                buffer.variables[0].block_until_ready()
+                backend.wait(buffer.variables[0])
 
             def streaming():
                 result = buffer.dmd(rank=RANK)
-                holder["buffer"] = np.asarray(result.eigenvalues)
-                result.modes.block_until_ready()
+                holder["buffer"] = host(result.eigenvalues)
+                backend.wait(result.modes)
 
-            one = best(one_shot, 3)
-            append = best(appends, 2) / m
-            stream = best(streaming, 3)
-            spectrum = best(lambda: np.asarray(buffer.dmd(rank=RANK, modes=False).eigenvalues),
-                            3)
-            error = max(deviation(reference, holder["dmd"]),
-                        deviation(reference, holder["buffer"]))
-            rows.append({"device": f"{label} ({device.device_kind})", "n": n, "m": m,
-                         "kk.dmd": one, "append": append, "buffer.dmd": stream,
-                         "modes=False": spectrum, "eig_dev": error})
-            print(rows[-1], flush=True)
-    if not any(row["device"].startswith("gpu") for row in rows):
-        rows.insert(0, {"device": "gpu: none visible to JAX", "n": n, "m": m})
+            row = {"device": f"{label} ({backend.kind(device)})", "n": n, "m": m,
+                   "kk.dmd": best(one_shot, repeats),
+                   "append": best(appends, 2) / m,
+                   "buffer.dmd": best(streaming, repeats),
+                   "modes=False": best(lambda: host(buffer.dmd(rank=RANK, modes=False)
+                                                    .eigenvalues), repeats)}
+            row["eig_dev"] = max(deviation(reference, holder["dmd"]),
+                                 deviation(reference, holder["buffer"]))
+            rows.append(row)
+            print(row, flush=True)
+            tensor = snapshots = buffer = None  # free the device memory before the next device
     return rows
 
 
-def fit_rows(epochs, repeats):
+def fit_rows(kk, keras, backend, widths, epochs, repeats):
     from sklearn.datasets import load_digits
 
     data = load_digits()
     x, y = (data.data / 16).astype("float32"), data.target
+    rows = []
+    for width in widths:
+        def build():
+            keras.utils.set_random_seed(0)
+            model = keras.Sequential([keras.Input((64,)),
+                                      keras.layers.Dense(width, activation="relu"),
+                                      keras.layers.Dense(width, activation="relu"),
+                                      keras.layers.Dense(10, activation="softmax")])
+            model.compile("adam", "sparse_categorical_crossentropy")
+            return model
 
-    def build():
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(256, activation="relu"),
-                                  keras.layers.Dense(256, activation="relu"),
-                                  keras.layers.Dense(10, activation="softmax")])
-        model.compile("adam", "sparse_categorical_crossentropy")
-        return model
+        def timed(callbacks):
+            model = build()
+            start = time.perf_counter()
+            model.fit(x, y, epochs=epochs, batch_size=64, verbose=0, callbacks=callbacks())
+            return time.perf_counter() - start, model.count_params()
 
-    def timed(callbacks):
-        model = build()
-        start = time.perf_counter()
-        model.fit(x, y, epochs=epochs, batch_size=64, verbose=0, callbacks=callbacks())
-        return time.perf_counter() - start
+        def monitor_only():
+            return [kk.callbacks.KoopmanMonitor(window=10)]
 
-    def watched():
-        monitor = kk.callbacks.KoopmanMonitor(window=10)
-        return [monitor, kk.callbacks.KoopmanEarlyStopping(monitor, min_epochs=epochs),
-                kk.callbacks.KoopmanAccelerator(monitor)]
+        def decisions():
+            monitor = kk.callbacks.KoopmanMonitor(window=10)
+            return [monitor, kk.callbacks.KoopmanEarlyStopping(monitor, min_epochs=epochs),
+                    kk.callbacks.KoopmanAccelerator(monitor)]
 
-    timed(list)  # warm the process
-    plain = sorted(timed(list) for _ in range(repeats))[repeats // 2]
-    monitored = sorted(timed(watched) for _ in range(repeats))[repeats // 2]
-    return {"device": str(jax.devices()[0].device_kind), "epochs": epochs, "plain": plain,
-            "monitored": monitored, "ratio": monitored / plain}
+        timed(list), timed(monitor_only), timed(decisions)  # warm: compilation, imports
+        plain, watched, steered = [], [], []
+        for _ in range(repeats):  # interleaved, so drift hits all three alike
+            plain.append(timed(list)[0])
+            watched.append(timed(monitor_only)[0])
+            steered.append(timed(decisions)[0])
+        median = lambda v: float(np.median(v))  # noqa: E731
+        row = {"device": backend.default_kind(), "width": width,
+               "weights": timed(list)[1], "epochs": epochs, "repeats": repeats,
+               "plain": median(plain), "monitor": median(watched), "decisions": median(steered),
+               "monitor_ratio": median(np.array(watched) / np.array(plain)),
+               "decisions_ratio": median(np.array(steered) / np.array(plain))}
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def measure(args):
+    os.environ["KERAS_BACKEND"] = args.backend
+    if args.backend == "jax":
+        os.environ.setdefault("JAX_ENABLE_X64", "1")
+    import keras
+
+    import keras_koopman as kk
+
+    backend = Backend(args.backend)
+    figures = {"backend": args.backend, "version": backend.version(), "keras": keras.__version__,
+               "numpy": np.__version__, "python": platform.python_version(),
+               "cpu": f"{cpu_model()}, {os.cpu_count()} cores", "gpu": backend.default_kind(),
+               "commit": os.environ.get("KK_COMMIT", "unknown"),
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "engine": [], "fit": [], "errors": []}
+
+    def save():
+        figures["tensorflow_loaded"] = sys.modules.get("tensorflow") is not None
+        if args.json:
+            with open(args.json, "w") as handle:
+                json.dump(figures, handle, indent=1, default=float)
+
+    parts = [("engine", n, lambda n=n: engine_rows(kk, keras, backend, n, args.m, args.repeats))
+             for n in args.n]
+    parts.append(("fit", None, lambda: fit_rows(kk, keras, backend, args.widths, args.epochs,
+                                                args.repeats)))
+    for key, n, part in parts:
+        try:
+            figures[key] += part()
+        except Exception as error:  # noqa: BLE001  (record it and go on with the other parts)
+            traceback.print_exc()
+            figures["errors"].append({"part": key, "n": n, "error": repr(error),
+                                      "traceback": traceback.format_exc()[-4000:]})
+        save()
+    return figures
+
+
+def markdown(all_figures):
+    lines = []
+    for f in all_figures:
+        lines.append(f"- {f['backend']}: command `KK_COMMIT={f['commit']} python "
+                     f"bench/gpu_check_jax.py --backend {f['backend']}` on {f['gpu']}, "
+                     f"{f['cpu']}; {f['backend']} {f['version']}, Keras {f['keras']}, NumPy "
+                     f"{f['numpy']}, Python {f['python']}; TensorFlow "
+                     f"{'loaded' if f.get('tensorflow_loaded') else 'not loaded'} in the "
+                     f"process; commit {f['commit']}; {f['date']}")
+        for error in f["errors"]:
+            lines.append(f"  - {f['backend']} {error['part']} (n = {error['n']}) failed: "
+                         f"`{error['error'][:300]}`")
+    lines += ["", "| backend | device | n | m | kk.dmd s | append ms | buffer.dmd s | "
+              "modes=False s | eig dev vs NumPy |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for f in all_figures:
+        for row in f["engine"]:
+            lines.append(f"| {f['backend']} | {row['device']} | {row['n']:,} | {row['m']} | "
+                         f"{row['kk.dmd']:.4f} | {1e3 * row['append']:.3f} | "
+                         f"{row['buffer.dmd']:.4f} | {row['modes=False']:.4f} | "
+                         f"{row['eig_dev']:.1e} |")
+    lines += ["", "| backend | device | weights | epochs | plain s | + monitor s (ratio) | "
+              "+ monitor, early stopping, accelerator s (ratio) |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for f in all_figures:
+        for row in f["fit"]:
+            lines.append(f"| {f['backend']} | {row['device']} | {row['weights']:,} | "
+                         f"{row['epochs']} | {row['plain']:.2f} | {row['monitor']:.2f} "
+                         f"({row['monitor_ratio']:.2f}x) | {row['decisions']:.2f} "
+                         f"({row['decisions_ratio']:.2f}x) |")
+    return "\n".join(lines)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=10_000_000)
+    parser.add_argument("--backend", choices=("jax", "torch"), default="jax")
+    parser.add_argument("--n", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--m", type=int, default=32)
+    parser.add_argument("--widths", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--output", default=None)
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--json", default=None, help="save the figures here after every part")
+    parser.add_argument("--report", nargs="+", default=None,
+                        help="JSON files of earlier runs to write up (measures nothing)")
+    parser.add_argument("--output", default=None, help="RESULTS file to write the section to")
     args = parser.parse_args()
-    reference = numpy_eigenvalues(make_data(args.n, args.m), RANK)
-    figures = {"jax": jax.__version__, "keras": keras.__version__,
-               "python": sys.version.split()[0],
-               "engine": engine_rows(args.n, args.m, reference),
-               "fit": fit_rows(args.epochs, args.repeats)}
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(figures, handle, indent=1)
-    lines = [f"- command: `python bench/gpu_check_jax.py --n {args.n} --m {args.m}`",
-             f"- JAX {figures['jax']}, Keras {figures['keras']}, Python {figures['python']}; "
-             f"TensorFlow {'loaded' if 'tensorflow' in sys.modules else 'not loaded'} in the "
-             "process", "",
-             "| device | n | m | kk.dmd s | append s | buffer.dmd s | modes=False s | eig dev |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for row in figures["engine"]:
-        if "kk.dmd" not in row:
-            lines.append(f"| {row['device']} | {row['n']:,} | {row['m']} | | | | | |")
-            continue
-        lines.append(f"| {row['device']} | {row['n']:,} | {row['m']} | {row['kk.dmd']:.4f} | "
-                     f"{row['append']:.5f} | {row['buffer.dmd']:.4f} | "
-                     f"{row['modes=False']:.4f} | {row['eig_dev']:.1e} |")
-    fit = figures["fit"]
-    lines += ["", f"Monitored fit ({fit['device']}, digits MLP 85k, {fit['epochs']} epochs, "
-              f"median of {args.repeats}): plain {fit['plain']:.2f} s, with KoopmanMonitor + "
-              f"KoopmanEarlyStopping + KoopmanAccelerator {fit['monitored']:.2f} s "
-              f"({fit['ratio']:.2f}x)"]
-    text = "\n".join(lines)
+    if args.report:
+        all_figures = []
+        for path in args.report:
+            with open(path) as handle:
+                all_figures.append(json.load(handle))
+    else:
+        all_figures = [measure(args)]
+    text = markdown(all_figures)
     print(text)
     if args.output:
         from _results import write_section
 
-        write_section("GPU check of the JAX path (`bench/gpu_check_jax.py`)", text, args.output)
+        write_section(TITLE, text, args.output)
 
 
 if __name__ == "__main__":

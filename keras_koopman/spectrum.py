@@ -64,11 +64,9 @@ def _numpy():
 
 
 def _host(values):
-    import keras
+    from keras_koopman.result import to_numpy
 
-    if keras.ops.is_tensor(values):
-        values = keras.ops.convert_to_numpy(values)
-    return np.asarray(values).reshape(-1)
+    return to_numpy(values).reshape(-1)
 
 
 def _eigenvalues_host(result_or_eigenvalues):

@@ -1142,3 +1142,20 @@ def test_spectrum_metrics_are_analytic():
     metrics = kk.spectrum.summary(result)
     assert float(metrics["spectral_radius"]) == pytest.approx(0.9, rel=1e-9)
     assert int(metrics["unstable_count"]) == 0
+
+
+def test_scores_spectra_and_plots_take_a_result_where_the_backend_keeps_it(tmp_path):
+    # A torch result on a GPU cannot go through np.asarray: each of these copies it to the
+    # host first. The trajectory is w_k = w_inf + 0.6^k d (analytic limit w_inf).
+    pytest.importorskip("matplotlib")
+    from keras_koopman.plot import plot_spectra
+
+    w_inf = np.array([2.0, -1.5, 1.8, -2.2, 0.01, -0.02, 0.015, 0.0])
+    d = np.array([-1.9, 1.4, -1.7, 2.1, 3.0, -3.5, 2.8, 3.2])
+    result = kk.dmd(as_backend(np.stack([w_inf + 0.6**k * d for k in range(6)])), rank=2)
+    assert keras.ops.is_tensor(result.modes)
+    np.testing.assert_allclose(kk.pruning.koopman_scores(result, newest=5), np.abs(w_inf),
+                               atol=1e-6)
+    assert sorted(kk.spectrum.regions(result).tolist()) == ["at 1", "inside"]  # 1 and 0.6
+    path = plot_spectra({"toy": result}, str(tmp_path / "spectra.png"))
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
