@@ -243,8 +243,9 @@ def measure(args):
 
     parts = [("engine", n, lambda n=n: engine_rows(kk, keras, backend, n, args.m, args.repeats))
              for n in args.n]
-    parts.append(("fit", None, lambda: fit_rows(kk, keras, backend, args.widths, args.epochs,
-                                                args.repeats)))
+    if args.widths:
+        parts.append(("fit", None, lambda: fit_rows(kk, keras, backend, args.widths,
+                                                    args.epochs, args.repeats)))
     for key, n, part in parts:
         try:
             figures[key] += part()
@@ -294,7 +295,8 @@ def main():
     parser.add_argument("--backend", choices=("jax", "torch"), default="jax")
     parser.add_argument("--n", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--m", type=int, default=32)
-    parser.add_argument("--widths", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--widths", type=int, nargs="*", default=[256, 1024],
+                        help="MLP widths of the fit part (none: no fit part)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", default=None, help="save the figures here after every part")

@@ -150,8 +150,7 @@ def regions(result_or_eigenvalues, tolerance=0.01):
     ['at 1', 'inside', 'outside', 'inside']
     """
     tolerance = check_number(tolerance, "tolerance")
-    values = np.asarray(getattr(result_or_eigenvalues, "eigenvalues", result_or_eigenvalues))
-    values = values.reshape(-1).astype(np.complex128)
+    values = _eigenvalues_host(result_or_eigenvalues)  # from any backend's device
     return np.where(np.abs(values - 1.0) <= tolerance, "at 1",
                     np.where(np.abs(values) > 1.0 + tolerance, "outside", "inside"))
 

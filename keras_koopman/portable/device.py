@@ -48,14 +48,26 @@ def complex_from(real, imag):
 
 def matmul(a, b):
     """``a @ b`` in the inputs' dtype (``keras.ops.matmul`` on torch 2.13 returns float32 for
-    float64 inputs, so torch's own product is used there)."""
-    if backend() == "torch":
+    float64 inputs, so torch's own product is used there; on JAX the product is asked for at
+    full float32 precision: XLA's default on a GPU is TensorFloat-32, 10-bit mantissas, which
+    lost the spectra's digits on an H200)."""
+    name = backend()
+    if name == "torch":
         import torch
 
         return torch.matmul(a, b)
+    if name == "jax":
+        return jax_matmul(a, b)
     import keras
 
     return keras.ops.matmul(a, b)
+
+
+def jax_matmul(a, b):
+    import jax
+    import jax.numpy as jnp
+
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
 
 
 def gram(x):
@@ -114,8 +126,8 @@ def _jax_centred_gram(x):
 
     def products(columns, reference):
         centred = columns - reference[None, :]
-        return ((centred @ centred.T).astype(jnp.float64),
-                (centred @ reference).astype(jnp.float64))
+        return (jax_matmul(centred, centred.T).astype(jnp.float64),
+                jax_matmul(centred, reference).astype(jnp.float64))
 
     m = x.shape[0]
     yy, cross = jax_column_blocks(products, (x, reference),
@@ -127,7 +139,7 @@ def _jax_centred_gram(x):
 def _jax_plain_gram(x):
     import jax.numpy as jnp
 
-    return jax_column_blocks(lambda columns: columns @ columns.T, (x,),
+    return jax_column_blocks(lambda columns: jax_matmul(columns, columns.T), (x,),
                              jnp.zeros((x.shape[0],) * 2, x.dtype))
 
 

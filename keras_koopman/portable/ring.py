@@ -225,7 +225,7 @@ def _jax_functions():
     import jax
     import jax.numpy as jnp
 
-    from keras_koopman.portable.device import jax_column_blocks
+    from keras_koopman.portable.device import jax_matmul, jax_column_blocks
 
     def parts(tensors, projection, dtype):
         # (offset, values) of one group's snapshot: each tensor at its offset, or S x at 0
@@ -281,7 +281,7 @@ def _jax_functions():
         # The whole Gram matrix, as float64 products of column blocks.
         def products(columns):
             columns = columns.astype(jnp.float64)
-            return columns @ columns.T
+            return jax_matmul(columns, columns.T)
 
         return jax_column_blocks(products, (buffer,),
                                  jnp.zeros((buffer.shape[0],) * 2, jnp.float64))
