@@ -293,7 +293,8 @@ def markdown(all_figures):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backend", choices=("jax", "torch"), default="jax")
-    parser.add_argument("--n", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--n", type=int, nargs="*", default=[1_000_000, 10_000_000],
+                        help="feature counts of the engine part (none: no engine part)")
     parser.add_argument("--m", type=int, default=32)
     parser.add_argument("--widths", type=int, nargs="*", default=[256, 1024],
                         help="MLP widths of the fit part (none: no fit part)")
