@@ -231,7 +231,7 @@ def measure(args):
     figures = {"backend": args.backend, "version": backend.version(), "keras": keras.__version__,
                "numpy": np.__version__, "python": platform.python_version(),
                "cpu": f"{cpu_model()}, {os.cpu_count()} cores", "gpu": backend.default_kind(),
-               "commit": os.environ.get("KK_COMMIT", "unknown"),
+               "commit": os.environ.get("KK_COMMIT", "unknown"), "argv": " ".join(sys.argv[1:]),
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "engine": [], "fit": [], "errors": []}
 
@@ -260,8 +260,9 @@ def measure(args):
 def markdown(all_figures):
     lines = []
     for f in all_figures:
+        command = f.get("argv") or f"--backend {f['backend']}"
         lines.append(f"- {f['backend']}: command `KK_COMMIT={f['commit']} python "
-                     f"bench/gpu_check_jax.py --backend {f['backend']}` on {f['gpu']}, "
+                     f"bench/gpu_check_jax.py {command}` on {f['gpu']}, "
                      f"{f['cpu']}; {f['backend']} {f['version']}, Keras {f['keras']}, NumPy "
                      f"{f['numpy']}, Python {f['python']}; TensorFlow "
                      f"{'loaded' if f.get('tensorflow_loaded') else 'not loaded'} in the "
@@ -269,21 +270,23 @@ def markdown(all_figures):
         for error in f["errors"]:
             lines.append(f"  - {f['backend']} {error['part']} (n = {error['n']}) failed: "
                          f"`{error['error'][:300]}`")
-    lines += ["", "| backend | device | n | m | kk.dmd s | append ms | buffer.dmd s | "
+    lines += ["", "| backend | commit | device | n | m | kk.dmd s | append ms | buffer.dmd s | "
               "modes=False s | eig dev vs NumPy |",
-              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for f in all_figures:
         for row in f["engine"]:
-            lines.append(f"| {f['backend']} | {row['device']} | {row['n']:,} | {row['m']} | "
+            lines.append(f"| {f['backend']} | {f['commit'][:7]} | {row['device']} | {row['n']:,} | "
+                         f"{row['m']} | "
                          f"{row['kk.dmd']:.4f} | {1e3 * row['append']:.3f} | "
                          f"{row['buffer.dmd']:.4f} | {row['modes=False']:.4f} | "
                          f"{row['eig_dev']:.1e} |")
-    lines += ["", "| backend | device | weights | epochs | plain s | + monitor s (ratio) | "
-              "+ monitor, early stopping, accelerator s (ratio) |",
-              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["", "| backend | commit | device | weights | epochs | plain s | "
+              "+ monitor s (ratio) | + monitor, early stopping, accelerator s (ratio) |",
+              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for f in all_figures:
         for row in f["fit"]:
-            lines.append(f"| {f['backend']} | {row['device']} | {row['weights']:,} | "
+            lines.append(f"| {f['backend']} | {f['commit'][:7]} | {row['device']} | "
+                         f"{row['weights']:,} | "
                          f"{row['epochs']} | {row['plain']:.2f} | {row['monitor']:.2f} "
                          f"({row['monitor_ratio']:.2f}x) | {row['decisions']:.2f} "
                          f"({row['decisions_ratio']:.2f}x) |")
