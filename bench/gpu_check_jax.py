@@ -257,6 +257,18 @@ def measure(args):
     return figures
 
 
+def table(all_figures, part, columns, cells):
+    """A markdown table of every run's ``part`` rows: backend, commit and device, then
+    ``cells(row)`` under ``columns`` (right-aligned)."""
+    lines = ["", "| " + " | ".join(["backend", "commit", "device"] + columns) + " |",
+             "| --- | --- | --- |" + " ---: |" * len(columns)]
+    for f in all_figures:
+        for row in f[part]:
+            values = [f["backend"], f["commit"][:7], row["device"]] + list(cells(row))
+            lines.append("| " + " | ".join(str(v) for v in values) + " |")
+    return lines
+
+
 def markdown(all_figures):
     lines = []
     for f in all_figures:
@@ -270,26 +282,17 @@ def markdown(all_figures):
         for error in f["errors"]:
             lines.append(f"  - {f['backend']} {error['part']} (n = {error['n']}) failed: "
                          f"`{error['error'][:300]}`")
-    lines += ["", "| backend | commit | device | n | m | kk.dmd s | append ms | buffer.dmd s | "
-              "modes=False s | eig dev vs NumPy |",
-              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for f in all_figures:
-        for row in f["engine"]:
-            lines.append(f"| {f['backend']} | {f['commit'][:7]} | {row['device']} | {row['n']:,} | "
-                         f"{row['m']} | "
-                         f"{row['kk.dmd']:.4f} | {1e3 * row['append']:.3f} | "
-                         f"{row['buffer.dmd']:.4f} | {row['modes=False']:.4f} | "
-                         f"{row['eig_dev']:.1e} |")
-    lines += ["", "| backend | commit | device | weights | epochs | plain s | "
-              "+ monitor s (ratio) | + monitor, early stopping, accelerator s (ratio) |",
-              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for f in all_figures:
-        for row in f["fit"]:
-            lines.append(f"| {f['backend']} | {f['commit'][:7]} | {row['device']} | "
-                         f"{row['weights']:,} | "
-                         f"{row['epochs']} | {row['plain']:.2f} | {row['monitor']:.2f} "
-                         f"({row['monitor_ratio']:.2f}x) | {row['decisions']:.2f} "
-                         f"({row['decisions_ratio']:.2f}x) |")
+    engine = ["n", "m", "kk.dmd s", "append ms", "buffer.dmd s", "modes=False s",
+              "eig dev vs NumPy"]
+    lines += table(all_figures, "engine", engine, lambda row: [
+        f"{row['n']:,}", row["m"], f"{row['kk.dmd']:.4f}", f"{1e3 * row['append']:.3f}",
+        f"{row['buffer.dmd']:.4f}", f"{row['modes=False']:.4f}", f"{row['eig_dev']:.1e}"])
+    fit = ["weights", "epochs", "plain s", "+ monitor s (ratio)",
+           "+ monitor, early stopping, accelerator s (ratio)"]
+    lines += table(all_figures, "fit", fit, lambda row: [
+        f"{row['weights']:,}", row["epochs"], f"{row['plain']:.2f}",
+        f"{row['monitor']:.2f} ({row['monitor_ratio']:.2f}x)",
+        f"{row['decisions']:.2f} ({row['decisions_ratio']:.2f}x)"])
     return "\n".join(lines)
 
 
