@@ -9,17 +9,21 @@ import subprocess
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 
 
-def machine():
-    """CPU model, cores, GPU and library versions, for the record."""
-    model = platform.processor() or "unknown CPU"
+def cpu_model():
+    """The CPU's model name (``/proc/cpuinfo``), or what ``platform`` knows."""
     try:
         with open("/proc/cpuinfo") as info:
             for line in info:
                 if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine():
+    """CPU model, cores, GPU and library versions, for the record."""
+    model = cpu_model()
     from importlib import metadata
 
     import numpy

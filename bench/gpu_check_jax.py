@@ -34,36 +34,21 @@ import traceback
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dmd_speed import make_data  # noqa: E402  (the same data as the speed benchmark)
+from _results import cpu_model  # noqa: E402
+from dmd_speed import deviation, make_data, numpy_dmd, timed  # noqa: E402  (as dmd_speed)
 
 RANK = 8
 TITLE = "GPU check of the JAX path (`bench/gpu_check_jax.py`)"
 
 
 def numpy_eigenvalues(x, rank):
-    x0, x1 = x[:-1].T.astype(np.float64), x[1:].T.astype(np.float64)
-    u, s, vh = np.linalg.svd(x0, full_matrices=False)
-    u, s, v = u[:, :rank], s[:rank], vh[:rank].T
-    return np.linalg.eigvals(u.T @ x1 @ v / s)
+    return numpy_dmd(x.astype(np.float64), rank)[0]
 
 
-def deviation(reference, values):
-    """Largest relative distance of a reference eigenvalue to its nearest match (each used once)."""
-    values, worst = list(values), 0.0
-    for value in reference:
-        j = min(range(len(values)), key=lambda i: abs(values[i] - value))
-        worst = max(worst, abs(values.pop(j) - value) / abs(value))
-    return worst
-
-
-def best(function, repeats):
-    function()  # warm: compilation
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def eigenvalue_deviation(reference, values):
+    """``dmd_speed.deviation`` of complex arrays (it takes ``(real, imag)`` pairs)."""
+    pairs = lambda v: [(z.real, z.imag) for z in np.asarray(v).reshape(-1)]  # noqa: E731
+    return deviation(pairs(reference), pairs(values))
 
 
 class Backend:
@@ -148,13 +133,13 @@ def engine_rows(kk, keras, backend, n, m, repeats):
                 backend.wait(result.modes)
 
             row = {"device": f"{label} ({backend.kind(device)})", "n": n, "m": m,
-                   "kk.dmd": best(one_shot, repeats),
-                   "append": best(appends, 2) / m,
-                   "buffer.dmd": best(streaming, repeats),
-                   "modes=False": best(lambda: host(buffer.dmd(rank=RANK, modes=False)
-                                                    .eigenvalues), repeats)}
-            row["eig_dev"] = max(deviation(reference, holder["dmd"]),
-                                 deviation(reference, holder["buffer"]))
+                   "kk.dmd": timed(one_shot, repeats),
+                   "append": timed(appends, 2) / m,
+                   "buffer.dmd": timed(streaming, repeats),
+                   "modes=False": timed(lambda: host(
+                       buffer.dmd(rank=RANK, modes=False).eigenvalues), repeats)}
+            row["eig_dev"] = max(eigenvalue_deviation(reference, holder["dmd"]),
+                                 eigenvalue_deviation(reference, holder["buffer"]))
             rows.append(row)
             print(row, flush=True)
             tensor = snapshots = buffer = None  # free the device memory before the next device
@@ -177,11 +162,11 @@ def fit_rows(kk, keras, backend, widths, epochs, repeats):
             model.compile("adam", "sparse_categorical_crossentropy")
             return model
 
-        def timed(callbacks):
+        def fit_seconds(callbacks):
             model = build()
             start = time.perf_counter()
             model.fit(x, y, epochs=epochs, batch_size=64, verbose=0, callbacks=callbacks())
-            return time.perf_counter() - start, model.count_params()
+            return time.perf_counter() - start
 
         def monitor_only():
             return [kk.callbacks.KoopmanMonitor(window=10)]
@@ -191,32 +176,22 @@ def fit_rows(kk, keras, backend, widths, epochs, repeats):
             return [monitor, kk.callbacks.KoopmanEarlyStopping(monitor, min_epochs=epochs),
                     kk.callbacks.KoopmanAccelerator(monitor)]
 
-        timed(list), timed(monitor_only), timed(decisions)  # warm: compilation, imports
+        for callbacks in (list, monitor_only, decisions):  # warm: compilation, imports
+            fit_seconds(callbacks)
         plain, watched, steered = [], [], []
         for _ in range(repeats):  # interleaved, so drift hits all three alike
-            plain.append(timed(list)[0])
-            watched.append(timed(monitor_only)[0])
-            steered.append(timed(decisions)[0])
+            plain.append(fit_seconds(list))
+            watched.append(fit_seconds(monitor_only))
+            steered.append(fit_seconds(decisions))
         median = lambda v: float(np.median(v))  # noqa: E731
         row = {"device": backend.default_kind(), "width": width,
-               "weights": timed(list)[1], "epochs": epochs, "repeats": repeats,
+               "weights": build().count_params(), "epochs": epochs, "repeats": repeats,
                "plain": median(plain), "monitor": median(watched), "decisions": median(steered),
                "monitor_ratio": median(np.array(watched) / np.array(plain)),
                "decisions_ratio": median(np.array(steered) / np.array(plain))}
         rows.append(row)
         print(row, flush=True)
     return rows
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def measure(args):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_koopman.result import to_numpy
+from keras_koopman.portable.device import to_host
 
 __all__ = ["plot_spectra"]
 
@@ -55,9 +55,9 @@ def plot_spectra(spectra, path, title=None, tolerance=0.01):
     fig, axes = plt.subplots(1, count, figsize=(4.2 * count, 4.2), squeeze=False)
     circle = np.exp(1j * np.linspace(0, 2 * np.pi, 400))
     for axis, (name, item) in zip(axes[0], spectra.items()):
-        eigenvalues = to_numpy(item.eigenvalues).reshape(-1)  # from any backend's device
-        amplitudes = np.abs(to_numpy(item.amplitudes)).reshape(-1)
-        residuals = to_numpy(item.residuals).astype(float).reshape(-1)
+        eigenvalues = to_host(item.eigenvalues).reshape(-1)  # from any backend's device
+        amplitudes = np.abs(to_host(item.amplitudes)).reshape(-1)
+        residuals = to_host(item.residuals).astype(float).reshape(-1)
         reach = max(1.1, float(np.abs(eigenvalues).max(initial=0)) * 1.1)
         panels = [(axis, (-reach, reach), (-reach, reach))]
         near = np.abs(eigenvalues - 1.0) <= 10 * tolerance

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from keras_koopman.portable.device import to_host, to_tensor
+
 __all__ = ["DMDResult", "check_steps"]
 
 
@@ -19,22 +21,7 @@ def check_steps(steps):
     return t
 
 
-def to_numpy(value):
-    """``value`` (a tensor of any backend, a Keras variable, a list) as a NumPy array, wherever
-    the backend keeps it (a torch tensor on a GPU has to be copied to the host first:
-    ``keras.ops.convert_to_numpy`` does that; ``np.asarray`` of it raises)."""
-    if isinstance(value, np.ndarray):
-        return value
-    import keras
-
-    if keras.ops.is_tensor(value) or isinstance(value, keras.Variable):
-        return np.asarray(keras.ops.convert_to_numpy(value))
-    return np.asarray(value)
-
-
 def _to_backend(array):
-    from keras_koopman.portable.device import to_tensor
-
     return to_tensor(np.asarray(array))
 
 
@@ -84,13 +71,13 @@ class DMDResult:
     @property
     def frequencies(self):
         """Oscillation frequencies ``angle(lambda) / (2 pi dt)`` in cycles per unit time."""
-        return _to_backend(np.angle(to_numpy(self.eigenvalues)) / (2.0 * math.pi * self.dt))
+        return _to_backend(np.angle(to_host(self.eigenvalues)) / (2.0 * math.pi * self.dt))
 
     @property
     def growth_rates(self):
         """Continuous-time growth rates ``log|lambda| / dt`` (negative: decaying)."""
         with np.errstate(divide="ignore"):
-            return _to_backend(np.log(np.abs(to_numpy(self.eigenvalues))) / self.dt)
+            return _to_backend(np.log(np.abs(to_host(self.eigenvalues))) / self.dt)
 
     def predict(self, steps):
         """States at the given step indices, ``Re(modes diag(lambda^t) amplitudes)``.
@@ -106,17 +93,17 @@ class DMDResult:
         if self.modes is None:
             raise ValueError("predict needs the modes: compute the DMD with modes=True")
         t = check_steps(steps)
-        eigenvalues = to_numpy(self.eigenvalues)[..., None, :]  # [..., 1, r]
+        eigenvalues = to_host(self.eigenvalues)[..., None, :]  # [..., 1, r]
         with np.errstate(divide="ignore", invalid="ignore"):
             powers = np.exp(t[:, None] * np.log(eigenvalues.astype(np.complex128)))
         powers = np.where(eigenvalues == 0, (t == 0)[:, None].astype(np.complex128), powers)
-        weights = powers * to_numpy(self.amplitudes)[..., None, :]
-        modes = to_numpy(self.modes)
+        weights = powers * to_host(self.amplitudes)[..., None, :]
+        modes = to_host(self.modes)
         return _to_backend(np.real(weights @ np.swapaxes(modes, -1, -2)))
 
     def numpy(self):
         """A copy whose tensor fields are NumPy arrays."""
-        convert = {f.name: to_numpy(getattr(self, f.name)) for f in dataclasses.fields(self)
+        convert = {f.name: to_host(getattr(self, f.name)) for f in dataclasses.fields(self)
                    if getattr(self, f.name) is not None
                    and not isinstance(getattr(self, f.name), (int, float, str, np.ndarray))}
         return dataclasses.replace(self, **convert)

@@ -64,9 +64,9 @@ def _numpy():
 
 
 def _host(values):
-    from keras_koopman.result import to_numpy
+    from keras_koopman.portable.device import to_host
 
-    return to_numpy(values).reshape(-1)
+    return to_host(values).reshape(-1)
 
 
 def _eigenvalues_host(result_or_eigenvalues):

@@ -24,10 +24,15 @@ def to_tensor(x, dtype=None):
 
 
 def to_host(x):
-    """A backend tensor as a NumPy array (one device-to-host copy)."""
+    """``x`` (a tensor of any backend, a Keras variable, a list) as a NumPy array: one
+    device-to-host copy through Keras (``np.asarray`` of a torch tensor on a GPU raises)."""
+    if isinstance(x, np.ndarray):
+        return x
     import keras
 
-    return np.asarray(keras.ops.convert_to_numpy(x))
+    if keras.ops.is_tensor(x) or isinstance(x, keras.Variable):
+        return np.asarray(keras.ops.convert_to_numpy(x))
+    return np.asarray(x)
 
 
 def complex_from(real, imag):

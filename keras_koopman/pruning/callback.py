@@ -11,7 +11,7 @@ from keras_koopman.callbacks.base import KoopmanCallback
 from keras_koopman.callbacks.monitor import KoopmanMonitor
 from keras_koopman._backend import implementation
 from keras_koopman.host_dmd import parse_rank
-from keras_koopman.result import to_numpy
+from keras_koopman.portable.device import to_host
 from keras_koopman.pruning.wrapper import attach_callback, detach_callback, pruning_wrappers
 
 __all__ = ["UpdateKoopmanPruning", "koopman_scores"]
@@ -40,9 +40,9 @@ def koopman_scores(result, newest, horizon=None, weights=None):
     Returns:
       float64 array ``[n]``.
     """
-    eigenvalues = to_numpy(result.eigenvalues)  # from any backend's device, a GPU included
-    amplitudes = to_numpy(result.amplitudes)
-    modes = to_numpy(result.modes)
+    eigenvalues = to_host(result.eigenvalues)  # from any backend's device, a GPU included
+    amplitudes = to_host(result.amplitudes)
+    modes = to_host(result.modes)
     if horizon is None:
         j = int(np.argmin(np.abs(eigenvalues - 1.0)))
         return np.abs(modes[:, j] * (amplitudes[j] * eigenvalues[j] ** newest))
